@@ -1,0 +1,369 @@
+"""Budget arithmetic: records, windows, reservations and admission, as pure functions.
+
+Every function takes the time ``now`` as an argument and returns a new record instead of
+changing the one it was given, so a store can apply one under its lock, persist the result,
+and throw it away if persisting fails. Nothing here does I/O; every store shares this module.
+
+A record keeps LiteLLM's ``user_cost.json`` shape (``total_budget``, ``current_cost``,
+``model_cost``, ``duration`` in days, ``created_at``, ``last_updated_at``) and adds two
+fields of its own: ``reservations`` (calls in flight) and ``applied`` (call ids already
+charged, so a repeated charge is not applied twice).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal, NotRequired, TypedDict, cast
+
+from .errors import BudgetExceededError, ConfigurationError
+
+SECONDS_PER_DAY = 86_400.0
+# LiteLLM's own day counts for its named durations (litellm.constants).
+NAMED_DURATIONS_DAYS = {"daily": 1.0, "weekly": 7.0, "monthly": 28.0, "yearly": 365.0}
+_UNIT_DAYS = {
+    "s": 1 / SECONDS_PER_DAY,
+    "m": 1 / 1440,
+    "h": 1 / 24,
+    "d": 1.0,
+    "w": 7.0,
+    "mo": 30.0,
+    "y": 365.0,
+}
+_DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w|y)\s*$")
+
+# A repeated charge for a call id is recognised for this long, for at most this many ids
+# per user: duplicates come from retried requests and repeated callbacks, seconds apart.
+APPLIED_ID_TTL_SECONDS = 86_400.0
+APPLIED_ID_LIMIT = 1_000
+
+Mode = Literal["strict", "soft"]
+MODES: tuple[Mode, ...] = ("strict", "soft")
+
+
+class Reservation(TypedDict):
+    amount: float
+    expires_at: float
+
+
+class UserRecord(TypedDict):
+    total_budget: float | None
+    current_cost: float
+    model_cost: dict[str, float]
+    created_at: float
+    last_updated_at: float
+    duration: NotRequired[float]
+    reservations: NotRequired[dict[str, Reservation]]
+    applied: NotRequired[dict[str, float]]
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def check_user(user: object) -> str:
+    """Return ``user`` if it is a usable user id, else raise naming the problem."""
+    if not isinstance(user, str):
+        raise ConfigurationError(f"user id must be a string, got {type(user).__name__}")
+    if not user.strip():
+        raise ConfigurationError("user id must not be empty")
+    return user
+
+
+def check_call_id(call_id: object) -> str:
+    if not isinstance(call_id, str) or not call_id:
+        raise ConfigurationError(f"call id must be a non-empty string, got {call_id!r}")
+    return call_id
+
+
+def check_amount(name: str, value: object) -> float:
+    """A money amount: a finite, non-negative number (never NaN, never infinite)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number, got {type(value).__name__}")
+    amount = float(value)
+    if math.isnan(amount) or math.isinf(amount):
+        raise ConfigurationError(f"{name} must be finite, got {value!r}")
+    if amount < 0:
+        raise ConfigurationError(f"{name} must not be negative, got {value!r}")
+    return amount
+
+
+def check_mode(mode: object) -> Mode:
+    if mode not in MODES:
+        raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def parse_duration(duration: object) -> float | None:
+    """Days in a budget window: LiteLLM's names, a number of days, or "1h", "30d", "1mo"."""
+    if duration is None:
+        return None
+    if isinstance(duration, str):
+        if duration in NAMED_DURATIONS_DAYS:
+            return NAMED_DURATIONS_DAYS[duration]
+        match = _DURATION_PATTERN.match(duration)
+        if match is None:
+            raise ConfigurationError(
+                f"unknown duration {duration!r}: use daily, weekly, monthly, yearly, "
+                'or a number with a unit such as "30s", "15m", "1h", "30d", "2w", "1mo", "1y"'
+            )
+        days = float(match.group(1)) * _UNIT_DAYS[match.group(2)]
+    else:
+        days = check_amount("duration", duration)
+    if days <= 0:
+        raise ConfigurationError(f"duration must be longer than zero, got {duration!r}")
+    return days
+
+
+def check_record(user: str, raw: object) -> UserRecord:
+    """Validate one record read from a store, filling LiteLLM's optional fields.
+
+    A file written by LiteLLM's BudgetManager may lack ``current_cost``, ``model_cost``
+    and the time fields; extra fields are kept as they are.
+    """
+    where = f"record of user {user!r}"
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{where} must be an object, got {type(raw).__name__}")
+    record = cast(dict[str, Any], dict(raw))
+    budget = record.get("total_budget")
+    record["total_budget"] = None if budget is None else check_amount(f"{where}: total_budget", budget)
+    record["current_cost"] = check_amount(f"{where}: current_cost", record.get("current_cost", 0.0))
+    model_cost = record.get("model_cost", {})
+    if model_cost == 0:  # LiteLLM's get_model_cost default, sometimes written back
+        model_cost = {}
+    if not isinstance(model_cost, dict):
+        raise ConfigurationError(f"{where}: model_cost must be an object")
+    record["model_cost"] = {
+        str(model): check_amount(f"{where}: model_cost[{model!r}]", cost)
+        for model, cost in model_cost.items()
+    }
+    if "duration" in record and record["duration"] is not None:
+        days = parse_duration(record["duration"])
+        assert days is not None
+        record["duration"] = days
+    else:
+        record.pop("duration", None)
+    created = check_amount(f"{where}: created_at", record.get("created_at", 0.0))
+    record["created_at"] = created
+    record["last_updated_at"] = check_amount(
+        f"{where}: last_updated_at", record.get("last_updated_at", created)
+    )
+    reservations = record.get("reservations", {})
+    if not isinstance(reservations, dict):
+        raise ConfigurationError(f"{where}: reservations must be an object")
+    checked: dict[str, Reservation] = {}
+    for call_id, held in reservations.items():
+        if not isinstance(held, dict):
+            raise ConfigurationError(f"{where}: reservation {call_id!r} must be an object")
+        checked[str(call_id)] = {
+            "amount": check_amount(f"{where}: reservation amount", held.get("amount")),
+            "expires_at": check_amount(f"{where}: reservation expires_at", held.get("expires_at")),
+        }
+    _set_or_drop(record, "reservations", checked)
+    applied = record.get("applied", {})
+    if not isinstance(applied, dict):
+        raise ConfigurationError(f"{where}: applied must be an object")
+    _set_or_drop(
+        record,
+        "applied",
+        {str(k): check_amount(f"{where}: applied time", v) for k, v in applied.items()},
+    )
+    return cast(UserRecord, record)
+
+
+# --- reading records --------------------------------------------------------------------
+
+
+def window_seconds(record: UserRecord) -> float | None:
+    days = record.get("duration")
+    return None if days is None else days * SECONDS_PER_DAY
+
+
+def next_reset(record: UserRecord, now: float) -> float | None:
+    """When the current window ends, or None for a budget that never resets."""
+    period = window_seconds(record)
+    if period is None:
+        return None
+    return current_window(record, now)["last_updated_at"] + period
+
+
+def reserved(record: UserRecord, now: float, exclude: str | None = None) -> float:
+    """Sum held by unexpired reservations of other calls."""
+    return sum(
+        held["amount"]
+        for call_id, held in record.get("reservations", {}).items()
+        if held["expires_at"] > now and call_id != exclude
+    )
+
+
+def admits(spend: float, held: float, estimate: float, budget: float | None, mode: Mode) -> bool:
+    """Whether a call estimated at ``estimate`` may start.
+
+    strict: it fits next to what is spent and held, so the budget is never exceeded while
+    estimates are upper bounds. soft (LiteLLM's rule): spend and holds are still under budget.
+    """
+    if budget is None:
+        return True
+    if mode == "strict":
+        # A relative tolerance so that a budget spent exactly to the cent still admits.
+        return spend + held + estimate <= budget * (1 + 1e-12)
+    return spend + held < budget
+
+
+def litellm_view(record: UserRecord) -> dict[str, Any]:
+    """The record as LiteLLM's BudgetManager shows it, without this package's fields."""
+    view = {k: v for k, v in record.items() if k not in ("reservations", "applied")}
+    view["model_cost"] = dict(record["model_cost"])
+    return view
+
+
+# --- changing records -------------------------------------------------------------------
+
+
+def new_record(
+    total_budget: float | None, duration: object, now: float, created_at: float | None = None
+) -> UserRecord:
+    budget = None if total_budget is None else check_amount("total_budget", total_budget)
+    days = parse_duration(duration)
+    start = now if created_at is None else check_amount("created_at", created_at)
+    record: UserRecord = {
+        "total_budget": budget,
+        "current_cost": 0.0,
+        "model_cost": {},
+        "created_at": start,
+        "last_updated_at": start,
+    }
+    if days is not None:
+        record["duration"] = days
+    return record
+
+
+def with_budget(
+    record: UserRecord | None,
+    total_budget: float | None,
+    duration: object,
+    now: float,
+    created_at: float | None = None,
+) -> UserRecord:
+    """Create a record, or change an existing one's budget and window keeping its spend."""
+    fresh = new_record(total_budget, duration, now, created_at)
+    if record is None:
+        return fresh
+    updated = current_window(record, now)
+    updated["total_budget"] = fresh["total_budget"]
+    updated.pop("duration", None)
+    if "duration" in fresh:
+        updated["duration"] = fresh["duration"]
+    if created_at is not None:
+        updated["created_at"] = updated["last_updated_at"] = fresh["created_at"]
+    return updated
+
+
+def current_window(record: UserRecord, now: float) -> UserRecord:
+    """A copy of ``record`` with its window rolled forward and stale entries dropped.
+
+    Windows are LiteLLM's rolling ones: a window starts at ``last_updated_at`` and lasts
+    ``duration`` days. It rolls at start + k x duration, whenever it is next looked at, so
+    the reset time does not depend on who looks first, and concurrent resets agree.
+    """
+    updated = _copy(record)
+    period = window_seconds(record)
+    start = record["last_updated_at"]
+    if period is not None and now - start >= period:
+        updated["last_updated_at"] = start + math.floor((now - start) / period) * period
+        updated["current_cost"] = 0.0
+        updated["model_cost"] = {}
+    _set_or_drop(
+        updated,
+        "reservations",
+        {k: v for k, v in record.get("reservations", {}).items() if v["expires_at"] > now},
+    )
+    recent = [(k, t) for k, t in record.get("applied", {}).items() if now - t < APPLIED_ID_TTL_SECONDS]
+    _set_or_drop(updated, "applied", dict(recent[-APPLIED_ID_LIMIT:]))
+    return updated
+
+
+def charge(
+    record: UserRecord, cost: float, model: str, call_id: str | None, now: float
+) -> tuple[UserRecord, bool]:
+    """Add ``cost`` to the spend; settles the call's reservation. False if already applied."""
+    cost = check_amount("cost", cost)
+    if call_id is not None and call_id in record.get("applied", {}):
+        return record, False
+    updated = current_window(record, now)
+    total = updated["current_cost"] + cost
+    if math.isinf(total):
+        raise ConfigurationError(f"cost {cost!r} would make the spend infinite")
+    updated["current_cost"] = total
+    updated["model_cost"][model] = updated["model_cost"].get(model, 0.0) + cost
+    if call_id is not None:
+        held = dict(updated.get("reservations", {}))
+        held.pop(call_id, None)
+        _set_or_drop(updated, "reservations", held)
+        updated["applied"] = {**updated.get("applied", {}), call_id: now}
+    return updated, True
+
+
+def reserve(
+    record: UserRecord,
+    user: str,
+    call_id: str,
+    amount: float,
+    ttl: float,
+    mode: Mode,
+    now: float,
+) -> UserRecord:
+    """Hold ``amount`` for a call in flight, or raise BudgetExceededError and change nothing.
+
+    Reserving again with the same call id replaces its hold; a call already charged holds
+    nothing.
+    """
+    amount = check_amount("reservation amount", amount)
+    ttl = check_amount("reservation ttl", ttl)
+    if ttl == 0:
+        raise ConfigurationError("reservation ttl must be longer than zero")
+    if call_id in record.get("applied", {}):
+        return record
+    updated = current_window(record, now)
+    held = reserved(updated, now, exclude=call_id)
+    budget = updated["total_budget"]
+    if not admits(updated["current_cost"], held, amount, budget, mode):
+        assert budget is not None
+        raise BudgetExceededError(user, updated["current_cost"], budget, amount, held)
+    updated["reservations"] = {
+        **updated.get("reservations", {}),
+        call_id: {"amount": amount, "expires_at": now + ttl},
+    }
+    return updated
+
+
+def release(record: UserRecord, call_id: str, now: float) -> tuple[UserRecord, bool]:
+    """Drop a call's hold without charging it. False if it held nothing."""
+    if call_id not in record.get("reservations", {}):
+        return record, False
+    updated = current_window(record, now)
+    held = dict(updated.get("reservations", {}))
+    found = held.pop(call_id, None) is not None
+    _set_or_drop(updated, "reservations", held)
+    return updated, found
+
+
+def reset_spend(record: UserRecord, now: float) -> UserRecord:
+    """Spend back to zero; holds of calls in flight stay."""
+    updated = current_window(record, now)
+    updated["current_cost"] = 0.0
+    updated["model_cost"] = {}
+    return updated
+
+
+def _copy(record: UserRecord) -> UserRecord:
+    updated = cast(UserRecord, dict(record))
+    updated["model_cost"] = dict(record["model_cost"])
+    return updated
+
+
+def _set_or_drop(record: Any, key: str, value: dict[str, Any]) -> None:
+    """Keep the file readable: optional maps are written only when they hold something."""
+    if value:
+        record[key] = value
+    else:
+        record.pop(key, None)

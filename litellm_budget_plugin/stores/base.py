@@ -1,0 +1,268 @@
+"""The store interface, and the operations built from one atomic update.
+
+A store only makes operations atomic and durable; what an operation does to a record is
+decided in :mod:`litellm_budget_plugin.budget`. Stores that can run Python under their own
+lock (the file store, the in-memory store) subclass :class:`RecordStore` and provide
+``_read``/``_update``; stores that talk to a server (HTTP, Redis) implement the protocol directly.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable
+from typing import Protocol, TypedDict, TypeVar, runtime_checkable
+
+from .. import budget
+from ..budget import Mode, UserRecord
+from ..errors import UnknownUserError
+
+T = TypeVar("T")
+
+
+class NewBudget(TypedDict):
+    """The budget given to a user the store has never seen (None: refuse unknown users)."""
+
+    total_budget: float | None
+    duration: float | str | None
+
+
+@runtime_checkable
+class BudgetStore(Protocol):
+    """What the guard, the manager, the server and the CLI need of a store.
+
+    Every method is one atomic operation on the store; none is a read followed by a write.
+    Reads return records with their window already rolled forward to ``now``.
+    """
+
+    def get(self, user: str) -> UserRecord | None: ...
+
+    def all(self) -> dict[str, UserRecord]: ...
+
+    def set_budget(
+        self,
+        user: str,
+        total_budget: float | None,
+        duration: float | str | None = None,
+        created_at: float | None = None,
+    ) -> UserRecord:
+        """Create the user's budget, or change it keeping what was spent."""
+        ...
+
+    def put(self, user: str, record: UserRecord) -> None:
+        """Replace a whole record (imports, LiteLLM's /set_budget)."""
+        ...
+
+    def delete(self, user: str) -> bool: ...
+
+    def reset(self, user: str) -> UserRecord: ...
+
+    def roll(self, user: str) -> UserRecord:
+        """Persist the user's window roll now (reads roll windows by themselves)."""
+        ...
+
+    def charge(
+        self,
+        user: str,
+        cost: float,
+        model: str,
+        call_id: str | None = None,
+        default: NewBudget | None = None,
+    ) -> UserRecord:
+        """Add ``cost``; a call id already charged is not charged again; settles its hold."""
+        ...
+
+    def reserve(
+        self,
+        user: str,
+        call_id: str,
+        amount: float,
+        ttl: float,
+        mode: Mode = "strict",
+        default: NewBudget | None = None,
+    ) -> UserRecord:
+        """Hold ``amount`` for ``ttl`` seconds or raise BudgetExceededError, changing nothing."""
+        ...
+
+    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+        """Charge a reserved call its actual cost; False if the call was not known or already settled."""
+        ...
+
+    def release(self, call_id: str, user: str | None = None) -> bool:
+        """Drop a hold without charging; False if there was none."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RecordStore(abc.ABC):
+    """A store that applies :mod:`budget` functions under its own lock.
+
+    Subclasses provide ``_read`` (a consistent view of all records) and ``_update``
+    (an atomic, durable read-modify-write of one user's record).
+    """
+
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    @abc.abstractmethod
+    def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:
+        """Call ``fn`` on the current records, under the store's lock."""
+
+    @abc.abstractmethod
+    def _update(self, user: str, fn: Callable[[UserRecord | None], tuple[UserRecord | None, T]]) -> T:
+        """Atomically replace the user's record by ``fn``'s first result (None deletes)."""
+
+    @abc.abstractmethod
+    def _user_of_call(self, call_id: str) -> str | None:
+        """The user holding a reservation for ``call_id``, if any."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release files or connections."""
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, user: str) -> UserRecord | None:
+        budget.check_user(user)
+        now = self.clock()
+        return self._read(lambda records: _rolled(records.get(user), now))
+
+    def all(self) -> dict[str, UserRecord]:
+        now = self.clock()
+        return self._read(lambda records: {u: budget.current_window(r, now) for u, r in records.items()})
+
+    # -- writes --------------------------------------------------------------------------
+
+    def set_budget(
+        self,
+        user: str,
+        total_budget: float | None,
+        duration: float | str | None = None,
+        created_at: float | None = None,
+    ) -> UserRecord:
+        budget.check_user(user)
+        now = self.clock()
+        budget.new_record(total_budget, duration, now, created_at)  # validate before locking
+
+        def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
+            updated = budget.with_budget(record, total_budget, duration, now, created_at)
+            return updated, updated
+
+        return self._update(user, change)
+
+    def put(self, user: str, record: UserRecord) -> None:
+        budget.check_user(user)
+        checked = budget.check_record(user, record)
+        self._update(user, lambda _old: (checked, None))
+
+    def delete(self, user: str) -> bool:
+        budget.check_user(user)
+        return self._update(user, lambda old: (None, old is not None))
+
+    def reset(self, user: str) -> UserRecord:
+        budget.check_user(user)
+        now = self.clock()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
+            updated = budget.reset_spend(_existing(user, record), now)
+            return updated, updated
+
+        return self._update(user, change)
+
+    def roll(self, user: str) -> UserRecord:
+        budget.check_user(user)
+        now = self.clock()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
+            updated = budget.current_window(_existing(user, record), now)
+            return updated, updated
+
+        return self._update(user, change)
+
+    def charge(
+        self,
+        user: str,
+        cost: float,
+        model: str,
+        call_id: str | None = None,
+        default: NewBudget | None = None,
+    ) -> UserRecord:
+        budget.check_user(user)
+        budget.check_amount("cost", cost)
+        if call_id is not None:
+            budget.check_call_id(call_id)
+        now = self.clock()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
+            updated, _ = budget.charge(_or_default(user, record, default, now), cost, model, call_id, now)
+            return updated, updated
+
+        return self._update(user, change)
+
+    def reserve(
+        self,
+        user: str,
+        call_id: str,
+        amount: float,
+        ttl: float,
+        mode: Mode = "strict",
+        default: NewBudget | None = None,
+    ) -> UserRecord:
+        budget.check_user(user)
+        budget.check_call_id(call_id)
+        budget.check_mode(mode)
+        now = self.clock()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
+            current = _or_default(user, record, default, now)
+            updated = budget.reserve(current, user, call_id, amount, ttl, mode, now)
+            return updated, updated
+
+        return self._update(user, change)
+
+    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+        budget.check_call_id(call_id)
+        budget.check_amount("actual cost", actual_cost)
+        owner = user if user is not None else self._user_of_call(call_id)
+        if owner is None:
+            return False
+        now = self.clock()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord | None, bool]:
+            if record is None:
+                return None, False
+            return budget.charge(record, actual_cost, model, call_id, now)
+
+        return self._update(owner, change)
+
+    def release(self, call_id: str, user: str | None = None) -> bool:
+        budget.check_call_id(call_id)
+        owner = user if user is not None else self._user_of_call(call_id)
+        if owner is None:
+            return False
+        now = self.clock()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord | None, bool]:
+            if record is None:
+                return None, False
+            return budget.release(record, call_id, now)
+
+        return self._update(owner, change)
+
+
+def _rolled(record: UserRecord | None, now: float) -> UserRecord | None:
+    return None if record is None else budget.current_window(record, now)
+
+
+def _existing(user: str, record: UserRecord | None) -> UserRecord:
+    if record is None:
+        raise UnknownUserError(user)
+    return record
+
+
+def _or_default(user: str, record: UserRecord | None, default: NewBudget | None, now: float) -> UserRecord:
+    if record is not None:
+        return record
+    if default is None:
+        raise UnknownUserError(user)
+    return budget.new_record(default["total_budget"], default["duration"], now)

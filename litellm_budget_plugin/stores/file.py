@@ -1,0 +1,304 @@
+"""The embedded default: one JSON file in LiteLLM's ``user_cost.json`` shape, shared safely.
+
+Layout, for a store at ``user_cost.json``:
+
+- ``user_cost.json``: a snapshot, ``{user: record}`` as LiteLLM writes it (readable by people
+  and by LiteLLM's own BudgetManager). Replaced atomically (temp file + ``os.replace``).
+- ``user_cost.json.journal``: one JSON line per change since the snapshot, each holding the
+  user's whole new record. Replaying a line twice gives the same result, so a crash between
+  writing a snapshot and starting a new journal loses and doubles nothing.
+- ``user_cost.json.lock``: the ``filelock`` lock every read and write holds.
+
+A change is one appended line, so its cost does not grow with the number of users; each
+process keeps the records in memory and reads only the lines other processes appended since
+its last look. When the journal outgrows the snapshot, the writer folds it into a new snapshot.
+A torn last line (a writer killed mid-write) is cut off by the next writer, under the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import filelock
+
+from .. import budget
+from ..budget import UserRecord
+from ..errors import ConfigurationError, StoreCorruptError, StoreError, StoreLockTimeout
+from .base import RecordStore
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOCK_TIMEOUT = 10.0
+# The journal is folded into the snapshot once it is larger than both of these.
+MIN_JOURNAL_BYTES = 256 * 1024
+
+
+class FileStore(RecordStore):
+    """Budgets in a JSON file that threads and processes on one machine share.
+
+    :param path: the snapshot file; ``.journal`` and ``.lock`` files sit beside it.
+    :param lock_timeout: seconds to wait for the lock before :class:`StoreLockTimeout`.
+    :param fsync: also flush each change to the disk, surviving power loss and not only a
+        killed process (a few milliseconds a change on most disks).
+    :raises ConfigurationError: the path is a directory or its folder does not exist.
+    :raises StoreError: the folder cannot be written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "user_cost.json",
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        fsync: bool = False,
+    ) -> None:
+        self.path = Path(path).absolute()
+        self.journal_path = self.path.with_name(self.path.name + ".journal")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout = budget.check_amount("lock_timeout", lock_timeout)
+        self.fsync = fsync
+        if self.path.is_dir():
+            raise ConfigurationError(f"store path {str(self.path)!r} is a directory, not a file")
+        if not self.path.parent.is_dir():
+            raise ConfigurationError(f"store folder {str(self.path.parent)!r} does not exist")
+        try:
+            self.lock_path.touch(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot write in store folder {str(self.path.parent)!r}: {exc}") from exc
+        self._reset_process_state()
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.path)!r})"
+
+    def _reset_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._mutex = threading.RLock()
+        # Poll often: waits under contention are short (one appended line), the 50 ms default is not.
+        self._file_lock = filelock.FileLock(str(self.lock_path), thread_local=False, poll_interval=0.0005)
+        self._records: dict[str, UserRecord] = {}
+        self._calls: dict[str, str] = {}  # call id of a reservation -> its user
+        self._journal_fd: int | None = None
+        self._journal_id: tuple[int, int] = (0, 0)
+        self._snapshot_id: tuple[int, int, int] | None = None
+        self._offset = 0
+
+    # -- RecordStore ---------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:
+        with self._locked():
+            return fn(self._records)
+
+    def _update(self, user: str, fn: Callable[[UserRecord | None], tuple[UserRecord | None, T]]) -> T:
+        with self._locked():
+            old = self._records.get(user)
+            new, result = fn(old)
+            if new is old:
+                return result
+            self._append({"u": user, "r": new})
+            self._apply(user, new)
+            if self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_size()):
+                try:
+                    self._compact()
+                except StoreError:  # the change is in the journal already: report, don't fail it
+                    logger.warning("compacting %s failed; will retry", self.path, exc_info=True)
+            return result
+
+    def _user_of_call(self, call_id: str) -> str | None:
+        with self._locked():
+            return self._calls.get(call_id)
+
+    def compact(self) -> None:
+        """Fold the journal into the snapshot now, so the JSON file is current."""
+        with self._locked():
+            self._compact()
+
+    def close(self) -> None:
+        with self._mutex:
+            self._close_journal()
+
+    # -- locking and catching up ---------------------------------------------------------
+
+    def _locked(self) -> _Locked:
+        if os.getpid() != self._pid:  # forked: locks and file handles belong to the parent
+            self._reset_process_state()
+        return _Locked(self)
+
+    def _catch_up(self) -> None:
+        """Bring the in-memory records up to what is on disk. Runs under the lock."""
+        try:
+            journal = os.stat(self.journal_path)
+        except FileNotFoundError:
+            journal = None
+        snapshot = self._stat_snapshot()
+        try:
+            if self._needs_reload(journal, snapshot):
+                self._reload()
+            elif journal is not None and journal.st_size > self._offset:
+                self._replay(journal.st_size)
+        except BaseException:
+            self._close_journal()  # nothing trustworthy is loaded: the next call starts over
+            self._records, self._calls = {}, {}
+            raise
+
+    def _needs_reload(self, journal: os.stat_result | None, snapshot: tuple[int, int, int] | None) -> bool:
+        return (
+            self._journal_fd is None
+            or journal is None
+            or (journal.st_dev, journal.st_ino) != self._journal_id
+            or snapshot != self._snapshot_id
+            or journal.st_size < self._offset
+        )
+
+    def _stat_snapshot(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _reload(self) -> None:
+        self._records, self._calls = {}, {}
+        self._snapshot_id = self._stat_snapshot()
+        if self._snapshot_id is not None:
+            for user, record in self._load_snapshot().items():
+                self._apply(user, record)
+        size = self._open_journal()
+        self._offset = 0
+        self._replay(size)
+
+    def _open_journal(self) -> int:
+        """(Re)open the journal file at its path; returns its size."""
+        self._close_journal()
+        self._journal_fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        st = os.fstat(self._journal_fd)
+        self._journal_id = (st.st_dev, st.st_ino)
+        return st.st_size
+
+    def _close_journal(self) -> None:
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+        self._journal_fd = None
+
+    def _load_snapshot(self) -> dict[str, UserRecord]:
+        where = f"store file {str(self.path)!r}"
+        try:
+            raw = json.loads(self.path.read_bytes() or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreCorruptError(f"{where} is not valid JSON ({exc}); it was left untouched") from exc
+        if not isinstance(raw, dict):
+            raise StoreCorruptError(
+                f"{where} must hold an object of users, not {type(raw).__name__}; it was left untouched"
+            )
+        try:
+            return {budget.check_user(u): budget.check_record(u, r) for u, r in raw.items()}
+        except ConfigurationError as exc:
+            raise StoreCorruptError(f"{where}: {exc}; it was left untouched") from exc
+
+    def _replay(self, size: int) -> None:
+        assert self._journal_fd is not None
+        data = os.pread(self._journal_fd, size - self._offset, self._offset)
+        complete = data.rfind(b"\n") + 1
+        for number, line in enumerate(data[:complete].splitlines()):
+            try:
+                entry = json.loads(line)
+                user = budget.check_user(entry["u"])
+                record = None if entry["r"] is None else budget.check_record(user, entry["r"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreCorruptError(
+                    f"journal {str(self.journal_path)!r} has a bad entry at byte "
+                    f"{self._offset} (+{number} lines): {exc}; it was left untouched"
+                ) from exc
+            self._apply(user, record)
+        self._offset += complete
+        if complete < len(data):  # a writer died mid-line; we hold the lock, so it is gone
+            os.ftruncate(self._journal_fd, self._offset)
+
+    def _apply(self, user: str, record: UserRecord | None) -> None:
+        old = self._records.get(user)
+        if old is not None:
+            for call_id in old.get("reservations", {}):
+                self._calls.pop(call_id, None)
+        if record is None:
+            self._records.pop(user, None)
+            return
+        self._records[user] = record
+        for call_id in record.get("reservations", {}):
+            self._calls[call_id] = user
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        assert self._journal_fd is not None
+        line = (json.dumps(entry, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        try:
+            written = os.write(self._journal_fd, line)
+            if written != len(line):
+                raise OSError(f"short write: {written} of {len(line)} bytes")
+            if self.fsync:
+                os.fsync(self._journal_fd)
+        except OSError as exc:
+            os.ftruncate(self._journal_fd, self._offset)
+            raise StoreError(f"cannot write journal {str(self.journal_path)!r}: {exc}") from exc
+        self._offset += len(line)
+
+    def _snapshot_size(self) -> int:
+        return 0 if self._snapshot_id is None else self._snapshot_id[2]
+
+    def _compact(self) -> None:
+        """Write all records as a new snapshot, then start an empty journal."""
+        self._write_atomically(self.path, json.dumps(self._records, indent=1, allow_nan=False).encode())
+        self._snapshot_id = self._stat_snapshot()
+        self._write_atomically(self.journal_path, b"")
+        self._open_journal()
+        self._offset = 0
+
+    def _write_atomically(self, target: Path, data: bytes) -> None:
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(temp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, target)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {str(target)!r}: {exc}") from exc
+
+
+class _Locked:
+    """Holds the thread mutex and the file lock, and catches up with the disk on entry."""
+
+    def __init__(self, store: FileStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        store = self.store
+        store._mutex.acquire()
+        try:
+            store._file_lock.acquire(timeout=store.lock_timeout)
+        except filelock.Timeout as exc:
+            store._mutex.release()
+            raise StoreLockTimeout(
+                f"lock {str(store.lock_path)!r} not obtained within {store.lock_timeout} s; "
+                "nothing was changed"
+            ) from exc
+        except BaseException:
+            store._mutex.release()
+            raise
+        try:
+            store._catch_up()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.store._file_lock.release()
+        finally:
+            self.store._mutex.release()
