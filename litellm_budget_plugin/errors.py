@@ -22,7 +22,7 @@ from __future__ import annotations
 from litellm.exceptions import BudgetExceededError as LiteLLMBudgetExceededError
 
 
-class BudgetExceededError(LiteLLMBudgetExceededError):  # type: ignore[misc]
+class BudgetExceededError(LiteLLMBudgetExceededError):
     """A call would take ``user`` past ``budget``; litellm's own handlers still catch it."""
 
     def __init__(

@@ -1,0 +1,44 @@
+"""Shared fixtures. litellm reads its bundled price map: there is no network here."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from litellm_budget_plugin.stores import BudgetStore, FileStore
+
+# Every store the contract suite (tests/test_store_contract.py) runs on: the name of a
+# fixture that returns a factory making a fresh, empty store. Later stores add theirs.
+STORE_FIXTURES = ["file_store_factory"]
+
+
+@pytest.fixture
+def file_store_factory(tmp_path: Path) -> Iterator[Callable[[], BudgetStore]]:
+    made: list[FileStore] = []
+
+    def make() -> BudgetStore:
+        store = FileStore(tmp_path / "user_cost.json")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture(params=STORE_FIXTURES)
+def store_factory(request: pytest.FixtureRequest) -> Callable[[], BudgetStore]:
+    """A factory for the store under test; two calls give two handles on the same store."""
+    factory: Callable[[], BudgetStore] = request.getfixturevalue(request.param)
+    return factory
+
+
+@pytest.fixture
+def store(store_factory: Callable[[], BudgetStore]) -> BudgetStore:
+    return store_factory()

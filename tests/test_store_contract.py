@@ -1,0 +1,215 @@
+"""One suite, every store: the same cases run on each entry of conftest.STORE_FIXTURES.
+
+Time is controlled through ``store.clock`` (a callable giving seconds since the epoch),
+which every store honours, so no test sleeps to cross a window or a lease.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from litellm_budget_plugin import BudgetExceededError, ConfigurationError, UnknownUserError
+from litellm_budget_plugin.stores import BudgetStore
+
+T0 = 1_800_000_000.0
+
+
+def at(store: BudgetStore, now: float) -> BudgetStore:
+    store.clock = lambda: now  # type: ignore[attr-defined]
+    return store
+
+
+def test_set_budget_then_read(store: BudgetStore) -> None:
+    at(store, T0)
+    record = store.set_budget("alice", 10.0, "daily")
+    assert record["total_budget"] == 10.0
+    assert record["duration"] == 1.0
+    got = store.get("alice")
+    assert got is not None and got["current_cost"] == 0.0 and got["created_at"] == T0
+    assert store.get("bob") is None
+    assert list(store.all()) == ["alice"]
+
+
+def test_charge_accumulates_per_model(store: BudgetStore) -> None:
+    store.set_budget("alice", 10.0)
+    store.charge("alice", 0.25, "gpt-4o-mini")
+    record = store.charge("alice", 0.5, "gpt-4o")
+    assert record["current_cost"] == pytest.approx(0.75)
+    assert record["model_cost"] == {"gpt-4o-mini": 0.25, "gpt-4o": 0.5}
+
+
+def test_charge_with_same_call_id_applies_once(store: BudgetStore) -> None:
+    store.set_budget("alice", 10.0)
+    store.charge("alice", 1.0, "m", call_id="c1")
+    store.charge("alice", 1.0, "m", call_id="c1")
+    assert store.get("alice")["current_cost"] == 1.0  # type: ignore[index]
+
+
+def test_charge_unknown_user_needs_a_default(store: BudgetStore) -> None:
+    with pytest.raises(UnknownUserError):
+        store.charge("ghost", 1.0, "m")
+    assert store.get("ghost") is None
+    record = store.charge("ghost", 1.0, "m", default={"total_budget": None, "duration": None})
+    assert record["total_budget"] is None and record["current_cost"] == 1.0
+
+
+def test_window_rolls_lazily_at_fixed_boundaries(store: BudgetStore) -> None:
+    at(store, T0)
+    store.set_budget("alice", 10.0, "1h")
+    store.charge("alice", 4.0, "m")
+    at(store, T0 + 3599)
+    assert store.get("alice")["current_cost"] == 4.0  # type: ignore[index]
+    at(store, T0 + 3600 * 2.5)
+    record = store.get("alice")
+    assert record is not None and record["current_cost"] == 0.0
+    assert record["last_updated_at"] == T0 + 7200  # start + k x duration, not the read time
+    store.charge("alice", 1.0, "m")
+    assert store.get("alice")["current_cost"] == 1.0  # type: ignore[index]
+
+
+def test_strict_reservation_refuses_what_does_not_fit(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.charge("alice", 0.5, "m")
+    store.reserve("alice", "c1", 0.3, ttl=60)
+    with pytest.raises(BudgetExceededError) as info:
+        store.reserve("alice", "c2", 0.3, ttl=60)
+    assert (info.value.user, info.value.spend, info.value.budget) == ("alice", 0.5, 1.0)
+    assert info.value.estimate == 0.3 and info.value.reserved == pytest.approx(0.3)
+    assert "c2" not in store.get("alice").get("reservations", {})  # type: ignore[union-attr]
+
+
+def test_soft_reservation_admits_while_under_budget(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.charge("alice", 0.5, "m")
+    store.reserve("alice", "c1", 0.4, ttl=60, mode="soft")  # 0.5 < 1
+    store.reserve("alice", "c2", 0.4, ttl=60, mode="soft")  # 0.5 + 0.4 < 1
+    with pytest.raises(BudgetExceededError):
+        store.reserve("alice", "c3", 0.01, ttl=60, mode="soft")  # 0.5 + 0.8 >= 1
+
+
+def test_settle_charges_actual_and_frees_hold(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.reserve("alice", "c1", 0.9, ttl=60)
+    assert store.settle("c1", 0.1, "m") is True
+    assert store.settle("c1", 0.1, "m") is False  # already applied
+    record = store.get("alice")
+    assert record is not None and record["current_cost"] == pytest.approx(0.1)
+    assert not record.get("reservations")
+    store.reserve("alice", "c2", 0.9, ttl=60)  # the hold of c1 is gone
+
+
+def test_release_frees_hold_without_charge(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.reserve("alice", "c1", 0.9, ttl=60)
+    assert store.release("c1") is True
+    assert store.release("c1") is False
+    assert store.get("alice")["current_cost"] == 0.0  # type: ignore[index]
+    store.reserve("alice", "c2", 1.0, ttl=60)
+
+
+def test_expired_reservation_stops_counting(store: BudgetStore) -> None:
+    at(store, T0)
+    store.set_budget("alice", 1.0)
+    store.reserve("alice", "c1", 0.9, ttl=30)
+    with pytest.raises(BudgetExceededError):
+        store.reserve("alice", "c2", 0.9, ttl=30)
+    at(store, T0 + 31)
+    store.reserve("alice", "c2", 0.9, ttl=30)
+
+
+def test_settle_after_lease_expired_still_charges_with_user(store: BudgetStore) -> None:
+    at(store, T0)
+    store.set_budget("alice", 1.0)
+    store.reserve("alice", "c1", 0.5, ttl=10)
+    at(store, T0 + 100)
+    assert store.settle("c1", 0.2, "m", user="alice") is True
+    assert store.get("alice")["current_cost"] == pytest.approx(0.2)  # type: ignore[index]
+
+
+def test_reset_keeps_budget_and_holds(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.charge("alice", 0.7, "m")
+    store.reserve("alice", "c1", 0.2, ttl=60)
+    record = store.reset("alice")
+    assert record["current_cost"] == 0.0 and record["model_cost"] == {}
+    assert "c1" in record.get("reservations", {})
+    with pytest.raises(UnknownUserError):
+        store.reset("ghost")
+
+
+def test_set_budget_on_known_user_keeps_spend(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.charge("alice", 0.7, "m")
+    record = store.set_budget("alice", 5.0, "weekly")
+    assert record["current_cost"] == pytest.approx(0.7) and record["total_budget"] == 5.0
+
+
+def test_put_and_delete(store: BudgetStore) -> None:
+    store.put("bob", {"total_budget": 3, "current_cost": 1})  # type: ignore[typeddict-item]
+    assert store.get("bob")["current_cost"] == 1.0  # type: ignore[index]
+    assert store.delete("bob") is True
+    assert store.delete("bob") is False
+    assert store.get("bob") is None
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "1", True])
+def test_bad_amounts_change_nothing(store: BudgetStore, bad: object) -> None:
+    store.set_budget("alice", 1.0)
+    with pytest.raises(ConfigurationError):
+        store.charge("alice", bad, "m")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        store.set_budget("alice", bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        store.reserve("alice", "c1", bad, ttl=60)  # type: ignore[arg-type]
+    record = store.get("alice")
+    assert record is not None and record["current_cost"] == 0.0 and record["total_budget"] == 1.0
+    assert not record.get("reservations")
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 42])
+def test_bad_user_ids_are_refused(store: BudgetStore, bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="user id"):
+        store.set_budget(bad, 1.0)  # type: ignore[arg-type]
+    assert store.all() == {}
+
+
+def test_unknown_duration_is_refused(store: BudgetStore) -> None:
+    with pytest.raises(ConfigurationError, match="unknown duration 'fortnightly'"):
+        store.set_budget("alice", 1.0, "fortnightly")
+    assert store.get("alice") is None
+
+
+def test_two_handles_see_each_others_changes(store_factory: Callable[[], BudgetStore]) -> None:
+    first, second = store_factory(), store_factory()
+    first.set_budget("alice", 10.0)
+    second.charge("alice", 1.0, "m")
+    first.charge("alice", 2.0, "m")
+    assert second.get("alice")["current_cost"] == 3.0  # type: ignore[index]
+    assert first.settle("unknown-call", 1.0, "m") is False
+
+
+def test_concurrent_reservations_admit_exactly_what_fits(store: BudgetStore) -> None:
+    """100 threads race for a budget that covers 5 holds: exactly 5 get one."""
+    store.set_budget("alice", 5.0)
+    admitted: list[str] = []
+    barrier = threading.Barrier(100)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        try:
+            store.reserve("alice", f"call-{i}", 1.0, ttl=60)
+            admitted.append(f"call-{i}")
+        except BudgetExceededError:
+            pass
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 5
+    assert sorted(store.get("alice").get("reservations", {})) == sorted(admitted)  # type: ignore[union-attr]
