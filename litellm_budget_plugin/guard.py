@@ -1,0 +1,376 @@
+"""BudgetGuard: a litellm callback that checks each call against its user's budget.
+
+``litellm.callbacks.append(BudgetGuard(...))`` is the whole integration. Before a call that
+carries ``user=`` reaches the provider, the guard reserves the call's worst-case cost in the
+store (refusing with :class:`BudgetExceededError` when it does not fit); when litellm reports
+success it charges the actual cost in place of the hold, and on failure it releases the hold.
+
+Async calls are stopped in litellm's ``async_pre_call_deployment_hook``. litellm gives
+callbacks no veto over sync calls, so the guard wraps ``litellm.utils.function_setup``, which
+litellm's ``@client`` wrapper looks up at call time for every sync entry point (also for
+functions imported before the guard existed, and for each sync Router attempt). That is
+private API: :func:`install_sync_hook` proves it is on the call path with a probe call and
+raises :class:`GuardInstallError` if not, so an upgrade never leaves calls silently unguarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import litellm
+import litellm.utils
+from litellm.integrations.custom_logger import CustomLogger
+
+from . import budget, pricing
+from .budget import Mode, UserRecord
+from .errors import (
+    BudgetExceededError,
+    BudgetPluginError,
+    ConfigurationError,
+    StoreError,
+    UnknownUserError,
+)
+from .manager import BudgetManager
+from .stores import BudgetStore, NewBudget, store_from_url
+
+logger = logging.getLogger(__name__)
+
+# The litellm versions whose internals (function_setup, the deployment hook) this is tested with.
+TESTED_LITELLM_VERSIONS = ">=1.110,<1.111"
+# The record that tracks litellm.max_budget, shared by every process using the store.
+GLOBAL_USER = "litellm.max_budget"
+DEFAULT_LEASE_SECONDS = 600.0
+
+UnknownUsers = Literal["track", "deny", "create"]
+StoreFailure = Literal["closed", "open"]
+AlertHandler = Callable[[str, float, float], None]
+
+_CHAT_CALLS = frozenset({"completion", "acompletion"})
+_TEXT_CALLS = frozenset({"text_completion", "atext_completion"})
+_EMBEDDING_CALLS = frozenset({"embedding", "aembedding"})
+_ASYNC_FLAGS = ("acompletion", "aembedding", "atext_completion", "aimg_generation", "atranscription")
+
+
+class GuardInstallError(BudgetPluginError, RuntimeError):
+    """The sync-call hook is not on litellm's call path: calls would go unguarded."""
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """One reservation the guard made for a call."""
+
+    user: str
+    call_id: str
+    amount: float
+
+
+class BudgetGuard(CustomLogger):
+    """Enforce per-user budgets on every litellm call that carries ``user=``.
+
+    :param budgets: a :class:`BudgetManager`, a store, a path or URL, or None for the default
+        store (``$LITELLM_BUDGET_STORE`` or ``user_cost.json``).
+    :param mode: ``"strict"`` admits a call only if spend + holds + its estimate fit the
+        budget; ``"soft"`` (LiteLLM's rule) admits while spend + holds are under it.
+    :param unknown_users: a user with no budget is ``"track"``-ed without a limit, ``"deny"``-ed,
+        or given ``default_budget``/``default_duration`` on first sight (``"create"``).
+    :param anonymous_user: charge calls without ``user=`` to this user (default: untracked).
+    :param on_store_error: ``"closed"`` refuses calls while the store cannot be used;
+        ``"open"`` lets them through untracked, logging each.
+    :param lease_seconds: how long a hold lasts if its call never reports back (a crashed
+        process, an abandoned stream).
+    :param alert_threshold: fraction of a budget whose crossing calls ``on_alert(user, spend,
+        budget)`` (default: a warning in the log).
+    """
+
+    def __init__(
+        self,
+        budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | None = None,
+        *,
+        mode: Mode = "strict",
+        unknown_users: UnknownUsers = "track",
+        default_budget: float | None = None,
+        default_duration: str | float | None = None,
+        anonymous_user: str | None = None,
+        on_store_error: StoreFailure = "closed",
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        output_token_cap: int = pricing.DEFAULT_OUTPUT_TOKEN_CAP,
+        alert_threshold: float | None = None,
+        on_alert: AlertHandler | None = None,
+    ) -> None:
+        super().__init__()
+        self.store: BudgetStore = (
+            budgets.store if isinstance(budgets, BudgetManager) else store_from_url(budgets)
+        )
+        self.mode = budget.check_mode(mode)
+        if unknown_users not in ("track", "deny", "create"):
+            raise ConfigurationError(f"unknown_users must be track, deny or create, got {unknown_users!r}")
+        if unknown_users == "create" and default_budget is None:
+            raise ConfigurationError('unknown_users="create" needs default_budget')
+        self._default: NewBudget | None = {
+            "track": NewBudget(total_budget=None, duration=None),
+            "deny": None,
+            "create": NewBudget(
+                total_budget=None
+                if default_budget is None
+                else budget.check_amount("default_budget", default_budget),
+                duration=budget.parse_duration(default_duration),
+            ),
+        }[unknown_users]
+        self.anonymous_user = None if anonymous_user is None else budget.check_user(anonymous_user)
+        if on_store_error not in ("closed", "open"):
+            raise ConfigurationError(f"on_store_error must be closed or open, got {on_store_error!r}")
+        self.on_store_error = on_store_error
+        self.lease_seconds = budget.check_amount("lease_seconds", lease_seconds)
+        self.output_token_cap = output_token_cap
+        if (
+            alert_threshold is not None
+            and not 0 < budget.check_amount("alert_threshold", alert_threshold) <= 1
+        ):
+            raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
+        self.alert_threshold = alert_threshold
+        self.on_alert = on_alert or _log_alert
+        self._holds: dict[str, list[_Hold]] = {}
+        self._holds_lock = threading.Lock()
+        self._global_budget_seen: float | None = None
+        install_sync_hook()
+
+    # -- admission -----------------------------------------------------------------------
+
+    def check(self, call_type: str, kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> None:
+        """Reserve the call's worst-case cost, or raise BudgetExceededError.
+
+        Called before the provider is contacted, from the sync hook or the async hook.
+        """
+        user = kwargs.get("user") or self.anonymous_user
+        global_budget = litellm.max_budget or None
+        if user is None and global_budget is None:
+            return
+        call_id = kwargs.get("litellm_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            return  # litellm gives every call an id; without one the result cannot be matched
+        model = str(kwargs.get("model") or (args[0] if args else ""))
+        estimate = self._estimate(call_type, model, kwargs, args)
+        holds: list[_Hold] = []
+        try:
+            if global_budget is not None:
+                self._sync_global_budget(float(global_budget))
+                # litellm's own rule for its global budget: stop once spend reaches it.
+                self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft")
+                holds.append(_Hold(GLOBAL_USER, call_id, estimate))
+            if user is not None:
+                self._reserve_for(budget.check_user(user), call_id, estimate)
+                holds.append(_Hold(user, call_id, estimate))
+        except BaseException as exc:
+            for hold in holds:  # one refusal undoes the other hold
+                self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
+            if isinstance(exc, StoreError) and self.on_store_error == "open":
+                logger.warning("budget store unusable, letting call %s through untracked: %s", call_id, exc)
+                return
+            raise
+        with self._holds_lock:
+            self._holds[call_id] = holds
+
+    def _reserve_for(self, user: str, call_id: str, estimate: float) -> UserRecord:
+        try:
+            return self.store.reserve(user, call_id, estimate, self.lease_seconds, self.mode, self._default)
+        except UnknownUserError:
+            raise BudgetExceededError(user, 0.0, 0.0, estimate) from None
+
+    def _estimate(
+        self, call_type: str, model: str, kwargs: Mapping[str, Any], args: tuple[Any, ...]
+    ) -> float:
+        if call_type in _CHAT_CALLS:
+            messages = kwargs.get("messages") or (args[1] if len(args) > 1 else [])
+            output = pricing.output_token_limit(kwargs, model, self.output_token_cap)
+            return pricing.estimate_cost(
+                model, messages=messages, output_tokens=output, n=kwargs.get("n") or 1
+            )
+        if call_type in _TEXT_CALLS:
+            output = pricing.output_token_limit(kwargs, model, self.output_token_cap)
+            return pricing.estimate_cost(
+                model, prompt=kwargs.get("prompt"), output_tokens=output, n=kwargs.get("n") or 1
+            )
+        if call_type in _EMBEDDING_CALLS:
+            return pricing.estimate_cost(model, prompt=kwargs.get("input"))
+        return 0.0  # other call types are charged their actual cost, with nothing held
+
+    def _sync_global_budget(self, amount: float) -> None:
+        if amount != self._global_budget_seen:
+            self.store.set_budget(GLOBAL_USER, amount)
+            self._global_budget_seen = amount
+
+    # -- outcome -------------------------------------------------------------------------
+
+    def _settle(self, kwargs: Mapping[str, Any], response_obj: Any) -> None:
+        call_id = kwargs.get("litellm_call_id")
+        with self._holds_lock:
+            holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
+        if not holds:
+            return
+        model = str(kwargs.get("model") or "")
+        cost = self._actual_cost(kwargs, response_obj, model, holds[0].amount)
+        for hold in holds:
+            record = self._quietly(
+                functools.partial(
+                    self.store.charge, hold.user, cost, model, call_id=hold.call_id, default=self._default
+                )
+            )
+            if record is None:
+                continue
+            if hold.user == GLOBAL_USER:
+                litellm._current_cost = record["current_cost"]
+            else:
+                self._maybe_alert(hold.user, record, cost)
+
+    def _release(self, kwargs: Mapping[str, Any]) -> None:
+        call_id = kwargs.get("litellm_call_id")
+        with self._holds_lock:
+            holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
+        for hold in holds or []:
+            self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
+
+    @staticmethod
+    def _actual_cost(kwargs: Mapping[str, Any], response_obj: Any, model: str, held: float) -> float:
+        cost = kwargs.get("response_cost")
+        if isinstance(cost, int | float) and cost >= 0 and cost == cost:
+            return float(cost)
+        try:
+            return pricing.response_cost(response_obj, model)
+        except BudgetPluginError:
+            logger.warning(
+                "no cost for call %s of %s; charging its hold", kwargs.get("litellm_call_id"), model
+            )
+            return held
+
+    def _maybe_alert(self, user: str, record: UserRecord, cost: float) -> None:
+        limit = record["total_budget"]
+        if self.alert_threshold is None or not limit:
+            return
+        line = self.alert_threshold * limit
+        spend = record["current_cost"]
+        if spend >= line > spend - cost:
+            self.on_alert(user, spend, limit)
+
+    def _quietly(self, operation: Callable[[], Any]) -> Any:
+        """Run a store operation after the call: a failure must not break the caller's result."""
+        try:
+            return operation()
+        except BudgetPluginError:
+            logger.exception("budget store operation failed after the call; its hold expires with its lease")
+            return None
+
+    # -- litellm's callback interface (parameter names are litellm's: it calls by keyword) --
+
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        name = getattr(call_type, "value", call_type)
+        await asyncio.to_thread(self.check, str(name), kwargs)
+        return None
+
+    def log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._settle(kwargs, response_obj)
+
+    def log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._release(kwargs)
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        await asyncio.to_thread(self._settle, kwargs, response_obj)
+
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        await asyncio.to_thread(self._release, kwargs)
+
+
+def _log_alert(user: str, spend: float, limit: float) -> None:
+    logger.warning("user %r has spent $%.6f of a $%.6f budget", user, spend, limit)
+
+
+# --- the sync-call hook -----------------------------------------------------------------
+
+
+class _ProbeSeen(Exception):
+    """Raised by the hook for the start-up probe call: it proves the hook is on the path."""
+
+
+_PROBE_KEY = "__litellm_budget_plugin_probe__"
+_install_lock = threading.Lock()
+_installed = False
+
+
+def _guarded_function_setup(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def function_setup(
+        original_function: str, rules_obj: Any, start_time: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        result = original(original_function, rules_obj, start_time, *args, **kwargs)
+        if kwargs.get("is_async_call", True):
+            return result  # async calls are checked in async_pre_call_deployment_hook
+        _, call_kwargs = result
+        metadata = call_kwargs.get("metadata")
+        if isinstance(metadata, dict) and _PROBE_KEY in metadata:
+            raise _ProbeSeen
+        if any(call_kwargs.get(flag) is True for flag in _ASYNC_FLAGS):
+            return result
+        for callback in list(litellm.callbacks):
+            if isinstance(callback, BudgetGuard):
+                callback.check(original_function, call_kwargs, args)
+        return result
+
+    function_setup.__budget_guard__ = True  # type: ignore[attr-defined]
+    return function_setup
+
+
+def install_sync_hook() -> None:
+    """Put the guard's check on litellm's sync call path, once, and prove it is there.
+
+    :raises GuardInstallError: the hook is not reached by ``litellm.completion``.
+    """
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        current = litellm.utils.function_setup
+        if not getattr(current, "__budget_guard__", False):
+            litellm.utils.function_setup = _guarded_function_setup(current)
+        _probe()
+        _installed = True
+
+
+def _probe() -> None:
+    retries = litellm.num_retries  # litellm clears it on any failed sync completion
+    try:
+        litellm.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "probe"}],
+            mock_response="probe",
+            metadata={_PROBE_KEY: True},
+        )
+    except _ProbeSeen:
+        return
+    finally:
+        litellm.num_retries = retries
+    raise GuardInstallError(
+        f"BudgetGuard could not hook litellm {_litellm_version()}'s sync calls "
+        f"(tested with litellm{TESTED_LITELLM_VERSIONS}); sync calls would not be checked"
+    )
+
+
+def _litellm_version() -> str:
+    from importlib.metadata import version
+
+    return version("litellm")
