@@ -32,10 +32,11 @@ _UNIT_DAYS = {
 }
 _DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w|y)\s*$")
 
-# A repeated charge for a call id is recognised for this long, for at most this many ids
-# per user: duplicates come from retried requests and repeated callbacks, seconds apart.
-APPLIED_ID_TTL_SECONDS = 86_400.0
-APPLIED_ID_LIMIT = 1_000
+# A repeated charge for a call id is recognised for this long, among this many of the
+# user's latest calls: duplicates come from retried requests and repeated callbacks,
+# seconds apart. Every change rewrites the user's record, so the list stays short.
+APPLIED_ID_TTL_SECONDS = 3_600.0
+APPLIED_ID_LIMIT = 64
 
 Mode = Literal["strict", "soft"]
 MODES: tuple[Mode, ...] = ("strict", "soft")
@@ -133,8 +134,7 @@ def check_record(user: str, raw: object) -> UserRecord:
     if not isinstance(model_cost, dict):
         raise ConfigurationError(f"{where}: model_cost must be an object")
     record["model_cost"] = {
-        str(model): check_amount(f"{where}: model_cost[{model!r}]", cost)
-        for model, cost in model_cost.items()
+        str(model): check_amount(f"{where}: model_cost[{model!r}]", cost) for model, cost in model_cost.items()
     }
     if "duration" in record and record["duration"] is not None:
         days = parse_duration(record["duration"])
@@ -144,9 +144,7 @@ def check_record(user: str, raw: object) -> UserRecord:
         record.pop("duration", None)
     created = check_amount(f"{where}: created_at", record.get("created_at", 0.0))
     record["created_at"] = created
-    record["last_updated_at"] = check_amount(
-        f"{where}: last_updated_at", record.get("last_updated_at", created)
-    )
+    record["last_updated_at"] = check_amount(f"{where}: last_updated_at", record.get("last_updated_at", created))
     reservations = record.get("reservations", {})
     if not isinstance(reservations, dict):
         raise ConfigurationError(f"{where}: reservations must be an object")
@@ -219,9 +217,7 @@ def litellm_view(record: UserRecord) -> dict[str, Any]:
 # --- changing records -------------------------------------------------------------------
 
 
-def new_record(
-    total_budget: float | None, duration: object, now: float, created_at: float | None = None
-) -> UserRecord:
+def new_record(total_budget: float | None, duration: object, now: float, created_at: float | None = None) -> UserRecord:
     budget = None if total_budget is None else check_amount("total_budget", total_budget)
     days = parse_duration(duration)
     start = now if created_at is None else check_amount("created_at", created_at)
@@ -277,14 +273,15 @@ def current_window(record: UserRecord, now: float) -> UserRecord:
         "reservations",
         {k: v for k, v in record.get("reservations", {}).items() if v["expires_at"] > now},
     )
-    recent = [(k, t) for k, t in record.get("applied", {}).items() if now - t < APPLIED_ID_TTL_SECONDS]
-    _set_or_drop(updated, "applied", dict(recent[-APPLIED_ID_LIMIT:]))
+    applied = record.get("applied", {})
+    if applied and (len(applied) > APPLIED_ID_LIMIT or now - next(iter(applied.values())) >= APPLIED_ID_TTL_SECONDS):
+        # ids are kept in the order they were applied: only the oldest can be stale
+        recent = [(k, t) for k, t in applied.items() if now - t < APPLIED_ID_TTL_SECONDS]
+        _set_or_drop(updated, "applied", dict(recent[-APPLIED_ID_LIMIT:]))
     return updated
 
 
-def charge(
-    record: UserRecord, cost: float, model: str, call_id: str | None, now: float
-) -> tuple[UserRecord, bool]:
+def charge(record: UserRecord, cost: float, model: str, call_id: str | None, now: float) -> tuple[UserRecord, bool]:
     """Add ``cost`` to the spend; settles the call's reservation. False if already applied."""
     cost = check_amount("cost", cost)
     if call_id is not None and call_id in record.get("applied", {}):

@@ -140,13 +140,10 @@ def estimate_cost(
 ) -> float:
     """Worst-case cost of a call: its prompt at the input price plus ``n`` x output tokens."""
     entry = prices(model)
-    if messages is not None:
-        prompt_tokens = count_message_tokens(messages, model)
-    else:
-        prompt_tokens = _content_tokens(prompt, model)
-    cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0) + output_tokens * max(
-        n, 1
-    ) * float(entry.get("output_cost_per_token") or 0.0)
+    prompt_tokens = count_message_tokens(messages, model) if messages is not None else _content_tokens(prompt, model)
+    cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0) + output_tokens * max(n, 1) * float(
+        entry.get("output_cost_per_token") or 0.0
+    )
     return cost if math.isfinite(cost) else math.inf
 
 

@@ -1,0 +1,172 @@
+"""BudgetGuard benchmarks: per-call overhead, and admission under concurrency.
+
+Sets a baseline, not a gate: the machine is shared and noisy, so every figure is a median
+of several rounds, and each ratio compares numbers measured in the same run.
+
+1. Overhead: ``litellm.completion(mock_response=...)`` with the guard registered vs bare
+   litellm, with 1,000 users in the store (file store, the default).
+2. Admission: 32 concurrent calls (threads, then asyncio tasks) on a budget that covers 10
+   worst cases, each call in flight for 0.3 s (``mock_delay``). The guard in strict mode vs
+   the seed's check-then-call pattern with LiteLLM's own BudgetManager.
+
+Run: python benchmarks/bench_guard.py
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+import asyncio
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import litellm
+
+from litellm_budget_plugin import BudgetExceededError, BudgetManager
+from litellm_budget_plugin.guard import BudgetGuard
+
+MESSAGES = [{"role": "user", "content": "Hello, how are you today?"}]
+MODEL = "gpt-4o-mini"
+ROUNDS = 7
+CALLS_PER_ROUND = 300
+
+
+def time_calls(user: str | None) -> float:
+    """Median per-call seconds over ROUNDS rounds of CALLS_PER_ROUND calls."""
+    extra: dict[str, Any] = {"user": user} if user else {}
+    per_call = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(CALLS_PER_ROUND):
+            litellm.completion(model=MODEL, messages=MESSAGES, mock_response="Fine, thanks!", max_tokens=50, **extra)
+        per_call.append((time.perf_counter() - start) / CALLS_PER_ROUND)
+    return statistics.median(per_call)
+
+
+def overhead(folder: Path) -> None:
+    manager = BudgetManager("bench", store=folder / "overhead.json")
+    for i in range(1000):
+        manager.create_budget(1_000.0, f"user-{i}")
+    time_calls(None)  # warm up litellm
+    bare, guarded = [], []
+    guard = BudgetGuard(manager)
+    for _ in range(3):  # interleave, so drift in machine load hits both
+        litellm.logging_callback_manager._reset_all_callbacks()
+        bare.append(time_calls(None))
+        litellm.callbacks.append(guard)
+        guarded.append(time_calls("user-500"))
+    litellm.logging_callback_manager._reset_all_callbacks()
+    time.sleep(1)  # let litellm's logging thread drain
+    b, g = statistics.median(bare), statistics.median(guarded)
+    print("\n## Guard overhead: completion(mock_response=...), 1,000 users in the store")
+    print("| setup | median per call | ratio |")
+    print("|---|---|---|")
+    print(f"| bare litellm | {b * 1e3:.3f} ms | 1.00x |")
+    print(f"| with BudgetGuard (file store) | {g * 1e3:.3f} ms | {g / b:.2f}x |")
+
+
+def in_threads(fn: Callable[[], bool], count: int) -> list[bool]:
+    results: list[bool] = []
+    barrier = threading.Barrier(count)
+
+    def one() -> None:
+        barrier.wait()
+        results.append(fn())
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def admission(folder: Path) -> None:
+    estimate = (litellm.token_counter(model=MODEL, messages=MESSAGES) * 1.5e-7 + 100 * 6e-7) * (1 + 1e-9)
+    limit = 10 * estimate
+    # Mock responses report 20 output tokens: make each call cost its whole estimate by
+    # registering a price at which those 20 tokens cost what 100 would.
+    call = dict(model=MODEL, messages=MESSAGES, mock_response="ok", max_tokens=100, mock_delay=0.3)
+    rows = []
+
+    # The seed's pattern with LiteLLM's own BudgetManager: check, call, update.
+    os.chdir(folder)
+    seed = litellm.BudgetManager(project_name="bench")
+    seed.create_budget(total_budget=limit, user="seed")
+
+    def seed_call() -> bool:
+        if seed.get_current_cost("seed") + estimate > seed.get_total_budget("seed"):
+            return False
+        response = litellm.completion(**call)
+        seed.update_cost(completion_obj=response, user="seed")
+        return True
+
+    admitted = sum(in_threads(seed_call, 32))
+    time.sleep(0.5)
+    rows.append(("LiteLLM BudgetManager, check-then-call, threads", admitted, seed.get_current_cost("seed")))
+
+    manager = BudgetManager("bench", store=folder / "admission.json")
+    guard = BudgetGuard(manager)
+    litellm.callbacks.append(guard)
+
+    def guarded_call(user: str) -> bool:
+        try:
+            litellm.completion(user=user, **call)
+            return True
+        except BudgetExceededError:
+            return False
+
+    manager.create_budget(limit, "threads")
+    admitted = sum(in_threads(lambda: guarded_call("threads"), 32))
+    wait_settled(manager, "threads")
+    rows.append(("BudgetGuard strict, threads", admitted, manager.get_current_cost("threads")))
+
+    manager.create_budget(limit, "tasks")
+
+    async def task() -> bool:
+        try:
+            await litellm.acompletion(user="tasks", **call)
+            return True
+        except BudgetExceededError:
+            return False
+
+    async def tasks() -> int:
+        results = await asyncio.gather(*(task() for _ in range(32)))
+        deadline = time.monotonic() + 10
+        while manager.store.get("tasks").get("reservations") and time.monotonic() < deadline:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+        return sum(results)
+
+    admitted = asyncio.run(tasks())
+    rows.append(("BudgetGuard strict, asyncio tasks", admitted, manager.get_current_cost("tasks")))
+    litellm.logging_callback_manager._reset_all_callbacks()
+
+    print("\n## 32 concurrent calls, budget covers 10 worst cases (each call in flight 0.3 s)")
+    print("| setup | admitted | spend / budget |")
+    print("|---|---|---|")
+    for name, count, spent in rows:
+        print(f"| {name} | {count} of 32 | {spent / limit:.0%} |")
+    print("(mock responses cost less than their worst case, so spend stays below the admitted share)")
+
+
+def wait_settled(manager: BudgetManager, user: str) -> None:
+    deadline = time.monotonic() + 10
+    while manager.store.get(user).get("reservations") and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.05)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        overhead(Path(folder))
+        admission(Path(folder))
+
+
+if __name__ == "__main__":
+    main()
