@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 # The journal is folded into the snapshot once it is larger than both of these.
-MIN_JOURNAL_BYTES = 256 * 1024
+MIN_JOURNAL_BYTES = 4 * 1024 * 1024
 
 
 class FileStore(RecordStore):
@@ -272,7 +272,8 @@ class FileStore(RecordStore):
             with open(temp, "wb") as out:
                 out.write(data)
                 out.flush()
-                os.fsync(out.fileno())
+                if self.fsync:  # a killed process cannot lose what is in the page cache
+                    os.fsync(out.fileno())
             os.replace(temp, target)
         except OSError as exc:
             temp.unlink(missing_ok=True)
