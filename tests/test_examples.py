@@ -12,6 +12,8 @@ import litellm
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# LiteLLM's BudgetManager examples, ported with only the import line changed
+SEED_PORTS = ["quickstart.py", "text_cost.py", "durations.py"]
 
 
 def run_example(name: str, tmp_path: Path) -> str:
@@ -37,15 +39,12 @@ def run_example(name: str, tmp_path: Path) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+@pytest.mark.parametrize("name", SEED_PORTS)
 def test_example_differs_from_litellms_only_in_the_import(name: str) -> None:
     tree = ast.parse((EXAMPLES / name).read_text())
     imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
     imported = {
-        (node.module, alias.name)
-        for node in imports
-        if isinstance(node, ast.ImportFrom)
-        for alias in node.names
+        (node.module, alias.name) for node in imports if isinstance(node, ast.ImportFrom) for alias in node.names
     }
     assert ("litellm_budget_plugin", "BudgetManager") in imported
     assert ("litellm", "BudgetManager") not in imported
