@@ -32,6 +32,44 @@ def file_store_factory(tmp_path: Path) -> Iterator[Callable[[], BudgetStore]]:
         store.close()
 
 
+@pytest.fixture
+def http_store_factory(tmp_path: Path) -> Iterator[Callable[[], BudgetStore]]:
+    """HttpStores on a budget server in this process, over FileStores in tmp_path.
+
+    Time is the server's: setting ``clock`` on a store returned here sets the clock of the
+    server's stores (a test-only subclass; HttpStore itself has no clock).
+    """
+    from server_thread import ServerClock, ServerThread, directory_stores
+
+    from litellm_budget_plugin.stores.http import HttpStore
+
+    clock = ServerClock()
+
+    class ClockedHttpStore(HttpStore):
+        @property
+        def clock(self) -> Callable[[], float]:
+            return clock
+
+        @clock.setter
+        def clock(self, now: Callable[[], float]) -> None:
+            clock.now = now
+
+    made: list[HttpStore] = []
+    with ServerThread(directory_stores(tmp_path, clock)) as server:
+
+        def make() -> BudgetStore:
+            store = ClockedHttpStore(server.url, project_name="contract", retries=0)
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            store.close()
+
+
+STORE_FIXTURES.append("http_store_factory")
+
+
 @pytest.fixture(params=STORE_FIXTURES)
 def store_factory(request: pytest.FixtureRequest) -> Callable[[], BudgetStore]:
     """A factory for the store under test; two calls give two handles on the same store."""

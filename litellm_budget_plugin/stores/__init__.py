@@ -34,6 +34,10 @@ def store_from_url(target: str | os.PathLike[str] | BudgetStore | None = None, *
     scheme = scheme.lower()
     if scheme == "file":
         return FileStore(rest, **options)
+    if scheme in ("http", "https"):
+        from .http import DEFAULT_PROJECT, HttpStore
+
+        return HttpStore(text, options.pop("project", None) or DEFAULT_PROJECT, **options)
     raise ConfigurationError(
         f"unknown store scheme {scheme!r} in {text!r}: use a file path, file://, http(s):// or redis(s)://"
     )

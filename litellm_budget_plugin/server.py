@@ -1,0 +1,477 @@
+"""The budget server: LiteLLM's hosted-budget protocol, and atomic operations, over any store.
+
+Every request is a ``POST`` of a JSON object naming its ``project_name``; each project has
+its own store (:class:`~litellm_budget_plugin.stores.projects.ProjectStores`). Answers are
+JSON objects with ``"status"`` ``"success"`` or ``"error"``.
+
+LiteLLM's protocol, for ``litellm.BudgetManager(project, client_type="hosted", api_base=URL)``:
+
+- ``/get_budget`` ``{"project_name"}`` -> ``{"status": "success", "data": {user: record}}``, or
+  ``{"status": "error", ...}`` (still HTTP 200) for a project with no users, which LiteLLM's
+  client reads as empty.
+- ``/set_budget`` ``{"project_name", "user_dict"}`` -> ``{"status": "success"}``. The whole
+  dict replaces the project's users: last writer wins, and users missing from it are deleted.
+
+Atomic operations, one store call each (:class:`~litellm_budget_plugin.stores.http.HttpStore`
+is their client): ``/v1/<op>`` with the arguments of the :class:`BudgetStore` method of that
+name, answered by ``{"status": "success", "result": ...}``. Errors: 400 invalid request,
+401 missing or wrong API key, 402 over budget (with ``user``, ``spend``, ``budget``,
+``estimate``, ``reserved``), 404 unknown user or path, 413 request too large,
+503 store unavailable or busy, 500 store corrupt. ``GET /health`` needs no key.
+
+Store calls are synchronous; they run in worker threads, and a write that has started is
+finished (and waited for at shutdown) even if its request is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from . import budget
+from .errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockTimeout,
+    UnknownUserError,
+)
+from .stores import BudgetStore
+from .stores.projects import ProjectStores, check_project_name
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
+MAX_BODY_BYTES = 8 * 1024 * 1024  # LiteLLM's /set_budget sends every user of the project at once
+SHUTDOWN_TIMEOUT = 30.0
+
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "ProjectStores", "check_project_name", "make_app", "run"]
+
+
+# --- request validation -----------------------------------------------------------------
+
+Check = Callable[[Any], Any]
+
+
+def _optional(check: Check) -> Check:
+    return lambda value: None if value is None else check(value)
+
+
+def _string(name: str) -> Check:
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{name} must be a string, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+def _object(name: str) -> Check:
+    def check(value: object) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ConfigurationError(f"{name} must be an object, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+def _amount(name: str) -> Check:
+    return lambda value: budget.check_amount(name, value)
+
+
+def _default(value: object) -> dict[str, Any]:
+    given = _object("default")(value)
+    if set(given) != {"total_budget", "duration"}:
+        raise ConfigurationError('default must be {"total_budget": ..., "duration": ...}')
+    total = given["total_budget"]
+    return {
+        "total_budget": None if total is None else budget.check_amount("default total_budget", total),
+        "duration": budget.parse_duration(given["duration"]),
+    }
+
+
+@dataclass(frozen=True)
+class _Op:
+    fields: Mapping[str, tuple[Check, bool]]  # name -> (check, required)
+    call: Callable[[BudgetStore, dict[str, Any]], object]
+    missing: Callable[[dict[str, Any]], object]  # the answer for a project with no data
+    creates: Callable[[dict[str, Any]], bool] = field(default=lambda _args: False)
+
+
+def _unknown_user(args: dict[str, Any]) -> object:
+    raise UnknownUserError(args["user"])
+
+
+_USER = (budget.check_user, True)
+_CALL_ID = (budget.check_call_id, True)
+_MODEL = (_string("model"), True)
+_DEFAULT = (_optional(_default), False)
+
+_OPS: dict[str, _Op] = {
+    "get": _Op({"user": _USER}, lambda s, a: s.get(a["user"]), lambda _a: None),
+    "all": _Op({}, lambda s, _a: s.all(), lambda _a: {}),
+    "set_budget": _Op(
+        {
+            "user": _USER,
+            "total_budget": (_optional(_amount("total_budget")), True),
+            "duration": (_optional(budget.parse_duration), False),
+            "created_at": (_optional(_amount("created_at")), False),
+        },
+        lambda s, a: s.set_budget(a["user"], a["total_budget"], a.get("duration"), a.get("created_at")),
+        _unknown_user,
+        creates=lambda _a: True,
+    ),
+    "put": _Op(
+        {"user": _USER, "record": (_object("record"), True)},
+        lambda s, a: s.put(a["user"], a["record"]),
+        _unknown_user,
+        creates=lambda _a: True,
+    ),
+    "delete": _Op({"user": _USER}, lambda s, a: s.delete(a["user"]), lambda _a: False),
+    "reset": _Op({"user": _USER}, lambda s, a: s.reset(a["user"]), _unknown_user),
+    "roll": _Op({"user": _USER}, lambda s, a: s.roll(a["user"]), _unknown_user),
+    "charge": _Op(
+        {
+            "user": _USER,
+            "cost": (_amount("cost"), True),
+            "model": _MODEL,
+            "call_id": (_optional(budget.check_call_id), False),
+            "default": _DEFAULT,
+        },
+        lambda s, a: s.charge(a["user"], a["cost"], a["model"], a.get("call_id"), a.get("default")),
+        _unknown_user,
+        creates=lambda a: a.get("default") is not None,
+    ),
+    "reserve": _Op(
+        {
+            "user": _USER,
+            "call_id": _CALL_ID,
+            "amount": (_amount("reservation amount"), True),
+            "ttl": (_amount("reservation ttl"), True),
+            "mode": (budget.check_mode, False),
+            "default": _DEFAULT,
+        },
+        lambda s, a: s.reserve(
+            a["user"], a["call_id"], a["amount"], a["ttl"], a.get("mode", "strict"), a.get("default")
+        ),
+        _unknown_user,
+        creates=lambda a: a.get("default") is not None,
+    ),
+    "settle": _Op(
+        {
+            "call_id": _CALL_ID,
+            "actual_cost": (_amount("actual cost"), True),
+            "model": _MODEL,
+            "user": (_optional(budget.check_user), False),
+        },
+        lambda s, a: s.settle(a["call_id"], a["actual_cost"], a["model"], a.get("user")),
+        lambda _a: False,
+    ),
+    "release": _Op(
+        {"call_id": _CALL_ID, "user": (_optional(budget.check_user), False)},
+        lambda s, a: s.release(a["call_id"], a.get("user")),
+        lambda _a: False,
+    ),
+}
+
+
+def _check_fields(op: _Op, body: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(body) - set(op.fields))
+    if unknown:
+        raise ConfigurationError(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    args: dict[str, Any] = {}
+    for name, (check, required) in op.fields.items():
+        if name in body:
+            args[name] = check(body[name])
+        elif required:
+            raise ConfigurationError(f"missing field {name!r}")
+    if "record" in args:
+        args["record"] = budget.check_record(args["user"], args["record"])
+    return args
+
+
+def _reject_constant(name: str) -> float:
+    raise ConfigurationError(f"{name} is not a number JSON allows")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ConfigurationError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > 40:
+        raise ConfigurationError(f"integer {text[:40]}... is out of range")
+    return int(text)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        body = json.loads(
+            raw.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
+        raise ConfigurationError(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(body, dict):
+        raise ConfigurationError(f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+# --- the application --------------------------------------------------------------------
+
+_STORES = web.AppKey("stores", ProjectStores)
+_API_KEY = web.AppKey("api_key", str)
+_INFLIGHT = web.AppKey("inflight", set[asyncio.Future[Any]])
+
+
+def _dumps(data: object) -> str:
+    return json.dumps(data, allow_nan=False, separators=(",", ":"))
+
+
+def _ok(**data: object) -> web.Response:
+    return web.json_response({"status": "success", **data}, dumps=_dumps)
+
+
+def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
+    payload = {"status": "error", "error": code, "message": message, **extra}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
+
+
+async def _in_thread(app: web.Application, fn: Callable[[], T]) -> T:
+    """Run a store call in a worker thread; it finishes even if the request is cancelled."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn))
+    inflight = app[_INFLIGHT]
+    inflight.add(future)
+
+    def done(finished: asyncio.Future[Any]) -> None:
+        inflight.discard(finished)
+        if not finished.cancelled():
+            finished.exception()  # retrieved: a request that went away is not an unhandled error
+
+    future.add_done_callback(done)
+    return await asyncio.shield(future)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate, then turn every failure into a JSON answer; nothing escapes."""
+    key = request.app[_API_KEY]
+    if key and request.path != "/health":
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
+    try:
+        return await handler(request)
+    except BudgetExceededError as exc:
+        return _error(
+            402,
+            "budget_exceeded",
+            str(exc),
+            user=exc.user,
+            spend=exc.spend,
+            budget=exc.budget,
+            estimate=exc.estimate,
+            reserved=exc.reserved,
+        )
+    except UnknownUserError as exc:
+        return _error(404, "unknown_user", str(exc), user=exc.user)
+    except ConfigurationError as exc:
+        return _error(400, "invalid_request", str(exc))
+    except StoreCorruptError as exc:
+        logger.error("store corrupt: %s", exc)
+        return _error(500, "store_corrupt", str(exc))
+    except StoreLockTimeout as exc:
+        return _error(503, "store_busy", str(exc))
+    except StoreError as exc:
+        logger.warning("store unavailable: %s", exc)
+        return _error(503, "store_unavailable", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        return _error(exc.status, code.get(exc.status, "http_error"), exc.reason)
+    except Exception:
+        logger.exception("unexpected error on %s", request.path)
+        return _error(500, "internal_error", "unexpected server error; see the server log")
+
+
+async def _health(request: web.Request) -> web.Response:
+    return _ok(stores=request.app[_STORES].description)
+
+
+async def _get_budget(request: web.Request) -> web.Response:
+    """LiteLLM's load: every user of the project in LiteLLM's shape."""
+    body = await _body(request)
+    project = check_project_name(body.get("project_name"))
+    stores = request.app[_STORES]
+
+    def read() -> dict[str, budget.UserRecord] | None:
+        store = stores.get(project, create=False)
+        return None if store is None else store.all()
+
+    records = await _in_thread(request.app, read)
+    if not records:
+        # 200: LiteLLM's client raises on any other status, and reads this answer as "empty".
+        return _error(200, "unknown_project", f"project {project!r} has no budgets")
+    return _ok(data={user: budget.litellm_view(r) for user, r in records.items()})
+
+
+async def _set_budget(request: web.Request) -> web.Response:
+    """LiteLLM's save: the dict replaces the project's users (last writer wins)."""
+    body = await _body(request)
+    project = check_project_name(body.get("project_name"))
+    user_dict = _object("user_dict")(body.get("user_dict"))
+    checked = {budget.check_user(u): budget.check_record(u, r) for u, r in user_dict.items()}
+    stores = request.app[_STORES]
+
+    def replace() -> None:
+        with stores.replace_lock(project):
+            store = stores.get(project, create=True)
+            assert store is not None
+            current = store.all()
+            for user, record in checked.items():
+                old = current.get(user)
+                # Unchanged users are not rewritten: this keeps their holds of calls in
+                # flight, and charges made since the sender read them are not undone.
+                if old is None or budget.check_record(user, budget.litellm_view(old)) != record:
+                    store.put(user, record)
+            for user in current.keys() - checked.keys():
+                store.delete(user)
+
+    await _in_thread(request.app, replace)
+    return _ok()
+
+
+def _atomic(name: str, op: _Op) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        body = await _body(request)
+        project = check_project_name(body.pop("project_name", None))
+        args = _check_fields(op, body)
+        stores = request.app[_STORES]
+
+        def call() -> object:
+            store = stores.get(project, create=op.creates(args))
+            return op.missing(args) if store is None else op.call(store, args)
+
+        return _ok(result=await _in_thread(request.app, call))
+
+    handle.__name__ = f"handle_{name}"
+    return handle
+
+
+async def _finish(app: web.Application) -> None:
+    """On shutdown: wait for store calls already started, then close the stores."""
+    inflight = app[_INFLIGHT]
+    pending = list(inflight)
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    app[_STORES].close()
+
+
+def make_app(stores: ProjectStores, *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES) -> web.Application:
+    """The aiohttp application; ``api_key`` None or empty accepts every request."""
+    app = web.Application(client_max_size=max_body, middlewares=[_errors])
+    app[_STORES] = stores
+    app[_API_KEY] = api_key or ""
+    inflight: set[asyncio.Future[Any]] = set()
+    app[_INFLIGHT] = inflight
+    app.router.add_get("/health", _health)
+    app.router.add_post("/get_budget", _get_budget)
+    app.router.add_post("/set_budget", _set_budget)
+    for name, op in _OPS.items():
+        app.router.add_post(f"/v1/{name}", _atomic(name, op))
+    app.on_cleanup.append(_finish)
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Without an API key the server only listens on loopback."""
+    if not api_key and not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to listen on {host!r} without an API key: set --api-key or ${API_KEY_ENV}, "
+            "or listen on 127.0.0.1"
+        )
+
+
+def run(
+    stores: ProjectStores,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then finish requests in flight and close the stores."""
+    check_bind(host, api_key)
+    asyncio.run(_serve(stores, host, port, api_key, max_body, shutdown_timeout, announce))
+
+
+async def _serve(
+    stores: ProjectStores,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_body: int,
+    shutdown_timeout: float,
+    announce: Callable[[str], None],
+) -> None:
+    app = make_app(stores, api_key=api_key, max_body=max_body)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        for address in runner.addresses:
+            ip, bound_port = address[0], address[1]
+            shown = f"[{ip}]" if ":" in ip else ip
+            announce(f"litellm-budget server listening on http://{shown}:{bound_port}")
+        announce(f"store: {stores.description}")
+        if api_key:
+            announce("requests need the API key (Authorization: Bearer <key>)")
+        else:
+            announce(f"no API key: listening on loopback only (set --api-key or ${API_KEY_ENV})")
+        await stop.wait()
+        announce("shutting down: finishing requests in flight")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

@@ -1,0 +1,261 @@
+"""A store on a budget server (``litellm-budget serve``), over its atomic ``/v1/<op>`` endpoints.
+
+Each method is one request, so many app servers sharing one budget server lose no update.
+Time is the server's: windows and reservation leases follow the server's clock.
+
+Failures map onto the package's errors: a server that cannot be reached or that times out
+raises :class:`StoreUnavailableError` naming the URL (the httpx error is its cause); the
+server's 4xx answers raise the error it reports (:class:`ConfigurationError`,
+:class:`UnknownUserError`, :class:`BudgetExceededError`).
+
+Retries: a request that never reached the server (connection refused) is retried for every
+method. A request that may have been applied (a timeout after sending, a dropped connection,
+a busy store) is retried only when repeating it cannot apply it twice: reads, ``set_budget``,
+``roll``, and ``charge``/``reserve``/``settle``/``release``, which carry a call id (``charge``
+without one gets a generated id for that reason). ``put``, ``delete`` and ``reset`` are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from typing import Any, cast
+
+import httpx
+
+from .. import budget
+from ..budget import Mode, UserRecord
+from ..errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    StoreCorruptError,
+    StoreLockTimeout,
+    StoreUnavailableError,
+    UnknownUserError,
+)
+from .base import NewBudget
+
+API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
+DEFAULT_PROJECT = "default"
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_RETRIES = 2
+_BACKOFF = 0.05  # seconds before the first retry, doubling
+
+# Methods that give the same result when repeated after a request that may have been applied.
+_IDEMPOTENT = frozenset({"get", "all", "set_budget", "roll", "charge", "reserve", "settle", "release"})
+
+
+class HttpStore:
+    """The :class:`BudgetStore` of one project on a budget server.
+
+    :param api_base: the server's URL, e.g. ``http://127.0.0.1:8000`` (a path prefix is kept).
+    :param project_name: the project; each has its own budgets on the server.
+    :param headers: extra headers on every request (LiteLLM's ``headers=``).
+    :param api_key: sent as ``Authorization: Bearer``; default ``$LITELLM_BUDGET_API_KEY``
+        unless ``headers`` already carry an Authorization header.
+    :param timeout: seconds for connecting, and for each read or write.
+    :param retries: further attempts after a failed one (see the module's docstring).
+    """
+
+    def __init__(
+        self,
+        api_base: str,
+        project_name: str = DEFAULT_PROJECT,
+        *,
+        headers: dict[str, str] | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        try:
+            url = httpx.URL(api_base)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ConfigurationError(f"invalid budget server URL {api_base!r}: {exc}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigurationError(f"budget server URL must be http(s)://host[:port], got {api_base!r}")
+        if not isinstance(project_name, str) or not project_name:
+            raise ConfigurationError("project_name must be a non-empty string")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"retries must be a non-negative integer, got {retries!r}")
+        self.api_base = str(api_base).rstrip("/")
+        self.project_name = project_name
+        self.timeout = budget.check_amount("timeout", timeout)
+        self.retries = retries
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        if not any(name.lower() == "authorization" for name in self._headers):
+            key = api_key or os.environ.get(API_KEY_ENV)
+            if key:
+                self._headers["Authorization"] = f"Bearer {key}"
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"HttpStore({self.api_base!r}, project_name={self.project_name!r})"
+
+    # -- BudgetStore ---------------------------------------------------------------------
+
+    def get(self, user: str) -> UserRecord | None:
+        budget.check_user(user)
+        return cast(UserRecord | None, self._call("get", user=user))
+
+    def all(self) -> dict[str, UserRecord]:
+        return cast(dict[str, UserRecord], self._call("all"))
+
+    def set_budget(
+        self,
+        user: str,
+        total_budget: float | None,
+        duration: float | str | None = None,
+        created_at: float | None = None,
+    ) -> UserRecord:
+        budget.check_user(user)
+        budget.new_record(total_budget, duration, 0.0, created_at)  # validate before sending
+        return self._record(
+            "set_budget", user=user, total_budget=total_budget, duration=duration, created_at=created_at
+        )
+
+    def put(self, user: str, record: UserRecord) -> None:
+        budget.check_user(user)
+        self._call("put", user=user, record=budget.check_record(user, record))
+
+    def delete(self, user: str) -> bool:
+        budget.check_user(user)
+        return bool(self._call("delete", user=user))
+
+    def reset(self, user: str) -> UserRecord:
+        budget.check_user(user)
+        return self._record("reset", user=user)
+
+    def roll(self, user: str) -> UserRecord:
+        budget.check_user(user)
+        return self._record("roll", user=user)
+
+    def charge(
+        self,
+        user: str,
+        cost: float,
+        model: str,
+        call_id: str | None = None,
+        default: NewBudget | None = None,
+    ) -> UserRecord:
+        budget.check_user(user)
+        budget.check_amount("cost", cost)
+        # A charge is retried after a timeout; its id makes sure it is applied once.
+        call_id = f"http-charge-{uuid.uuid4().hex}" if call_id is None else budget.check_call_id(call_id)
+        return self._record("charge", user=user, cost=cost, model=model, call_id=call_id, default=default)
+
+    def reserve(
+        self,
+        user: str,
+        call_id: str,
+        amount: float,
+        ttl: float,
+        mode: Mode = "strict",
+        default: NewBudget | None = None,
+    ) -> UserRecord:
+        budget.check_user(user)
+        budget.check_call_id(call_id)
+        budget.check_amount("reservation amount", amount)
+        budget.check_amount("reservation ttl", ttl)
+        budget.check_mode(mode)
+        return self._record("reserve", user=user, call_id=call_id, amount=amount, ttl=ttl, mode=mode, default=default)
+
+    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+        budget.check_call_id(call_id)
+        budget.check_amount("actual cost", actual_cost)
+        return bool(self._call("settle", call_id=call_id, actual_cost=actual_cost, model=model, user=user))
+
+    def release(self, call_id: str, user: str | None = None) -> bool:
+        budget.check_call_id(call_id)
+        return bool(self._call("release", call_id=call_id, user=user))
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and self._pid == os.getpid():
+            client.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._pid != os.getpid():
+                # Forked: the connections belong to the parent; leave them to it.
+                self._client, self._pid = None, os.getpid()
+            if self._client is None:
+                self._client = httpx.Client(headers=self._headers, timeout=self.timeout)
+            return self._client
+
+    def _record(self, op: str, **args: Any) -> UserRecord:
+        return cast(UserRecord, self._call(op, **args))
+
+    def _call(self, op: str, **args: Any) -> Any:
+        url = f"{self.api_base}/v1/{op}"
+        try:
+            body = json.dumps({"project_name": self.project_name, **args}, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"cannot send {op} to the budget server: {exc}") from exc
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(_BACKOFF * 2 ** (attempt - 1))
+            last = attempt == self.retries
+            try:
+                response = self._http().post(url, content=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                if last:  # never sent: a retry cannot apply it twice
+                    raise StoreUnavailableError(f"cannot reach budget server {url}: {exc}") from exc
+                continue
+            except httpx.TransportError as exc:
+                if last or op not in _IDEMPOTENT:
+                    raise StoreUnavailableError(
+                        f"budget server {url} did not answer: {type(exc).__name__}: {exc}"
+                    ) from exc
+                continue
+            if response.status_code == 503 and not last and op in _IDEMPOTENT:
+                continue
+            return _result(response, url)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _result(response: httpx.Response, url: str) -> Any:
+    """The ``result`` of a success answer, or the package error the server reports."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise StoreUnavailableError(
+            f"budget server {url} answered {response.status_code} without a JSON object: {response.text[:200]!r}"
+        )
+    status = response.status_code
+    if status == 200 and answer.get("status") == "success":
+        return answer.get("result")
+    code, message = answer.get("error"), str(answer.get("message", ""))
+    if code == "budget_exceeded":
+        try:
+            raise BudgetExceededError(
+                str(answer["user"]),
+                float(answer["spend"]),
+                float(answer["budget"]),
+                float(answer["estimate"]),
+                float(answer.get("reserved", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise StoreUnavailableError(f"budget server {url}: malformed over-budget answer") from None
+    if code == "unknown_user":
+        raise UnknownUserError(str(answer.get("user", "")))
+    if status == 401:
+        raise ConfigurationError(f"budget server {url} refused the API key: {message}")
+    if code == "store_corrupt":
+        raise StoreCorruptError(f"budget server {url}: {message}")
+    if code == "store_busy":
+        raise StoreLockTimeout(f"budget server {url}: {message}")
+    if 400 <= status < 500:
+        if code == "not_found":
+            message = f"no such endpoint: is {url} a litellm-budget server? ({message})"
+        raise ConfigurationError(message or f"budget server {url} answered {status}")
+    raise StoreUnavailableError(f"budget server {url} answered {status}: {message}")

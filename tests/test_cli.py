@@ -1,0 +1,168 @@
+"""The litellm-budget command: in-process with click's runner, and as the installed script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import litellm
+import pytest
+from click.testing import CliRunner, Result
+from server_thread import ServerThread, directory_stores
+
+from litellm_budget_plugin import FileStore
+from litellm_budget_plugin.cli import EXIT_ERROR, EXIT_OK, EXIT_UNKNOWN_USER, EXIT_USAGE, main
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "budgets.json"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def records(path: Path) -> dict[str, dict[str, object]]:
+    store = FileStore(path)
+    try:
+        return dict(store.all())  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+def test_set_show_reset(store_path: Path) -> None:
+    result = run("set", "alice", "10", "--duration", "daily", "--store", str(store_path))
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.output == "alice: budget $10.00 daily, spent $0.00\n"
+    assert run("set", "bob", "2.5", "--store", str(store_path)).exit_code == EXIT_OK
+    store = FileStore(store_path)
+    store.charge("alice", 2.5, "gpt-4o-mini")
+    store.charge("bob", 0.00015, "gpt-4o-mini")
+    store.close()
+
+    table = run("show", "--store", str(store_path)).output.splitlines()
+    assert table[0].split() == ["USER", "SPENT", "BUDGET", "USED", "NEXT", "RESET"]
+    alice, bob = table[1].split(), table[2].split()
+    assert alice[:4] == ["alice", "$2.50", "$10.00", "25.0%"] and alice[-1] == "UTC"
+    assert bob == ["bob", "$0.00015", "$2.50", "0.0%", "never"]
+
+    shown = json.loads(run("show", "alice", "--json", "--store", str(store_path)).output)
+    assert list(shown) == ["alice"]
+    assert shown["alice"]["current_cost"] == 2.5 and shown["alice"]["total_budget"] == 10.0
+    assert shown["alice"]["next_reset"] == pytest.approx(shown["alice"]["last_updated_at"] + 86_400)
+    assert "reservations" not in shown["alice"]
+
+    result = run("reset", "alice", "--store", str(store_path))
+    assert result.exit_code == EXIT_OK and "reset" in result.output
+    assert records(store_path)["alice"]["current_cost"] == 0.0
+    assert records(store_path)["alice"]["total_budget"] == 10.0
+
+
+def test_store_from_environment(store_path: Path) -> None:
+    env = {"LITELLM_BUDGET_STORE": str(store_path)}
+    assert run("set", "alice", "3", env=env).exit_code == EXIT_OK
+    assert records(store_path)["alice"]["total_budget"] == 3.0
+    assert "alice" in run("show", env=env).output
+
+
+def test_empty_store(store_path: Path) -> None:
+    result = run("show", "--store", str(store_path))
+    assert result.exit_code == EXIT_OK and "no budgets" in result.output
+    assert json.loads(run("show", "--json", "--store", str(store_path)).output) == {}
+
+
+def test_exit_codes(store_path: Path) -> None:
+    store = str(store_path)
+    unknown = run("show", "ghost", "--store", store)
+    assert unknown.exit_code == EXIT_UNKNOWN_USER and "unknown user 'ghost'" in unknown.stderr
+    assert run("reset", "ghost", "--store", store).exit_code == EXIT_UNKNOWN_USER
+    bad_amount = run("set", "alice", "nan", "--store", store)
+    assert bad_amount.exit_code == EXIT_USAGE and "finite" in bad_amount.stderr
+    assert run("set", "alice", "ten", "--store", store).exit_code == EXIT_USAGE  # click's own check
+    bad_duration = run("set", "alice", "1", "--duration", "fortnightly", "--store", store)
+    assert bad_duration.exit_code == EXIT_USAGE and "unknown duration" in bad_duration.stderr
+    assert run("show", "--store", "gopher://x").exit_code == EXIT_USAGE
+    assert run("frobnicate").exit_code == EXIT_USAGE
+    assert not store_path.exists() or records(store_path) == {}
+
+    store_path.write_text("{not json")
+    corrupt = run("show", "--store", store)
+    assert corrupt.exit_code == EXIT_ERROR and "not valid JSON" in corrupt.stderr
+    assert store_path.read_text() == "{not json"
+
+
+def test_help_documents_exit_codes() -> None:
+    for args in (["--help"], ["set", "--help"], ["serve", "--help"]):
+        output = run(*args).output
+        assert "Exit codes" in output and "unknown user" in output
+    assert "--duration" in run("set", "--help").output
+
+
+@pytest.fixture
+def litellm_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A user_cost.json written by LiteLLM's own local BudgetManager."""
+    folder = tmp_path / "litellm"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    manager = litellm.BudgetManager("p")
+    before = set(threading.enumerate())
+    manager.create_budget(5.0, "alice", "weekly")
+    manager.update_cost(user="alice", model="gpt-4o-mini", input_text="hello", output_text="hi there")
+    manager.create_budget(1.0, "bob")
+    for thread in set(threading.enumerate()) - before:
+        thread.join(10)
+    manager.save_data()
+    yield folder / "user_cost.json"
+
+
+def test_import_litellm_file(litellm_file: Path, store_path: Path) -> None:
+    written = json.loads(litellm_file.read_text())
+    result = run("import", str(litellm_file), "--store", str(store_path))
+    assert result.exit_code == EXIT_OK and "imported 2 user(s)" in result.output
+    imported = records(store_path)
+    assert imported["alice"]["current_cost"] == written["alice"]["current_cost"] > 0
+    assert imported["alice"]["duration"] == 7.0
+    assert imported["bob"]["total_budget"] == 1.0
+
+
+def test_import_checks_everything_first(tmp_path: Path, store_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"alice": {"total_budget": 1.0}, "bob": {"total_budget": -3}}))
+    result = run("import", str(bad), "--store", str(store_path))
+    assert result.exit_code == EXIT_USAGE and "nothing was imported" in result.stderr
+    assert records(store_path) == {}
+    bad.write_text("[1, 2]")
+    assert run("import", str(bad), "--store", str(store_path)).exit_code == EXIT_USAGE
+    bad.write_text("{oops")
+    assert run("import", str(bad), "--store", str(store_path)).exit_code == EXIT_USAGE
+    assert run("import", str(tmp_path / "missing.json"), "--store", str(store_path)).exit_code == EXIT_USAGE
+
+
+def test_commands_against_a_budget_server(tmp_path: Path) -> None:
+    with ServerThread(directory_stores(tmp_path), api_key="k") as server:
+        url = ["--store", server.url, "--project", "team"]
+        assert run("set", "alice", "4", *url, "--api-key", "k").exit_code == EXIT_OK
+        env = {"LITELLM_BUDGET_API_KEY": "k"}
+        assert run("show", "alice", "--json", *url, env=env).exit_code == EXIT_OK
+        refused = run("show", *url, "--api-key", "wrong")
+        assert refused.exit_code == EXIT_USAGE and "API key" in refused.stderr
+    assert records(tmp_path / "team.json")["alice"]["total_budget"] == 4.0
+    down = run("show", *url, "--api-key", "k")  # the server has stopped
+    assert down.exit_code == EXIT_ERROR and "cannot reach budget server" in down.stderr
+
+
+def test_installed_script_exit_codes(store_path: Path) -> None:
+    script = shutil.which("litellm-budget")
+    assert script is not None, "pip install -e . installs the litellm-budget script"
+    started = time.monotonic()
+    ok = subprocess.run([script, "set", "alice", "1", "--store", str(store_path)], capture_output=True, text=True)
+    assert ok.returncode == EXIT_OK, ok.stderr
+    missing = subprocess.run([script, "show", "ghost", "--store", str(store_path)], capture_output=True, text=True)
+    assert missing.returncode == EXIT_UNKNOWN_USER and "ghost" in missing.stderr
+    assert time.monotonic() - started < 120
