@@ -589,3 +589,51 @@ def test_server_over_redis_keeps_projects_apart(redis_server: Any) -> None:
         manager = litellm.BudgetManager("a", client_type="hosted", api_base=running.url)
         assert manager.get_current_cost("alice") == 0.5
         assert litellm.BudgetManager("b", client_type="hosted", api_base=running.url).user_dict == {}
+
+
+# --- BudgetGuard over the server ---------------------------------------------------------
+
+
+@pytest.fixture
+def guarded() -> Iterator[Callable[[Any], Any]]:
+    from litellm_budget_plugin.guard import BudgetGuard
+
+    def add(guard: BudgetGuard) -> BudgetGuard:
+        litellm.callbacks.append(guard)
+        return guard
+
+    yield add
+    litellm.logging_callback_manager._reset_all_callbacks()
+
+
+def test_budget_guard_over_the_server(server: ServerThread, guarded: Callable[[Any], Any]) -> None:
+    from litellm_budget_plugin.guard import BudgetGuard
+
+    manager = BudgetManager("app", client_type="hosted", api_base=server.url)
+    manager.create_budget(1.0, "alice")
+    manager.create_budget(1e-9, "bob")
+    guarded(BudgetGuard(manager))
+    messages = [{"role": "user", "content": "hi"}]
+    response = litellm.completion(model="gpt-4o-mini", messages=messages, mock_response="hello", user="alice")
+    cost = response._hidden_params["response_cost"]
+    deadline = time.monotonic() + 10
+    while manager.get_current_cost("alice") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # litellm charges from its logging thread after the call returns
+    assert manager.get_current_cost("alice") == pytest.approx(cost) and cost > 0
+    assert not HttpStore(server.url, project_name="app").get("alice").get("reservations")  # type: ignore[union-attr]
+    with pytest.raises(BudgetExceededError) as info:
+        litellm.completion(model="gpt-4o-mini", messages=messages, mock_response="hello", user="bob")
+    assert info.value.user == "bob"
+    assert manager.get_current_cost("bob") == 0.0
+
+
+def test_budget_guard_fails_closed_when_the_server_is_down(guarded: Callable[[Any], Any]) -> None:
+    from litellm_budget_plugin.guard import BudgetGuard
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    guarded(BudgetGuard(HttpStore(url, project_name="app", retries=0)))
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(StoreUnavailableError, match="cannot reach budget server"):
+        litellm.completion(model="gpt-4o-mini", messages=messages, mock_response="hello", user="alice")
