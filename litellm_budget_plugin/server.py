@@ -276,16 +276,20 @@ async def _in_thread(app: web.Application, fn: Callable[[], T]) -> T:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _authorized(request: web.Request, key: str) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    # Header bytes that are not UTF-8 arrive as surrogates: compare them as bytes all the same.
+    sent = token.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, key.encode())
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, then turn every failure into a JSON answer; nothing escapes."""
-    key = request.app[_API_KEY]
-    if key and request.path != "/health":
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
     try:
+        key = request.app[_API_KEY]
+        if key and request.path != "/health" and not _authorized(request, key):
+            return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
         return await handler(request)
     except BudgetExceededError as exc:
         return _error(

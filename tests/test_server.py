@@ -444,6 +444,26 @@ def test_api_key_is_required(keyed_server: ServerThread, tmp_path: Path) -> None
     assert lower.status_code == 200
 
 
+@pytest.mark.parametrize("value", [b"Bearer \xff\xfe", "Bearer \u00e9".encode(), b"Bearer " + b"k" * 5000])
+def test_odd_authorization_headers_get_401(keyed_server: ServerThread, value: bytes) -> None:
+    port = int(keyed_server.url.rsplit(":", 1)[1])
+    body = b'{"project_name": "p", "user_dict": {}}'
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /set_budget HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: "
+            + value
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b'"unauthorized"' in answer
+
+
 def test_api_key_from_environment(keyed_server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LITELLM_BUDGET_API_KEY", KEY)
     store = HttpStore(keyed_server.url, project_name="p")
