@@ -36,7 +36,7 @@ _DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w|y)\s*$")
 # user's latest calls: duplicates come from retried requests and repeated callbacks,
 # seconds apart. Every change rewrites the user's record, so the list stays short.
 APPLIED_ID_TTL_SECONDS = 3_600.0
-APPLIED_ID_LIMIT = 32
+APPLIED_ID_LIMIT = 128
 
 Mode = Literal["strict", "soft"]
 MODES: tuple[Mode, ...] = ("strict", "soft")
