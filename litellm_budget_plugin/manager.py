@@ -22,7 +22,7 @@ Duration = Literal["daily", "weekly", "monthly", "yearly"] | str | float
 class BudgetManager:
     """LiteLLM's ``BudgetManager`` API, backed by a shared, crash-safe store.
 
-    :param project_name: the project; a local file holds one project.
+    :param project_name: the project: it namespaces a Redis or HTTP store; a local file holds one project.
     :param client_type: ``"local"`` (a store chosen by ``store=``, ``$LITELLM_BUDGET_STORE`` or
         ``user_cost.json``) or ``"hosted"`` (a budget server at ``api_base``).
     :param store: a file path, a URL, or a store object.
@@ -44,7 +44,8 @@ class BudgetManager:
         self.api_base = api_base
         self.headers = headers
         if client_type == "local":
-            self.store = store_from_url(store)
+            # A Redis or HTTP store keeps each project apart; a file holds one project.
+            self.store = store_from_url(store, project=project_name)
         elif client_type == "hosted":
             if api_base is None:
                 raise ConfigurationError('client_type="hosted" needs api_base, the budget server URL')

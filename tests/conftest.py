@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis_server import RedisServer
 
 from litellm_budget_plugin.stores import BudgetStore, FileStore
 
@@ -68,6 +69,46 @@ def http_store_factory(tmp_path: Path) -> Iterator[Callable[[], BudgetStore]]:
 
 
 STORE_FIXTURES.append("http_store_factory")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session (skips, saying how to install it, if there is none)."""
+    pytest.importorskip("redis", reason="pip install litellm_budget_plugin[redis]")
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_store_factory(redis_server: RedisServer) -> Iterator[Callable[[], BudgetStore]]:
+    """RedisStores on the session's server, emptied before each test."""
+    import redis
+
+    from litellm_budget_plugin.stores.redis import RedisStore
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    made: list[RedisStore] = []
+
+    def make() -> BudgetStore:
+        store = RedisStore(redis_server.url, project="contract")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+STORE_FIXTURES.append("redis_store_factory")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("store_factory") == "redis_store_factory":
+            item.add_marker(pytest.mark.redis)
 
 
 @pytest.fixture(params=STORE_FIXTURES)

@@ -38,6 +38,10 @@ def store_from_url(target: str | os.PathLike[str] | BudgetStore | None = None, *
         from .http import DEFAULT_PROJECT, HttpStore
 
         return HttpStore(text, options.pop("project", None) or DEFAULT_PROJECT, **options)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisStore  # redis-py is an optional extra: import it only now
+
+        return RedisStore(text, **options)
     raise ConfigurationError(
         f"unknown store scheme {scheme!r} in {text!r}: use a file path, file://, http(s):// or redis(s)://"
     )
