@@ -11,10 +11,10 @@ import time
 # No network here: litellm must read its bundled price map, set before litellm is imported.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-import litellm  # noqa: E402
+import litellm
 
-from litellm_budget_plugin import BudgetExceededError, BudgetManager  # noqa: E402
-from litellm_budget_plugin.guard import BudgetGuard  # noqa: E402
+from litellm_budget_plugin import BudgetExceededError, BudgetManager
+from litellm_budget_plugin.guard import BudgetGuard
 
 folder = tempfile.TemporaryDirectory(prefix="budget-guard-demo-")
 manager = BudgetManager("demo", store=os.path.join(folder.name, "user_cost.json"))

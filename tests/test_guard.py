@@ -129,9 +129,7 @@ def test_async_call_is_charged_its_actual_cost(server, manager, register) -> Non
     register(BudgetGuard(manager))
 
     async def go() -> None:
-        await litellm.acompletion(
-            model=MODEL, api_base=server.url, api_key="k", messages=MESSAGES, user="alice"
-        )
+        await litellm.acompletion(model=MODEL, api_base=server.url, api_key="k", messages=MESSAGES, user="alice")
         await async_wait_until(lambda: spend(manager, "alice") > 0)
 
     asyncio.run(go())
@@ -305,9 +303,7 @@ def test_router_refuses_over_budget_users(server, manager, register) -> None:
     manager.create_budget(0.0, "broke")
     register(BudgetGuard(manager))
     router = litellm.Router(
-        model_list=[
-            {"model_name": "m", "litellm_params": {"model": MODEL, "api_base": server.url, "api_key": "k"}}
-        ]
+        model_list=[{"model_name": "m", "litellm_params": {"model": MODEL, "api_base": server.url, "api_key": "k"}}]
     )
     with pytest.raises(BudgetExceededError):
         router.completion(model="m", messages=MESSAGES, user="broke")
@@ -383,9 +379,7 @@ def test_strict_mode_admits_no_more_than_the_budget_covers_tasks(server, manager
 def test_soft_mode_admits_while_under_budget(manager, register) -> None:
     register(BudgetGuard(manager, mode="soft"))
     manager.create_budget(1e-9, "alice")
-    litellm.completion(
-        model="gpt-4o-mini", messages=MESSAGES, mock_response="hi", user="alice", max_tokens=100
-    )
+    litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="hi", user="alice", max_tokens=100)
     wait_until(lambda: spend(manager, "alice") > 0)
     with pytest.raises(BudgetExceededError):
         litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="hi", user="alice")
@@ -422,9 +416,7 @@ def test_store_failure_fails_closed_by_default_and_open_by_option(tmp_path, regi
         with pytest.raises(StoreLockTimeout):
             litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="hi", user="alice")
         guard.on_store_error = "open"
-        response = litellm.completion(
-            model="gpt-4o-mini", messages=MESSAGES, mock_response="hi", user="alice"
-        )
+        response = litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="hi", user="alice")
         assert response.choices[0].message.content == "hi"
 
 
@@ -434,9 +426,7 @@ def test_alert_fires_once_when_crossing_threshold(manager, register) -> None:
     manager.create_budget(1.0, "alice")
     manager.store.charge("alice", 0.4996, "m")  # each mock call costs 2.25e-4: the 2nd crosses
     for _ in range(3):
-        litellm.completion(
-            model="gpt-4o", messages=MESSAGES, mock_response="x" * 4000, user="alice", max_tokens=1
-        )
+        litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="x" * 4000, user="alice", max_tokens=1)
     wait_until(lambda: len(manager.store.get("alice").get("applied", {})) == 3)  # type: ignore[union-attr]
     assert len(alerts) == 1 and alerts[0][0] == "alice" and alerts[0][1] >= 0.5
 
@@ -481,3 +471,18 @@ def test_guard_refuses_to_start_when_sync_hook_is_off_the_call_path(monkeypatch,
     monkeypatch.setattr(guard_module, "_installed", False)
     with pytest.raises(GuardInstallError, match="sync calls would not be checked"):
         BudgetGuard(manager)
+
+
+def test_guard_demo_example_refuses_once_the_budget_is_spent(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    demo = Path(__file__).parent.parent / "examples" / "guard_demo.py"
+    out = subprocess.run([sys.executable, str(demo)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[1].strip().split(",")[0] for line in lines] == ["admitted"] * 3 + [
+        "refused before reaching the provider"
+    ]
+    assert "Budget exceeded for user 'alice'" in lines[-1]
+    assert list(tmp_path.iterdir()) == []
