@@ -25,9 +25,7 @@ from litellm.exceptions import BudgetExceededError as LiteLLMBudgetExceededError
 class BudgetExceededError(LiteLLMBudgetExceededError):
     """A call would take ``user`` past ``budget``; litellm's own handlers still catch it."""
 
-    def __init__(
-        self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0
-    ) -> None:
+    def __init__(self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0) -> None:
         self.user = user
         self.spend = spend
         self.budget = budget

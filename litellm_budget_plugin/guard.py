@@ -105,9 +105,7 @@ class BudgetGuard(CustomLogger):
         on_alert: AlertHandler | None = None,
     ) -> None:
         super().__init__()
-        self.store: BudgetStore = (
-            budgets.store if isinstance(budgets, BudgetManager) else store_from_url(budgets)
-        )
+        self.store: BudgetStore = budgets.store if isinstance(budgets, BudgetManager) else store_from_url(budgets)
         self.mode = budget.check_mode(mode)
         if unknown_users not in ("track", "deny", "create"):
             raise ConfigurationError(f"unknown_users must be track, deny or create, got {unknown_users!r}")
@@ -117,9 +115,7 @@ class BudgetGuard(CustomLogger):
             "track": NewBudget(total_budget=None, duration=None),
             "deny": None,
             "create": NewBudget(
-                total_budget=None
-                if default_budget is None
-                else budget.check_amount("default_budget", default_budget),
+                total_budget=None if default_budget is None else budget.check_amount("default_budget", default_budget),
                 duration=budget.parse_duration(default_duration),
             ),
         }[unknown_users]
@@ -129,10 +125,7 @@ class BudgetGuard(CustomLogger):
         self.on_store_error = on_store_error
         self.lease_seconds = budget.check_amount("lease_seconds", lease_seconds)
         self.output_token_cap = output_token_cap
-        if (
-            alert_threshold is not None
-            and not 0 < budget.check_amount("alert_threshold", alert_threshold) <= 1
-        ):
+        if alert_threshold is not None and not 0 < budget.check_amount("alert_threshold", alert_threshold) <= 1:
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
         self.alert_threshold = alert_threshold
         self.on_alert = on_alert or _log_alert
@@ -183,15 +176,11 @@ class BudgetGuard(CustomLogger):
         except UnknownUserError:
             raise BudgetExceededError(user, 0.0, 0.0, estimate) from None
 
-    def _estimate(
-        self, call_type: str, model: str, kwargs: Mapping[str, Any], args: tuple[Any, ...]
-    ) -> float:
+    def _estimate(self, call_type: str, model: str, kwargs: Mapping[str, Any], args: tuple[Any, ...]) -> float:
         if call_type in _CHAT_CALLS:
             messages = kwargs.get("messages") or (args[1] if len(args) > 1 else [])
             output = pricing.output_token_limit(kwargs, model, self.output_token_cap)
-            return pricing.estimate_cost(
-                model, messages=messages, output_tokens=output, n=kwargs.get("n") or 1
-            )
+            return pricing.estimate_cost(model, messages=messages, output_tokens=output, n=kwargs.get("n") or 1)
         if call_type in _TEXT_CALLS:
             output = pricing.output_token_limit(kwargs, model, self.output_token_cap)
             return pricing.estimate_cost(
@@ -244,9 +233,7 @@ class BudgetGuard(CustomLogger):
         try:
             return pricing.response_cost(response_obj, model)
         except BudgetPluginError:
-            logger.warning(
-                "no cost for call %s of %s; charging its hold", kwargs.get("litellm_call_id"), model
-            )
+            logger.warning("no cost for call %s of %s; charging its hold", kwargs.get("litellm_call_id"), model)
             return held
 
     def _maybe_alert(self, user: str, record: UserRecord, cost: float) -> None:
@@ -268,21 +255,15 @@ class BudgetGuard(CustomLogger):
 
     # -- litellm's callback interface (parameter names are litellm's: it calls by keyword) --
 
-    async def async_pre_call_deployment_hook(
-        self, kwargs: dict[str, Any], call_type: Any
-    ) -> dict[str, Any] | None:
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         name = getattr(call_type, "value", call_type)
         await asyncio.to_thread(self.check, str(name), kwargs)
         return None
 
-    def log_success_event(
-        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
+    def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._settle(kwargs, response_obj)
 
-    def log_failure_event(
-        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
+    def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._release(kwargs)
 
     async def async_log_success_event(
@@ -314,9 +295,7 @@ _installed = False
 
 def _guarded_function_setup(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def function_setup(
-        original_function: str, rules_obj: Any, start_time: Any, *args: Any, **kwargs: Any
-    ) -> Any:
+    def function_setup(original_function: str, rules_obj: Any, start_time: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(original_function, rules_obj, start_time, *args, **kwargs)
         if kwargs.get("is_async_call", True):
             return result  # async calls are checked in async_pre_call_deployment_hook

@@ -110,9 +110,7 @@ class BudgetManager:
             cost = pricing.response_cost(completion_obj, model)
             model = str(completion_obj["model"])
         else:
-            raise ConfigurationError(
-                "update_cost needs a completion_obj, or model, input_text and output_text"
-            )
+            raise ConfigurationError("update_cost needs a completion_obj, or model, input_text and output_text")
         budget.check_user(user)
         call_id = getattr(completion_obj, "id", None) if completion_obj is not None else None
         record = self.store.charge(user, cost, model, call_id=call_id or None)

@@ -82,8 +82,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                         "object": "list",
                         "model": body.get("model"),
                         "data": [
-                            {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
-                            for i in range(len(items))
+                            {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))
                         ],
                         "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS},
                     }
