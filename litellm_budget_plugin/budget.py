@@ -94,6 +94,14 @@ def check_mode(mode: object) -> Mode:
     return mode
 
 
+def check_reservation(user: object, call_id: object, amount: object, ttl: object, mode: object) -> tuple[float, float]:
+    """Every store's argument checks for ``reserve``: returns (amount, ttl) as floats."""
+    check_user(user)
+    check_call_id(call_id)
+    check_mode(mode)
+    return check_amount("reservation amount", amount), check_amount("reservation ttl", ttl)
+
+
 def parse_duration(duration: object) -> float | None:
     """Days in a budget window: LiteLLM's names, a number of days, or "1h", "30d", "1mo"."""
     if duration is None:

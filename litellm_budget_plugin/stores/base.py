@@ -208,9 +208,7 @@ class RecordStore(abc.ABC):
         mode: Mode = "strict",
         default: NewBudget | None = None,
     ) -> UserRecord:
-        budget.check_user(user)
-        budget.check_call_id(call_id)
-        budget.check_mode(mode)
+        budget.check_reservation(user, call_id, amount, ttl, mode)
         now = self.clock()
 
         def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:

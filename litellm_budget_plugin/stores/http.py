@@ -157,11 +157,7 @@ class HttpStore:
         mode: Mode = "strict",
         default: NewBudget | None = None,
     ) -> UserRecord:
-        budget.check_user(user)
-        budget.check_call_id(call_id)
-        budget.check_amount("reservation amount", amount)
-        budget.check_amount("reservation ttl", ttl)
-        budget.check_mode(mode)
+        budget.check_reservation(user, call_id, amount, ttl, mode)
         return self._record("reserve", user=user, call_id=call_id, amount=amount, ttl=ttl, mode=mode, default=default)
 
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:

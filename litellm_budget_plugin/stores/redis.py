@@ -206,11 +206,7 @@ class RedisStore:
         mode: Mode = "strict",
         default: NewBudget | None = None,
     ) -> UserRecord:
-        budget.check_user(user)
-        budget.check_call_id(call_id)
-        budget.check_mode(mode)
-        amount = budget.check_amount("reservation amount", amount)
-        ttl = budget.check_amount("reservation ttl", ttl)
+        amount, ttl = budget.check_reservation(user, call_id, amount, ttl, mode)
         if ttl == 0:
             raise ConfigurationError("reservation ttl must be longer than zero")
         now = self.clock()
