@@ -32,11 +32,13 @@ _UNIT_DAYS = {
 }
 _DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w|y)\s*$")
 
-# A repeated charge for a call id is recognised for this long, among this many of the
-# user's latest calls: duplicates come from retried requests and repeated callbacks,
-# seconds apart. Every change rewrites the user's record, so the list stays short.
+# A repeated charge for a call id is recognised for at least this long, among at least this
+# many of the user's latest calls: duplicates come from retried requests and repeated
+# callbacks, seconds apart. The list is pruned back to these bounds only once it holds twice
+# as many ids or ids twice as old, so that most changes copy it instead of rebuilding it.
 APPLIED_ID_TTL_SECONDS = 3_600.0
 APPLIED_ID_LIMIT = 128
+APPLIED_ID_SLACK = 2
 
 Mode = Literal["strict", "soft"]
 MODES: tuple[Mode, ...] = ("strict", "soft")
@@ -282,11 +284,22 @@ def current_window(record: UserRecord, now: float) -> UserRecord:
         {k: v for k, v in record.get("reservations", {}).items() if v["expires_at"] > now},
     )
     applied = record.get("applied", {})
-    if applied and (len(applied) > APPLIED_ID_LIMIT or now - next(iter(applied.values())) >= APPLIED_ID_TTL_SECONDS):
-        # ids are kept in the order they were applied: only the oldest can be stale
-        recent = [(k, t) for k, t in applied.items() if now - t < APPLIED_ID_TTL_SECONDS]
-        _set_or_drop(updated, "applied", dict(recent[-APPLIED_ID_LIMIT:]))
+    recent = recent_applied(applied, now)
+    if recent is not applied:
+        _set_or_drop(updated, "applied", recent)
     return updated
+
+
+def recent_applied(applied: dict[str, float], now: float) -> dict[str, float]:
+    """The call ids still remembered at ``now``: ``applied`` itself unless it is due a prune."""
+    if not applied or (
+        len(applied) <= APPLIED_ID_SLACK * APPLIED_ID_LIMIT
+        # ids are kept in the order they were applied: only the oldest can be stale
+        and now - next(iter(applied.values())) < APPLIED_ID_SLACK * APPLIED_ID_TTL_SECONDS
+    ):
+        return applied
+    recent = [(k, t) for k, t in applied.items() if now - t < APPLIED_ID_TTL_SECONDS]
+    return dict(recent[-APPLIED_ID_LIMIT:])
 
 
 def charge(record: UserRecord, cost: float, model: str, call_id: str | None, now: float) -> tuple[UserRecord, bool]:

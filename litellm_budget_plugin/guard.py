@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import litellm
 import litellm.utils
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.utils import EmbeddingResponse, ModelResponse, TextCompletionResponse
 
 from . import budget, pricing
 from .budget import Mode, UserRecord
@@ -197,14 +199,15 @@ class BudgetGuard(CustomLogger):
 
     # -- outcome -------------------------------------------------------------------------
 
-    def _settle(self, kwargs: Mapping[str, Any], response_obj: Any) -> None:
+    def _settle(self, kwargs: Mapping[str, Any], response_obj: Any, reported_cost: object) -> None:
+        """Charge a finished call its actual cost in place of its holds (once: holds are popped)."""
         call_id = kwargs.get("litellm_call_id")
         with self._holds_lock:
             holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
         if not holds:
             return
         model = str(kwargs.get("model") or "")
-        cost = self._actual_cost(kwargs, response_obj, model, holds[0].amount)
+        cost = self._actual_cost(call_id, reported_cost, response_obj, model, holds[0].amount)
         for hold in holds:
             record = self._quietly(
                 functools.partial(
@@ -226,14 +229,13 @@ class BudgetGuard(CustomLogger):
             self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
 
     @staticmethod
-    def _actual_cost(kwargs: Mapping[str, Any], response_obj: Any, model: str, held: float) -> float:
-        cost = kwargs.get("response_cost")
-        if isinstance(cost, int | float) and cost >= 0 and cost == cost:
-            return float(cost)
+    def _actual_cost(call_id: object, reported: object, response_obj: Any, model: str, held: float) -> float:
+        if isinstance(reported, int | float) and not isinstance(reported, bool) and 0 <= reported < math.inf:
+            return float(reported)
         try:
             return pricing.response_cost(response_obj, model)
         except BudgetPluginError:
-            logger.warning("no cost for call %s of %s; charging its hold", kwargs.get("litellm_call_id"), model)
+            logger.warning("no cost for call %s of %s; charging its hold", call_id, model)
             return held
 
     def _maybe_alert(self, user: str, record: UserRecord, cost: float) -> None:
@@ -261,7 +263,7 @@ class BudgetGuard(CustomLogger):
         return None
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._settle(kwargs, response_obj)
+        self._settle(kwargs, response_obj, kwargs.get("response_cost"))
 
     def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._release(kwargs)
@@ -269,7 +271,7 @@ class BudgetGuard(CustomLogger):
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        await asyncio.to_thread(self._settle, kwargs, response_obj)
+        await asyncio.to_thread(self._settle, kwargs, response_obj, kwargs.get("response_cost"))
 
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
@@ -314,6 +316,49 @@ def _guarded_function_setup(original: Callable[..., Any]) -> Callable[..., Any]:
     return function_setup
 
 
+_SETTLED_INLINE = (ModelResponse, EmbeddingResponse, TextCompletionResponse)
+
+
+def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Settle a finished sync call in the caller's thread, as litellm returns its response.
+
+    litellm's sync wrapper calls ``update_response_metadata`` (looked up at call time) once
+    the response is final and priced, just before it returns it. Charging there instead of in
+    ``log_success_event``, which litellm runs on its logging thread, means the spend is current
+    when ``completion()`` returns, and the logging thread never competes with the caller for
+    the store's lock. Streams are charged when they end, async calls by their async event. If
+    litellm stops calling this, the success event still settles the call (only later).
+    """
+
+    @functools.wraps(original)
+    def update_response_metadata(*args: Any, **kwargs: Any) -> Any:
+        outcome = original(*args, **kwargs)
+        result, call_kwargs = kwargs.get("result"), kwargs.get("kwargs")
+        # What log_success_event will be given: the call id, and the model without its provider.
+        details = getattr(kwargs.get("logging_obj"), "model_call_details", None)
+        if (
+            isinstance(result, _SETTLED_INLINE)
+            and isinstance(call_kwargs, dict)
+            and isinstance(details, dict)
+            and not call_kwargs.get("stream")
+            and not any(call_kwargs.get(flag) is True for flag in _ASYNC_FLAGS)
+        ):
+            for callback in list(litellm.callbacks):
+                if isinstance(callback, BudgetGuard):
+                    callback._settle(details, result, _hidden_cost(result))
+        return outcome
+
+    update_response_metadata.__budget_guard__ = True  # type: ignore[attr-defined]
+    return update_response_metadata
+
+
+def _hidden_cost(result: Any) -> object:
+    params = getattr(result, "_hidden_params", None)
+    if isinstance(params, Mapping):
+        return params.get("response_cost")
+    return getattr(params, "response_cost", None)
+
+
 def install_sync_hook() -> None:
     """Put the guard's check on litellm's sync call path, once, and prove it is there.
 
@@ -326,6 +371,10 @@ def install_sync_hook() -> None:
         current = litellm.utils.function_setup
         if not getattr(current, "__budget_guard__", False):
             litellm.utils.function_setup = _guarded_function_setup(current)
+        # Not on litellm.utils' export list, but looked up there at call time all the same.
+        metadata_updater = litellm.utils.update_response_metadata  # type: ignore[attr-defined]
+        if not getattr(metadata_updater, "__budget_guard__", False):
+            litellm.utils.update_response_metadata = _settling_update_response_metadata(metadata_updater)  # type: ignore[attr-defined]
         _probe()
         _installed = True
 

@@ -333,7 +333,8 @@ def test_bad_project_and_url_are_configuration_errors() -> None:
 
 @pytest.mark.redis
 def test_applied_ids_are_pruned_like_the_file_store(redis_url: str, tmp_path: Path) -> None:
-    limit, last = budget.APPLIED_ID_LIMIT, budget.APPLIED_ID_LIMIT + 4
+    limit = budget.APPLIED_ID_LIMIT
+    last = budget.APPLIED_ID_SLACK * limit  # one more id than the list holds before a prune
     stores = [make_store(redis_url, T0), FileStore(tmp_path / "user_cost.json")]
     for store in stores:
         store.clock = lambda: T0  # type: ignore[method-assign]
@@ -344,9 +345,10 @@ def test_applied_ids_are_pruned_like_the_file_store(redis_url: str, tmp_path: Pa
     redis_record, file_record = (store.get("alice") for store in stores)
     assert redis_record == file_record
     assert redis_record is not None and len(redis_record["applied"]) == limit
-    assert "c4" not in redis_record["applied"] and "c5" in redis_record["applied"]
+    assert f"c{last - limit}" not in redis_record["applied"] and f"c{last - limit + 1}" in redis_record["applied"]
+    stale = T0 + last + budget.APPLIED_ID_SLACK * budget.APPLIED_ID_TTL_SECONDS
     for store in stores:
-        store.clock = lambda: T0 + last + budget.APPLIED_ID_TTL_SECONDS  # type: ignore[method-assign]
+        store.clock = lambda: stale  # type: ignore[method-assign]
         store.charge("alice", 0.25, "m", call_id="new")  # drops the ids charged too long ago
         record = store.charge("alice", 0.25, "m", call_id=f"c{last}")  # forgotten: charged again
         assert set(record["applied"]) == {"new", f"c{last}"}

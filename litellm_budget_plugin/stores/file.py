@@ -18,13 +18,14 @@ A torn last line (a writer killed mid-write) is cut off by the next writer, unde
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import filelock
 
@@ -37,6 +38,8 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 10.0
+# Built once: json.dumps with any option set builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 # The journal is folded into the snapshot once it is larger than both of these.
 MIN_JOURNAL_BYTES = 4 * 1024 * 1024
 
@@ -87,7 +90,6 @@ class FileStore(RecordStore):
         self._records: dict[str, UserRecord] = {}
         self._calls: dict[str, str] = {}  # call id of a reservation -> its user
         self._journal_fd: int | None = None
-        self._journal_id: tuple[int, int] = (0, 0)
         self._snapshot_id: tuple[int, int, int] | None = None
         self._offset = 0
 
@@ -103,8 +105,9 @@ class FileStore(RecordStore):
             new, result = fn(old)
             if new is old:
                 return result
-            self._append({"u": user, "r": new})
-            self._apply(user, new)
+            entry, replayed = _journal_entry(user, old, new, self.clock())
+            self._append(entry)
+            self._apply(user, replayed)  # what other processes will read, to the call id order
             if self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_size()):
                 try:
                     self._compact()
@@ -136,30 +139,29 @@ class FileStore(RecordStore):
         return _Locked(self)
 
     def _catch_up(self) -> None:
-        """Bring the in-memory records up to what is on disk. Runs under the lock."""
+        """Bring the in-memory records up to what is on disk. Runs under the lock.
+
+        One ``fstat`` of the open journal tells it all: more bytes are lines other processes
+        appended; no link left means a compaction replaced it (or someone deleted it), so the
+        records are read again from the new snapshot and journal.
+        """
         try:
-            journal = os.stat(self.journal_path)
-        except FileNotFoundError:
-            journal = None
-        snapshot = self._stat_snapshot()
-        try:
-            if self._needs_reload(journal, snapshot):
+            if self._journal_fd is None:
                 self._reload()
-            elif journal is not None and journal.st_size > self._offset:
+                return
+            journal = os.fstat(self._journal_fd)
+            if journal.st_nlink == 0 or journal.st_size < self._offset:
+                self._reload()
+            elif journal.st_size > self._offset:
                 self._replay(journal.st_size)
         except BaseException:
-            self._close_journal()  # nothing trustworthy is loaded: the next call starts over
-            self._records, self._calls = {}, {}
+            self._forget()
             raise
 
-    def _needs_reload(self, journal: os.stat_result | None, snapshot: tuple[int, int, int] | None) -> bool:
-        return (
-            self._journal_fd is None
-            or journal is None
-            or (journal.st_dev, journal.st_ino) != self._journal_id
-            or snapshot != self._snapshot_id
-            or journal.st_size < self._offset
-        )
+    def _forget(self) -> None:
+        """Drop what is loaded (it may be half read): the next operation starts over."""
+        self._close_journal()
+        self._records, self._calls = {}, {}
 
     def _stat_snapshot(self) -> tuple[int, int, int] | None:
         try:
@@ -182,9 +184,7 @@ class FileStore(RecordStore):
         """(Re)open the journal file at its path; returns its size."""
         self._close_journal()
         self._journal_fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        st = os.fstat(self._journal_fd)
-        self._journal_id = (st.st_dev, st.st_ino)
-        return st.st_size
+        return os.fstat(self._journal_fd).st_size
 
     def _close_journal(self) -> None:
         if self._journal_fd is not None:
@@ -214,7 +214,7 @@ class FileStore(RecordStore):
             try:
                 entry = json.loads(line)
                 user = budget.check_user(entry["u"])
-                record = None if entry["r"] is None else budget.check_record(user, entry["r"])
+                record = _replayed_record(user, entry, self._records.get(user))
             except (ValueError, KeyError, TypeError) as exc:
                 raise StoreCorruptError(
                     f"journal {str(self.journal_path)!r} has a bad entry at byte "
@@ -241,7 +241,7 @@ class FileStore(RecordStore):
 
     def _append(self, entry: dict[str, Any]) -> None:
         assert self._journal_fd is not None
-        line = (json.dumps(entry, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        line = (_ENCODER.encode(entry) + "\n").encode()
         try:
             written = os.write(self._journal_fd, line)
             if written != len(line):
@@ -257,7 +257,18 @@ class FileStore(RecordStore):
         return 0 if self._snapshot_id is None else self._snapshot_id[2]
 
     def _compact(self) -> None:
-        """Write all records as a new snapshot, then start an empty journal."""
+        """Write all records as a new snapshot, then start an empty journal.
+
+        Compactions replace the journal, which is how other processes notice them, so the
+        snapshot only changes under us if a person edited it: that edit is read (and a file
+        we cannot read refused) before anything overwrites it.
+        """
+        if self._stat_snapshot() != self._snapshot_id:
+            try:
+                self._reload()
+            except BaseException:
+                self._forget()
+                raise
         # One user a line: readable, and encoded by json's C encoder (indent= is pure Python).
         lines = ",\n".join(f" {json.dumps(u)}: {json.dumps(r, allow_nan=False)}" for u, r in self._records.items())
         self._write_atomically(self.path, f"{{\n{lines}\n}}\n".encode())
@@ -278,6 +289,49 @@ class FileStore(RecordStore):
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {str(target)!r}: {exc}") from exc
+
+
+def _journal_entry(
+    user: str, old: UserRecord | None, new: UserRecord | None, now: float
+) -> tuple[dict[str, Any], UserRecord | None]:
+    """The journal line for one change, and the record that replaying it gives.
+
+    A record remembers up to 256 charged call ids; writing them all on every change would
+    make a line ~10 KB, and encoding it would cost more than the rest of the change. When the
+    new ids are the old ones as :func:`budget.recent_applied` keeps them at ``now`` plus some
+    appended, the line holds ``now`` and the appended ids only. Replaying it twice (after a
+    crash during a compaction) sets the same spend and holds, and at worst remembers an id
+    for longer.
+    """
+    if new is None or old is None or not old.get("applied"):
+        return {"u": user, "r": new}, new
+    applied = new.get("applied", {})
+    kept = budget.recent_applied(old.get("applied", {}), now)
+    appended: dict[str, float] = {}
+    replayed = kept
+    if applied is not kept:
+        appended = dict(itertools.islice(applied.items(), len(kept), None))
+        replayed = {**kept, **appended}
+        if replayed != applied:
+            return {"u": user, "r": new}, new  # not a prune plus appends (an import, a put)
+    slim = {k: v for k, v in new.items() if k != "applied"}
+    record = cast(UserRecord, {**slim, "applied": replayed} if replayed else slim)
+    return {"u": user, "r": slim, "t": now, "a": appended}, record
+
+
+def _replayed_record(user: str, entry: dict[str, Any], old: UserRecord | None) -> UserRecord | None:
+    """The record a journal line (see :func:`_journal_entry`) gives, checked."""
+    raw = entry["r"]
+    if raw is None:
+        return None
+    if "t" in entry:
+        appended = entry["a"]
+        if not isinstance(raw, dict) or not isinstance(appended, dict):
+            raise TypeError("a journal line's record and appended call ids must be objects")
+        now = budget.check_amount("journal time", entry["t"])
+        kept = {} if old is None else budget.recent_applied(old.get("applied", {}), now)
+        raw = {**raw, "applied": {**kept, **appended}}
+    return budget.check_record(user, raw)
 
 
 class _Locked:

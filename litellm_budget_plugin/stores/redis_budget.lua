@@ -85,7 +85,8 @@ local function current_window(r)
     end
   end
   local ids = applied(r)
-  if #ids > APPLIED_LIMIT or (#ids > 0 and now - tonumber(ids[1][2]) >= APPLIED_TTL) then
+  -- pruned once twice over either bound, as budget.recent_applied does (APPLIED_ID_SLACK)
+  if #ids > 2 * APPLIED_LIMIT or (#ids > 0 and now - tonumber(ids[1][2]) >= 2 * APPLIED_TTL) then
     local recent = {}
     for _, entry in ipairs(ids) do
       if now - tonumber(entry[2]) < APPLIED_TTL then table.insert(recent, entry) end
