@@ -209,17 +209,25 @@ class BudgetGuard(CustomLogger):
         model = str(kwargs.get("model") or "")
         cost = self._actual_cost(call_id, reported_cost, response_obj, model, holds[0].amount)
         for hold in holds:
-            record = self._quietly(
+            if hold.user == GLOBAL_USER:  # litellm._current_cost must be current when the call returns
+                record = self._quietly(
+                    functools.partial(self.store.charge, GLOBAL_USER, cost, model, call_id=hold.call_id)
+                )
+                if record is not None:
+                    litellm._current_cost = record["current_cost"]
+                continue
+            alert = None if self.alert_threshold is None else functools.partial(self._maybe_alert, hold.user, cost=cost)
+            self._quietly(
                 functools.partial(
-                    self.store.charge, hold.user, cost, model, call_id=hold.call_id, default=self._default
+                    self.store.charge_later,
+                    hold.user,
+                    cost,
+                    model,
+                    call_id=hold.call_id,
+                    default=self._default,
+                    then=alert,
                 )
             )
-            if record is None:
-                continue
-            if hold.user == GLOBAL_USER:
-                litellm._current_cost = record["current_cost"]
-            else:
-                self._maybe_alert(hold.user, record, cost)
 
     def _release(self, kwargs: Mapping[str, Any]) -> None:
         call_id = kwargs.get("litellm_call_id")
@@ -238,7 +246,7 @@ class BudgetGuard(CustomLogger):
             logger.warning("no cost for call %s of %s; charging its hold", call_id, model)
             return held
 
-    def _maybe_alert(self, user: str, record: UserRecord, cost: float) -> None:
+    def _maybe_alert(self, user: str, record: UserRecord, *, cost: float) -> None:
         limit = record["total_budget"]
         if self.alert_threshold is None or not limit:
             return

@@ -72,6 +72,23 @@ class BudgetStore(Protocol):
         """Add ``cost``; a call id already charged is not charged again; settles its hold."""
         ...
 
+    def charge_later(
+        self,
+        user: str,
+        cost: float,
+        model: str,
+        call_id: str | None = None,
+        default: NewBudget | None = None,
+        then: Callable[[UserRecord], None] | None = None,
+    ) -> None:
+        """Charge soon, calling ``then(record)`` once charged; for callers that need no answer.
+
+        A store with a local lock charges at its next operation in this process, in the
+        same write (its reads see the charge first), or within a fraction of a second; a
+        store on a server charges at once.
+        """
+        ...
+
     def reserve(
         self,
         user: str,
@@ -93,6 +110,23 @@ class BudgetStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ChargesAtOnce:
+    """``charge_later`` for stores on a server: a round trip later saves nothing, so charge now."""
+
+    def charge_later(
+        self: BudgetStore,
+        user: str,
+        cost: float,
+        model: str,
+        call_id: str | None = None,
+        default: NewBudget | None = None,
+        then: Callable[[UserRecord], None] | None = None,
+    ) -> None:
+        record = self.charge(user, cost, model, call_id=call_id, default=default)
+        if then is not None:
+            then(record)
 
 
 class RecordStore(abc.ABC):
@@ -187,6 +221,12 @@ class RecordStore(abc.ABC):
         call_id: str | None = None,
         default: NewBudget | None = None,
     ) -> UserRecord:
+        return self._update(user, self._charge_change(user, cost, model, call_id, default))
+
+    def _charge_change(
+        self, user: str, cost: float, model: str, call_id: str | None, default: NewBudget | None
+    ) -> Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]:
+        """The change ``charge`` makes, checked now and applied under the lock (maybe later)."""
         budget.check_user(user)
         budget.check_amount("cost", cost)
         if call_id is not None:
@@ -197,7 +237,7 @@ class RecordStore(abc.ABC):
             updated, _ = budget.charge(_or_default(user, record, default, now), cost, model, call_id, now)
             return updated, updated
 
-        return self._update(user, change)
+        return change
 
     def reserve(
         self,

@@ -17,22 +17,25 @@ A torn last line (a writer killed mid-write) is cut off by the next writer, unde
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import itertools
 import json
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import filelock
 
 from .. import budget
 from ..budget import UserRecord
-from ..errors import ConfigurationError, StoreCorruptError, StoreError, StoreLockTimeout
-from .base import RecordStore
+from ..errors import BudgetPluginError, ConfigurationError, StoreCorruptError, StoreError, StoreLockTimeout
+from .base import NewBudget, RecordStore
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -92,51 +95,151 @@ class FileStore(RecordStore):
         self._journal_fd: int | None = None
         self._snapshot_id: tuple[int, int, int] | None = None
         self._offset = 0
+        self._deferred: list[_Deferred] = []  # charge_later's, in the order they came
+        self._deferred_lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._closed = False
 
     # -- RecordStore ---------------------------------------------------------------------
 
     def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:
-        with self._locked():
-            return fn(self._records)
+        charged: list[tuple[_Deferred, UserRecord]] = []
+        try:
+            with self._locked():
+                self._write(self._apply_deferred(charged), charged)
+                return fn(self._records)
+        finally:
+            _notify(charged)
 
     def _update(self, user: str, fn: Callable[[UserRecord | None], tuple[UserRecord | None, T]]) -> T:
-        with self._locked():
-            old = self._records.get(user)
-            new, result = fn(old)
-            if new is old:
-                return result
-            entry, replayed = _journal_entry(user, old, new, self.clock())
-            self._append(entry)
-            self._apply(user, replayed)  # what other processes will read, to the call id order
-            if self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_size()):
+        charged: list[tuple[_Deferred, UserRecord]] = []
+        try:
+            with self._locked():
+                working = self._apply_deferred(charged)
                 try:
-                    self._compact()
-                except StoreError:  # the change is in the journal already: report, don't fail it
-                    logger.warning("compacting %s failed; will retry", self.path, exc_info=True)
-            return result
+                    old = working[user] if user in working else self._records.get(user)
+                    new, result = fn(old)
+                    if new is not old:
+                        working[user] = new
+                finally:  # a refused change still writes the deferred charges
+                    self._write(working, charged)
+                return result
+        finally:
+            _notify(charged)
 
     def _user_of_call(self, call_id: str) -> str | None:
         with self._locked():
             return self._calls.get(call_id)
 
+    # -- charges applied later -----------------------------------------------------------
+
+    def charge_later(
+        self,
+        user: str,
+        cost: float,
+        model: str,
+        call_id: str | None = None,
+        default: NewBudget | None = None,
+        then: Callable[[UserRecord], None] | None = None,
+    ) -> None:
+        """Charge at this store's next operation in this process, or within a second.
+
+        The guard settles every call this way: the charge then shares the lock and the write
+        of the next call's reservation, halving the file work per call. Reads in this
+        process apply deferred charges first, so they never see a stale spend; other
+        processes see the call's hold (at least its cost) until then. A process killed in
+        between loses the charge, and its hold expires with its lease.
+        """
+        change = self._charge_change(user, cost, model, call_id, default)  # bad input fails here
+        self._own_process()
+        with self._deferred_lock:
+            self._deferred.append(_Deferred(user, change, then, time.monotonic()))
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=_flush_soon, args=(weakref.ref(self),), name=f"flush {self.path.name}", daemon=True
+                )
+                self._flusher.start()
+        _STORES_WITH_DEFERRED.add(self)
+
+    def flush(self) -> None:
+        """Apply the deferred charges now."""
+        self._read(lambda _records: None)
+
+    def _apply_deferred(self, charged: list[tuple[_Deferred, UserRecord]]) -> dict[str, UserRecord | None]:
+        """Take the deferred charges and apply them to a working copy of their records."""
+        with self._deferred_lock:
+            deferred, self._deferred = self._deferred, []
+        working: dict[str, UserRecord | None] = {}
+        for item in deferred:
+            try:
+                record, _ = item.change(working[item.user] if item.user in working else self._records.get(item.user))
+            except BudgetPluginError:
+                logger.exception("dropping a deferred charge to %r that cannot be applied", item.user)
+                continue
+            working[item.user] = record
+            charged.append((item, record))
+        return working
+
+    def _write(self, working: dict[str, UserRecord | None], charged: list[tuple[_Deferred, UserRecord]]) -> None:
+        """Persist the changed records in one write, then make them the loaded ones."""
+        now = self.clock()
+        lines, replayed = [], {}
+        for user, new in working.items():
+            old = self._records.get(user)
+            if new is not old:
+                entry, replayed[user] = _journal_entry(user, old, new, now)
+                lines.append(_ENCODER.encode(entry))
+        if not lines:
+            return
+        try:
+            self._append(("\n".join(lines) + "\n").encode())
+        except StoreError:
+            with self._deferred_lock:  # not written: they wait for the next operation
+                self._deferred[:0] = [item for item, _ in charged]
+            charged.clear()
+            raise
+        for user, record in replayed.items():
+            self._apply(user, record)  # what other processes will read, to the call id order
+        if self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_size()):
+            try:
+                self._compact()
+            except StoreError:  # the change is in the journal already: report, don't fail it
+                logger.warning("compacting %s failed; will retry", self.path, exc_info=True)
+
     def compact(self) -> None:
         """Fold the journal into the snapshot now, so the JSON file is current."""
-        with self._locked():
-            self._compact()
+        charged: list[tuple[_Deferred, UserRecord]] = []
+        try:
+            with self._locked():
+                self._write(self._apply_deferred(charged), charged)
+                self._compact()
+        finally:
+            _notify(charged)
 
     def close(self) -> None:
-        with self._mutex:
+        try:
+            self.flush()
+        except BudgetPluginError:
+            logger.exception("closing %s: deferred charges lost; their holds expire with their lease", self.path)
+        with self._mutex, self._deferred_lock:
+            self._closed = True
             self._close_journal()
             self._file_lock.close()
+        _STORES_WITH_DEFERRED.discard(self)
 
     # -- locking and catching up ---------------------------------------------------------
 
     def _locked(self) -> _Locked:
-        if os.getpid() != self._pid:  # forked: locks and file handles belong to the parent
+        self._own_process()
+        return _Locked(self)
+
+    def _own_process(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {str(self.path)!r} is closed")
+        if os.getpid() != self._pid:  # forked: locks, files and deferred charges are the parent's
             self._close_journal()
             self._file_lock.close()
             self._reset_process_state()
-        return _Locked(self)
 
     def _catch_up(self) -> None:
         """Bring the in-memory records up to what is on disk. Runs under the lock.
@@ -239,19 +342,18 @@ class FileStore(RecordStore):
 
     # -- writing -------------------------------------------------------------------------
 
-    def _append(self, entry: dict[str, Any]) -> None:
+    def _append(self, lines: bytes) -> None:
         assert self._journal_fd is not None
-        line = (_ENCODER.encode(entry) + "\n").encode()
         try:
-            written = os.write(self._journal_fd, line)
-            if written != len(line):
-                raise OSError(f"short write: {written} of {len(line)} bytes")
+            written = os.write(self._journal_fd, lines)
+            if written != len(lines):
+                raise OSError(f"short write: {written} of {len(lines)} bytes")
             if self.fsync:
                 os.fsync(self._journal_fd)
         except OSError as exc:
             os.ftruncate(self._journal_fd, self._offset)
             raise StoreError(f"cannot write journal {str(self.journal_path)!r}: {exc}") from exc
-        self._offset += len(line)
+        self._offset += len(lines)
 
     def _snapshot_size(self) -> int:
         return 0 if self._snapshot_id is None else self._snapshot_id[2]
@@ -332,6 +434,68 @@ def _replayed_record(user: str, entry: dict[str, Any], old: UserRecord | None) -
         kept = {} if old is None else budget.recent_applied(old.get("applied", {}), now)
         raw = {**raw, "applied": {**kept, **appended}}
     return budget.check_record(user, raw)
+
+
+class _Deferred(NamedTuple):
+    user: str
+    change: Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]
+    then: Callable[[UserRecord], None] | None
+    since: float  # time.monotonic() when deferred
+
+
+def _notify(charged: list[tuple[_Deferred, UserRecord]]) -> None:
+    """Tell the callers of charge_later their charges were made (after the lock is let go)."""
+    for item, record in charged:
+        if item.then is not None:
+            try:
+                item.then(record)
+            except Exception:
+                logger.exception("a charge_later callback failed")
+
+
+# Stores holding deferred charges, applied at exit if their flusher has not run yet.
+_STORES_WITH_DEFERRED: weakref.WeakSet[FileStore] = weakref.WeakSet()
+# A deferred charge waits at most this long once calls stop coming...
+FLUSH_DELAY_SECONDS = 0.05
+# ...or this long after a busy spell. Each wake of the flusher costs the calling thread
+# milliseconds (it competes for the GIL around the store's system calls), so while calls
+# keep applying the charges themselves it wakes less and less often, up to this.
+_MAX_FLUSH_DELAY_SECONDS = 1.0
+
+
+def _flush_soon(ref: weakref.ref[FileStore]) -> None:
+    """A store's flusher: applies deferred charges nobody applied in time, until none is left."""
+    delay = FLUSH_DELAY_SECONDS
+    while True:
+        time.sleep(delay)
+        store = ref()
+        if store is None:
+            return
+        with store._deferred_lock:
+            idle = not store._deferred
+            if store._closed or (idle and delay >= _MAX_FLUSH_DELAY_SECONDS):
+                store._flusher = None  # starting a thread costs more than waking one: linger
+                return
+            waited = 0.0 if idle else time.monotonic() - store._deferred[0].since
+        if waited < delay:  # none, or calls are applying them: come back later
+            delay = min(2 * delay, _MAX_FLUSH_DELAY_SECONDS)
+            continue
+        try:
+            store.flush()
+            delay = FLUSH_DELAY_SECONDS
+        except BudgetPluginError:
+            logger.warning("applying deferred charges to %s failed; will retry", store.path, exc_info=True)
+            delay = min(2 * delay, _MAX_FLUSH_DELAY_SECONDS)
+        del store
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for store in list(_STORES_WITH_DEFERRED):
+        try:
+            store.flush()
+        except BudgetPluginError:
+            logger.exception("exiting: deferred charges to %s lost", store.path)
 
 
 class _Locked:
