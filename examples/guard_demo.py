@@ -6,7 +6,6 @@ or network is needed; the store lives in a temporary folder.
 
 import os
 import tempfile
-import time
 
 # No network here: litellm must read its bundled price map, set before litellm is imported.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -26,7 +25,6 @@ messages = [{"role": "user", "content": "Write a haiku about budgets."}]
 for attempt in range(1, 20):
     try:
         litellm.completion(model="gpt-4o-mini", messages=messages, user="alice", max_tokens=100, mock_response="ok")
-        time.sleep(0.05)  # litellm charges from its logging thread, just after the call returns
         print(f"call {attempt}: admitted, alice has spent ${manager.get_current_cost('alice'):.6f}")
     except BudgetExceededError as refused:
         print(f"call {attempt}: refused before reaching the provider: {refused}")

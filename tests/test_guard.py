@@ -480,9 +480,13 @@ def test_guard_demo_example_refuses_once_the_budget_is_spent(tmp_path) -> None:
     demo = Path(__file__).parent.parent / "examples" / "guard_demo.py"
     out = subprocess.run([sys.executable, str(demo)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr  # nothing fails at exit either (pending charges, cleanup)
     lines = out.stdout.splitlines()
     assert [line.split(":")[1].strip().split(",")[0] for line in lines] == ["admitted"] * 3 + [
         "refused before reaching the provider"
     ]
     assert "Budget exceeded for user 'alice'" in lines[-1]
+    # each call is charged by the time it returns: the spend printed right after it grows
+    spent = [float(line.rsplit("$", 1)[1]) for line in lines[:-1]]
+    assert 0 < spent[0] < spent[1] < spent[2]
     assert list(tmp_path.iterdir()) == []

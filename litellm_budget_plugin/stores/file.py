@@ -163,6 +163,9 @@ class FileStore(RecordStore):
 
     def flush(self) -> None:
         """Apply the deferred charges now."""
+        with self._deferred_lock:
+            if not self._deferred:
+                return
         self._read(lambda _records: None)
 
     def _apply_deferred(self, charged: list[tuple[_Deferred, UserRecord]]) -> dict[str, UserRecord | None]:
@@ -286,7 +289,10 @@ class FileStore(RecordStore):
     def _open_journal(self) -> int:
         """(Re)open the journal file at its path; returns its size."""
         self._close_journal()
-        self._journal_fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self._journal_fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open journal {str(self.journal_path)!r}: {exc}") from exc
         return os.fstat(self._journal_fd).st_size
 
     def _close_journal(self) -> None:
