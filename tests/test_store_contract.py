@@ -49,6 +49,25 @@ def test_charge_with_same_call_id_applies_once(store: BudgetStore) -> None:
     assert store.get("alice")["current_cost"] == 1.0  # type: ignore[index]
 
 
+def test_charge_later_is_seen_by_the_next_operation_and_applied_once(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    seen: list[float] = []
+    store.charge_later("alice", 0.25, "m", call_id="c1", then=lambda record: seen.append(record["current_cost"]))
+    store.charge_later("alice", 0.25, "m", call_id="c1")  # the same call again: not charged twice
+    with pytest.raises(BudgetExceededError):
+        store.reserve("alice", "c2", 0.8, 60)  # the charge counts before the next reservation
+    assert store.get("alice")["current_cost"] == 0.25  # type: ignore[index]
+    assert seen == [0.25]
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_charge_later_refuses_bad_costs_at_once(store: BudgetStore, bad: float) -> None:
+    store.set_budget("alice", 1.0)
+    with pytest.raises(ConfigurationError, match="cost"):
+        store.charge_later("alice", bad, "m", call_id="c1")
+    assert store.get("alice")["current_cost"] == 0.0  # type: ignore[index]
+
+
 def test_charge_unknown_user_needs_a_default(store: BudgetStore) -> None:
     with pytest.raises(UnknownUserError):
         store.charge("ghost", 1.0, "m")

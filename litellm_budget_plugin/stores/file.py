@@ -5,14 +5,20 @@ Layout, for a store at ``user_cost.json``:
 - ``user_cost.json``: a snapshot, ``{user: record}`` as LiteLLM writes it (readable by people
   and by LiteLLM's own BudgetManager). Replaced atomically (temp file + ``os.replace``).
 - ``user_cost.json.journal``: one JSON line per change since the snapshot, each holding the
-  user's whole new record. Replaying a line twice gives the same result, so a crash between
-  writing a snapshot and starting a new journal loses and doubles nothing.
+  user's new record (its remembered call ids as a delta, see :func:`_journal_entry`). Replaying
+  a line twice gives the same spend and holds, so a crash between writing a snapshot and
+  starting a new journal loses and doubles nothing.
 - ``user_cost.json.lock``: the ``filelock`` lock every read and write holds.
 
 A change is one appended line, so its cost does not grow with the number of users; each
 process keeps the records in memory and reads only the lines other processes appended since
-its last look. When the journal outgrows the snapshot, the writer folds it into a new snapshot.
-A torn last line (a writer killed mid-write) is cut off by the next writer, under the lock.
+its last look (one ``fstat`` of the open journal tells). When the journal outgrows the
+snapshot, the writer folds it into a new snapshot and journal; the old journal, unlinked, tells
+the other processes to reload. A torn last line (a writer killed mid-write) is cut off by the
+next writer, under the lock.
+
+Charges made with :meth:`FileStore.charge_later` (the guard's) wait for the store's next
+operation in this process and share its lock and its write.
 """
 
 from __future__ import annotations
