@@ -416,17 +416,7 @@ def applied_after_put(original: dict[str, float], how: str) -> dict[str, float]:
 
 
 PUT_CHANGES = [
-    pytest.param(
-        "reordered",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=(
-                "FileStore._journal_entry compares the put's applied ids with `replayed != applied`, dict "
-                "equality that ignores order: a put that only reorders the ids is written as a slim line "
-                "with nothing appended, and every store (the writer too) keeps the old order"
-            ),
-        ),
-    ),
+    "reordered",
     "replaced",
     "one dropped",
     "new id first",

@@ -426,7 +426,7 @@ def _journal_entry(
     if applied is not kept:
         appended = dict(itertools.islice(applied.items(), len(kept), None))
         replayed = {**kept, **appended}
-        if replayed != applied:
+        if list(replayed.items()) != list(applied.items()):  # order too: prunes go by position
             return {"u": user, "r": new}, new  # not a prune plus appends (an import, a put)
     slim = {k: v for k, v in new.items() if k != "applied"}
     record = cast(UserRecord, {**slim, "applied": replayed} if replayed else slim)
