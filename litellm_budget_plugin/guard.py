@@ -2,8 +2,10 @@
 
 ``litellm.callbacks.append(BudgetGuard(...))`` is the whole integration. Before a call that
 carries ``user=`` reaches the provider, the guard reserves the call's worst-case cost in the
-store (refusing with :class:`BudgetExceededError` when it does not fit); when litellm reports
-success it charges the actual cost in place of the hold, and on failure it releases the hold.
+store (refusing with :class:`BudgetExceededError` when it does not fit); when the call succeeds
+it charges the actual cost in place of the hold, and on failure it releases the hold. A sync
+call is charged as litellm hands back its response (see
+:func:`_settling_update_response_metadata`), streams and async calls by litellm's success events.
 
 Async calls are stopped in litellm's ``async_pre_call_deployment_hook``. litellm gives
 callbacks no veto over sync calls, so the guard wraps ``litellm.utils.function_setup``, which
@@ -353,7 +355,12 @@ def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable
         ):
             for callback in list(litellm.callbacks):
                 if isinstance(callback, BudgetGuard):
-                    callback._settle(details, result, _hidden_cost(result))
+                    try:
+                        callback._settle(details, result, _hidden_cost(result))
+                    except Exception:  # the call was served: never fail it here
+                        logger.exception(
+                            "settling call %s failed; its hold expires with its lease", details.get("litellm_call_id")
+                        )
         return outcome
 
     update_response_metadata.__budget_guard__ = True  # type: ignore[attr-defined]

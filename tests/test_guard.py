@@ -124,6 +124,24 @@ def test_sync_call_is_charged_its_actual_cost(server, manager, register) -> None
     assert server.count == 1
 
 
+def test_sync_call_is_still_charged_by_its_success_event_without_the_inline_hook(
+    server, manager, register, monkeypatch
+) -> None:
+    """The inline settlement is a shortcut: if litellm stops calling update_response_metadata,
+    litellm's success event (on its logging thread) charges the call instead."""
+    import litellm.utils
+
+    register(BudgetGuard(manager))
+    hooked = litellm.utils.update_response_metadata  # type: ignore[attr-defined]
+    assert getattr(hooked, "__budget_guard__", False)
+    monkeypatch.setattr(litellm.utils, "update_response_metadata", hooked.__wrapped__)
+    manager.create_budget(1.0, "alice")
+    call(server, user="alice")
+    wait_until(lambda: spend(manager, "alice") > 0)
+    assert spend(manager, "alice") == pytest.approx(SERVER_COST)
+    assert not manager.store.get("alice").get("reservations")  # type: ignore[union-attr]
+
+
 def test_async_call_is_charged_its_actual_cost(server, manager, register) -> None:
     manager.create_budget(1.0, "alice")
     register(BudgetGuard(manager))
