@@ -548,6 +548,20 @@ def test_corrupt_store_is_refused_and_never_overwritten(workdir: Path, content: 
     assert not (workdir / "user_cost.json.journal").exists()
 
 
+@pytest.mark.parametrize("content", CORRUPT_FILES.values(), ids=CORRUPT_FILES.keys())
+def test_corrupt_store_is_reported_by_the_constructor(workdir: Path, content: bytes) -> None:
+    """As LiteLLM's own BudgetManager fails to load such a file, ours fails when it is made."""
+    from litellm_budget_plugin.guard import BudgetGuard
+
+    path = workdir / "user_cost.json"
+    path.write_bytes(content)
+    with pytest.raises(StoreCorruptError, match=r"user_cost\.json"):
+        BudgetManager(project_name="test_project")
+    with pytest.raises(StoreCorruptError, match="left untouched"):
+        BudgetGuard(str(path))
+    assert path.read_bytes() == content
+
+
 def test_corrupt_journal_entry_is_refused_and_never_overwritten(workdir: Path, manager: BudgetManager) -> None:
     manager.create_budget(total_budget=10, user="alice")
     manager.update_cost(user="alice", completion_obj=mock_response())

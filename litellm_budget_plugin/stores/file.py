@@ -64,6 +64,7 @@ class FileStore(RecordStore):
         ignored: a file holds one project.
     :raises ConfigurationError: the path is a directory or its folder does not exist.
     :raises StoreError: the folder cannot be written.
+    :raises StoreCorruptError: the file or its journal cannot be read (both are left untouched).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class FileStore(RecordStore):
         except OSError as exc:
             raise StoreError(f"cannot write in store folder {str(self.path.parent)!r}: {exc}") from exc
         self._reset_process_state()
+        self._read(lambda _records: None)  # an unreadable file is reported here, as LiteLLM's load does
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.path)!r})"
