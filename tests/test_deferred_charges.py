@@ -582,3 +582,25 @@ def test_alert_fires_when_the_deferred_charge_is_applied(manager, register, slow
     litellm.completion(model="gpt-4o-mini", messages=MESSAGES, user="alice", mock_response="hi")
     assert manager.get_current_cost("alice") > spent
     assert len(alerts) == 1  # crossing once alerts once
+
+
+def test_a_forked_child_never_applies_its_parents_deferred_charges(path: Path, slow_flusher: None) -> None:
+    """The parent applies its own deferred charges; a child that also did would double them."""
+    import os
+
+    store = FileStore(path)
+    store.set_budget("alice", 10.0)
+    store.charge_later("alice", 1.0, "m")  # no call id: nothing would catch a second application
+    pid = os.fork()
+    if pid == 0:  # the child uses the store, then exits through the interpreter (atexit runs)
+        try:
+            FileStore(path)  # another handle in the child; and the inherited one:
+            store.get("alice")
+            store.charge("alice", 0.5, "m")
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    store.flush()
+    assert FileStore(path).get("alice")["current_cost"] == 1.5  # type: ignore[index]
+    store.close()

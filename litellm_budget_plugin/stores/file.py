@@ -171,6 +171,7 @@ class FileStore(RecordStore):
 
     def flush(self) -> None:
         """Apply the deferred charges now."""
+        self._own_process()  # a forked child must not take its parent's locks, held or not
         with self._deferred_lock:
             if not self._deferred:
                 return
@@ -491,13 +492,13 @@ def _flush_soon(ref: weakref.ref[FileStore]) -> None:
                 store._flusher = None  # starting a thread costs more than waking one: linger
                 return
             waited = 0.0 if idle else time.monotonic() - store._deferred[0].since
-        if waited < delay:  # none, or calls are applying them: come back later
+        if waited < FLUSH_DELAY_SECONDS:  # none, or calls are applying them: come back later
             delay = min(2 * delay, _MAX_FLUSH_DELAY_SECONDS)
             continue
         try:
             store.flush()
             delay = FLUSH_DELAY_SECONDS
-        except BudgetPluginError:
+        except Exception:  # the flusher must outlive a bad moment of the disk (StoreError or not)
             logger.warning("applying deferred charges to %s failed; will retry", store.path, exc_info=True)
             delay = min(2 * delay, _MAX_FLUSH_DELAY_SECONDS)
         del store
@@ -508,7 +509,7 @@ def _flush_at_exit() -> None:
     for store in list(_STORES_WITH_DEFERRED):
         try:
             store.flush()
-        except BudgetPluginError:
+        except Exception:
             logger.exception("exiting: deferred charges to %s lost", store.path)
 
 
