@@ -352,6 +352,7 @@ def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable
             and isinstance(details, dict)
             and not call_kwargs.get("stream")
             and not any(call_kwargs.get(flag) is True for flag in _ASYNC_FLAGS)
+            and not _in_event_loop()  # async calls: their async success event settles them off the loop
         ):
             for callback in list(litellm.callbacks):
                 if isinstance(callback, BudgetGuard):
@@ -365,6 +366,14 @@ def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable
 
     update_response_metadata.__budget_guard__ = True  # type: ignore[attr-defined]
     return update_response_metadata
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _hidden_cost(result: Any) -> object:

@@ -28,6 +28,7 @@ import fcntl
 import itertools
 import json
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -124,13 +125,18 @@ class FileStore(RecordStore):
         try:
             with self._locked():
                 working = self._apply_deferred(charged)
+                old = working[user] if user in working else self._records.get(user)
                 try:
-                    old = working[user] if user in working else self._records.get(user)
                     new, result = fn(old)
-                    if new is not old:
-                        working[user] = new
-                finally:  # a refused change still writes the deferred charges
-                    self._write(working, charged)
+                except BaseException:  # a refused change still writes the deferred charges...
+                    try:
+                        self._write(working, charged)
+                    except StoreError:  # ...if it can (they wait for the next operation), but
+                        logger.warning("writing deferred charges to %s failed", self.path, exc_info=True)
+                    raise  # the refusal is the answer, never a store error that hides it
+                if new is not old:
+                    working[user] = new
+                self._write(working, charged)
                 return result
         finally:
             _notify(charged)
@@ -160,14 +166,15 @@ class FileStore(RecordStore):
         """
         change = self._charge_change(user, cost, model, call_id, default)  # bad input fails here
         self._own_process()
+        _flush_when_this_process_ends()
         with self._deferred_lock:
             self._deferred.append(_Deferred(user, change, then, time.monotonic()))
+            _STORES_WITH_DEFERRED.add(self)
             if self._flusher is None:
                 self._flusher = threading.Thread(
                     target=_flush_soon, args=(weakref.ref(self),), name=f"flush {self.path.name}", daemon=True
                 )
                 self._flusher.start()
-        _STORES_WITH_DEFERRED.add(self)
 
     def flush(self) -> None:
         """Apply the deferred charges now."""
@@ -181,15 +188,18 @@ class FileStore(RecordStore):
         """Take the deferred charges and apply them to a working copy of their records."""
         with self._deferred_lock:
             deferred, self._deferred = self._deferred, []
+            _STORES_WITH_DEFERRED.discard(self)
         working: dict[str, UserRecord | None] = {}
         for item in deferred:
+            current = working[item.user] if item.user in working else self._records.get(item.user)
             try:
-                record, _ = item.change(working[item.user] if item.user in working else self._records.get(item.user))
+                record, _ = item.change(current)
             except BudgetPluginError:
                 logger.exception("dropping a deferred charge to %r that cannot be applied", item.user)
                 continue
-            working[item.user] = record
-            charged.append((item, record))
+            if record is not current:  # else a call id charged already: nothing to tell
+                working[item.user] = record
+                charged.append((item, record))
         return working
 
     def _write(self, working: dict[str, UserRecord | None], charged: list[tuple[_Deferred, UserRecord]]) -> None:
@@ -208,6 +218,8 @@ class FileStore(RecordStore):
         except StoreError:
             with self._deferred_lock:  # not written: they wait for the next operation
                 self._deferred[:0] = [item for item, _ in charged]
+                if self._deferred:
+                    _STORES_WITH_DEFERRED.add(self)
             charged.clear()
             raise
         for user, record in replayed.items():
@@ -468,8 +480,9 @@ def _notify(charged: list[tuple[_Deferred, UserRecord]]) -> None:
                 logger.exception("a charge_later callback failed")
 
 
-# Stores holding deferred charges, applied at exit if their flusher has not run yet.
-_STORES_WITH_DEFERRED: weakref.WeakSet[FileStore] = weakref.WeakSet()
+# Stores holding deferred charges, kept alive (a store dropped with charges pending still
+# applies them) and flushed at exit.
+_STORES_WITH_DEFERRED: set[FileStore] = set()
 # A deferred charge waits at most this long once calls stop coming...
 FLUSH_DELAY_SECONDS = 0.05
 # ...or this long after a busy spell. Each wake of the flusher costs the calling thread
@@ -502,6 +515,18 @@ def _flush_soon(ref: weakref.ref[FileStore]) -> None:
             logger.warning("applying deferred charges to %s failed; will retry", store.path, exc_info=True)
             delay = min(2 * delay, _MAX_FLUSH_DELAY_SECONDS)
         del store
+
+
+_exit_flush_pid = 0
+
+
+def _flush_when_this_process_ends() -> None:
+    """Also flush when a multiprocessing child ends: it leaves with os._exit, past atexit, and
+    runs only finalizers registered in it (the parent's are cleared when it starts)."""
+    global _exit_flush_pid
+    if _exit_flush_pid != os.getpid():
+        _exit_flush_pid = os.getpid()
+        multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)
 
 
 @atexit.register
