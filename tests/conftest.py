@@ -8,11 +8,16 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from redis_server import RedisServer
 
 from litellm_budget_plugin.stores import BudgetStore, FileStore
+
+if TYPE_CHECKING:
+    from litellm_budget_plugin import BudgetManager
+    from litellm_budget_plugin.guard import BudgetGuard
 
 # Every store the contract suite (tests/test_store_contract.py) runs on: the name of a
 # fixture that returns a factory making a fresh, empty store. Later stores add theirs.
@@ -121,3 +126,31 @@ def store_factory(request: pytest.FixtureRequest) -> Callable[[], BudgetStore]:
 @pytest.fixture
 def store(store_factory: Callable[[], BudgetStore]) -> BudgetStore:
     return store_factory()
+
+
+# --- BudgetGuard tests ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[BudgetManager]:
+    """A BudgetManager on a FileStore at ``tmp_path / "user_cost.json"``."""
+    from litellm_budget_plugin import BudgetManager
+
+    made = BudgetManager("test", store=tmp_path / "user_cost.json")
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def register() -> Iterator[Callable[[BudgetGuard], BudgetGuard]]:
+    """Registers guards as an app would, and unregisters them after the test."""
+    import litellm
+
+    def add(guard: BudgetGuard) -> BudgetGuard:
+        litellm.callbacks.append(guard)
+        return guard
+
+    yield add
+    litellm.logging_callback_manager._reset_all_callbacks()
+    litellm.max_budget = 0.0
+    litellm._current_cost = 0

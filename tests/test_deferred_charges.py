@@ -17,7 +17,7 @@ from typing import Any
 import litellm
 import pytest
 
-from litellm_budget_plugin import BudgetExceededError, BudgetManager, FileStore
+from litellm_budget_plugin import BudgetExceededError, FileStore
 from litellm_budget_plugin import budget as budget_module
 from litellm_budget_plugin.budget import UserRecord
 from litellm_budget_plugin.errors import ConfigurationError, StoreCorruptError, StoreError
@@ -508,23 +508,7 @@ def test_compact_refuses_a_snapshot_someone_overwrote_with_invalid_json(open_sto
 # --- through the guard --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def manager(path: Path) -> Iterator[BudgetManager]:
-    made = BudgetManager("test", store=path)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def register() -> Iterator[Callable[[BudgetGuard], BudgetGuard]]:
-    def add(guard: BudgetGuard) -> BudgetGuard:
-        litellm.callbacks.append(guard)
-        return guard
-
-    yield add
-    litellm.logging_callback_manager._reset_all_callbacks()
-    litellm.max_budget = 0.0
-    litellm._current_cost = 0
+# ``manager`` and ``register`` are in conftest.py.
 
 
 def test_guarded_sync_call_spend_is_current_when_the_call_returns(manager, register) -> None:

@@ -32,27 +32,6 @@ def server() -> Iterator[FakeOpenAI]:
     fake.stop()
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[BudgetManager]:
-    made = BudgetManager("test", store=tmp_path / "user_cost.json")
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def register() -> Iterator[Callable[[BudgetGuard], BudgetGuard]]:
-    """Registers guards as an app would, and unregisters them after the test."""
-
-    def add(guard: BudgetGuard) -> BudgetGuard:
-        litellm.callbacks.append(guard)
-        return guard
-
-    yield add
-    litellm.logging_callback_manager._reset_all_callbacks()
-    litellm.max_budget = 0.0
-    litellm._current_cost = 0
-
-
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     """litellm runs sync success callbacks on its logging thread after the call returns."""
     deadline = time.monotonic() + timeout

@@ -614,25 +614,16 @@ def test_server_over_redis_keeps_projects_apart(redis_server: Any) -> None:
 # --- BudgetGuard over the server ---------------------------------------------------------
 
 
-@pytest.fixture
-def guarded() -> Iterator[Callable[[Any], Any]]:
-    from litellm_budget_plugin.guard import BudgetGuard
-
-    def add(guard: BudgetGuard) -> BudgetGuard:
-        litellm.callbacks.append(guard)
-        return guard
-
-    yield add
-    litellm.logging_callback_manager._reset_all_callbacks()
+# ``register`` (conftest.py) registers a guard for the test.
 
 
-def test_budget_guard_over_the_server(server: ServerThread, guarded: Callable[[Any], Any]) -> None:
+def test_budget_guard_over_the_server(server: ServerThread, register: Callable[[Any], Any]) -> None:
     from litellm_budget_plugin.guard import BudgetGuard
 
     manager = BudgetManager("app", client_type="hosted", api_base=server.url)
     manager.create_budget(1.0, "alice")
     manager.create_budget(1e-9, "bob")
-    guarded(BudgetGuard(manager))
+    register(BudgetGuard(manager))
     messages = [{"role": "user", "content": "hi"}]
     response = litellm.completion(model="gpt-4o-mini", messages=messages, mock_response="hello", user="alice")
     cost = response._hidden_params["response_cost"]
@@ -647,13 +638,13 @@ def test_budget_guard_over_the_server(server: ServerThread, guarded: Callable[[A
     assert manager.get_current_cost("bob") == 0.0
 
 
-def test_budget_guard_fails_closed_when_the_server_is_down(guarded: Callable[[Any], Any]) -> None:
+def test_budget_guard_fails_closed_when_the_server_is_down(register: Callable[[Any], Any]) -> None:
     from litellm_budget_plugin.guard import BudgetGuard
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    guarded(BudgetGuard(HttpStore(url, project_name="app", retries=0)))
+    register(BudgetGuard(HttpStore(url, project_name="app", retries=0)))
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(StoreUnavailableError, match="cannot reach budget server"):
         litellm.completion(model="gpt-4o-mini", messages=messages, mock_response="hello", user="alice")
