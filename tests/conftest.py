@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -24,18 +25,27 @@ if TYPE_CHECKING:
 STORE_FIXTURES = ["file_store_factory"]
 
 
-@pytest.fixture
-def file_store_factory(tmp_path: Path) -> Iterator[Callable[[], BudgetStore]]:
-    made: list[FileStore] = []
+@contextlib.contextmanager
+def closing_factory(open_store: Callable[[], BudgetStore]) -> Iterator[Callable[[], BudgetStore]]:
+    """A factory that calls ``open_store`` and closes every store it made on exit."""
+    made: list[BudgetStore] = []
 
     def make() -> BudgetStore:
-        store = FileStore(tmp_path / "user_cost.json")
+        store = open_store()
         made.append(store)
         return store
 
-    yield make
-    for store in made:
-        store.close()
+    try:
+        yield make
+    finally:
+        for store in made:
+            store.close()
+
+
+@pytest.fixture
+def file_store_factory(tmp_path: Path) -> Iterator[Callable[[], BudgetStore]]:
+    with closing_factory(lambda: FileStore(tmp_path / "user_cost.json")) as make:
+        yield make
 
 
 @pytest.fixture
@@ -60,17 +70,11 @@ def http_store_factory(tmp_path: Path) -> Iterator[Callable[[], BudgetStore]]:
         def clock(self, now: Callable[[], float]) -> None:
             clock.now = now
 
-    made: list[HttpStore] = []
-    with ServerThread(directory_stores(tmp_path, clock)) as server:
-
-        def make() -> BudgetStore:
-            store = ClockedHttpStore(server.url, project_name="contract", retries=0)
-            made.append(store)
-            return store
-
+    with (
+        ServerThread(directory_stores(tmp_path, clock)) as server,
+        closing_factory(lambda: ClockedHttpStore(server.url, project_name="contract", retries=0)) as make,
+    ):
         yield make
-        for store in made:
-            store.close()
 
 
 STORE_FIXTURES.append("http_store_factory")
@@ -93,16 +97,8 @@ def redis_store_factory(redis_server: RedisServer) -> Iterator[Callable[[], Budg
 
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
-    made: list[RedisStore] = []
-
-    def make() -> BudgetStore:
-        store = RedisStore(redis_server.url, project="contract")
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
+    with closing_factory(lambda: RedisStore(redis_server.url, project="contract")) as make:
+        yield make
 
 
 STORE_FIXTURES.append("redis_store_factory")
