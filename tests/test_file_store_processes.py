@@ -164,8 +164,8 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_charge(tmp_path: Path) -
     assert applied > 10
 
 
-def _in_child(body: Callable[[], int]) -> int:
-    """Run ``body`` in a forked child; return its exit code."""
+def _start_child(body: Callable[[], int]) -> int:
+    """Fork a child that runs ``body`` and exits with its result (99 if it raised); return its pid."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 99
@@ -173,9 +173,19 @@ def _in_child(body: Callable[[], int]) -> int:
             code = body()
         finally:
             os._exit(code)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    """Wait for the child ``pid``, which must exit by itself; return its exit code."""
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status), f"child ended with status {status}"
     return os.WEXITSTATUS(status)
+
+
+def _in_child(body: Callable[[], int]) -> int:
+    """Run ``body`` in a forked child; return its exit code."""
+    return _exit_code(_start_child(body))
 
 
 def test_a_store_used_before_fork_is_safe_in_the_child(tmp_path: Path) -> None:
@@ -200,16 +210,9 @@ def test_a_store_used_before_fork_is_safe_in_the_child(tmp_path: Path) -> None:
             store.charge("alice", 1.0, "m")
         return 0
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 99
-        try:
-            code = charge_many()
-        finally:
-            os._exit(code)
+    pid = _start_child(charge_many)
     for _ in range(100):
         store.charge("alice", 1.0, "m")
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert _exit_code(pid) == 0
     assert store.get("alice")["current_cost"] == 201.0  # type: ignore[index]
     store.close()
