@@ -40,6 +40,11 @@ APPLIED_ID_TTL_SECONDS = 3_600.0
 APPLIED_ID_LIMIT = 128
 APPLIED_ID_SLACK = 2
 
+# A lease's spare: enough for this many more calls like the one that took it, and never more
+# than this share of what is left of the budget.
+LEASE_SPARE_CALLS = 32
+LEASE_SPARE_SHARE = 0.5
+
 Mode = Literal["strict", "soft"]
 MODES: tuple[Mode, ...] = ("strict", "soft")
 
@@ -351,6 +356,48 @@ def reserve(
         **updated.get("reservations", {}),
         call_id: {"amount": amount, "expires_at": now + ttl},
     }
+    return updated
+
+
+def lease_hold(
+    record: UserRecord, user: str, hold_id: str, in_flight: float, amount: float, spare: bool, now: float
+) -> float:
+    """What a process's lease (see :class:`~litellm_budget_plugin.stores.file.FileStore`) must
+    hold to admit one more call of ``amount`` in strict mode, or raise BudgetExceededError.
+
+    The hold covers the process's calls in flight and the new call; with ``spare`` it also
+    covers its next few calls like this one, so that they are admitted without writing, but
+    never more than half of what others leave of the budget.
+    """
+    updated = current_window(record, now)
+    spend, limit = updated["current_cost"], updated["total_budget"]
+    others = reserved(updated, now, exclude=hold_id)
+    needed = in_flight + amount
+    if not admits(spend, others, needed, limit, "strict"):
+        assert limit is not None
+        raise BudgetExceededError(user, spend, limit, amount, others + in_flight)
+    if not spare:
+        return needed
+    room = math.inf if limit is None else max(0.0, limit - spend - others - needed)
+    return needed + min(LEASE_SPARE_CALLS * amount, LEASE_SPARE_SHARE * room)
+
+
+def lease_spare_fits(record: UserRecord, hold_id: str, in_flight: float, spare: float, now: float) -> bool:
+    """Whether a lease's spare still fits the budget (it may have been lowered since it was taken)."""
+    updated = current_window(record, now)
+    others = reserved(updated, now, exclude=hold_id)
+    return admits(updated["current_cost"], others, in_flight + spare, updated["total_budget"], "strict")
+
+
+def set_hold(record: UserRecord, hold_id: str, amount: float, expires_at: float, now: float) -> UserRecord:
+    """Hold exactly ``amount`` under ``hold_id`` (none if zero), without an admission check."""
+    updated = current_window(record, now)
+    held = dict(updated.get("reservations", {}))
+    if amount > 0:
+        held[hold_id] = {"amount": check_amount("hold", amount), "expires_at": expires_at}
+    else:
+        held.pop(hold_id, None)
+    _set_or_drop(updated, "reservations", held)
     return updated
 
 

@@ -174,9 +174,12 @@ class BudgetGuard(CustomLogger):
         with self._holds_lock:
             self._holds[call_id] = holds
 
-    def _reserve_for(self, user: str, call_id: str, estimate: float) -> UserRecord:
+    def _reserve_for(self, user: str, call_id: str, estimate: float) -> None:
         try:
-            return self.store.reserve(user, call_id, estimate, self.lease_seconds, self.mode, self._default)
+            if self.mode == "strict":  # a store may admit it from this process's lease
+                self.store.admit(user, call_id, estimate, self.lease_seconds, self._default)
+            else:
+                self.store.reserve(user, call_id, estimate, self.lease_seconds, self.mode, self._default)
         except UnknownUserError:
             raise BudgetExceededError(user, 0.0, 0.0, estimate) from None
 

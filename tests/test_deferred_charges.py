@@ -548,6 +548,12 @@ def test_guarded_call_writes_the_previous_calls_charge_with_its_reservation(mana
         assert manager.get_current_cost("alice") == pytest.approx(2 * first_cost)
         assert lines_for(store, "alice") == lines_before + 2
         seen = other.get("alice")
+        assert seen is not None and seen["current_cost"] == pytest.approx(2 * first_cost)
+        # alice was called for twice in a row: this process holds spare for her next calls...
+        assert len(seen["reservations"]) == 1
+        time.sleep(file_module.LEASE_IDLE_SECONDS)
+        store.flush()  # ...and gives it back at its next write once she has been idle a while
+        seen = other.get("alice")
         assert seen is not None and not seen.get("reservations")
         assert seen["current_cost"] == pytest.approx(2 * first_cost)
     finally:

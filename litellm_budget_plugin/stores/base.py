@@ -101,6 +101,15 @@ class BudgetStore(Protocol):
         """Hold ``amount`` for ``ttl`` seconds or raise BudgetExceededError, changing nothing."""
         ...
 
+    def admit(self, user: str, call_id: str, amount: float, ttl: float, default: NewBudget | None = None) -> None:
+        """``reserve`` in strict mode for a call that ``charge_later`` or ``release`` will end.
+
+        A store with a local lock may hold more than the call needs for this process (a
+        lease) and admit the process's next calls from it without writing; other processes
+        see the whole lease held. A store on a server reserves at once.
+        """
+        ...
+
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
         """Charge a reserved call its actual cost; False if the call was not known or already settled."""
         ...
@@ -112,8 +121,14 @@ class BudgetStore(Protocol):
     def close(self) -> None: ...
 
 
-class ChargesAtOnce:
-    """``charge_later`` for stores on a server: a round trip later saves nothing, so charge now."""
+class WritesAtOnce:
+    """``charge_later`` and ``admit`` for stores on a server: a local shortcut saves no round
+    trip there, so each is one write, now."""
+
+    def admit(
+        self: BudgetStore, user: str, call_id: str, amount: float, ttl: float, default: NewBudget | None = None
+    ) -> None:
+        self.reserve(user, call_id, amount, ttl, "strict", default)
 
     def charge_later(
         self: BudgetStore,

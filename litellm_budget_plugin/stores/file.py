@@ -18,7 +18,10 @@ the other processes to reload. A torn last line (a writer killed mid-write) is c
 next writer, under the lock.
 
 Charges made with :meth:`FileStore.charge_later` (the guard's) wait for the store's next
-operation in this process and share its lock and its write.
+operation in this process and share its lock and its write. Calls admitted with
+:meth:`FileStore.admit` (the guard's, in strict mode) are held in one lease per user and
+process, which a process that keeps calling for a user grows ahead of need, so that most of
+its calls are admitted without a write (see :class:`_Lease`).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import fcntl
 import itertools
 import json
 import logging
+import math
 import multiprocessing.util
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +47,7 @@ import filelock
 from .. import budget
 from ..budget import UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreCorruptError, StoreError, StoreLockTimeout
-from .base import NewBudget, RecordStore
+from .base import NewBudget, RecordStore, _or_default
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -104,8 +109,16 @@ class FileStore(RecordStore):
         self._journal_fd: int | None = None
         self._snapshot_id: tuple[int, int, int] | None = None
         self._offset = 0
-        self._deferred: list[_Deferred] = []  # charge_later's, in the order they came
+        # What this process has not written yet, guarded by _deferred_lock: charge_later's
+        # charges in the order they came, and the users whose lease hold is out of date.
+        self._deferred: list[_Deferred] = []
+        self._dirty: set[str] = set()
+        self._pending_since: float | None = None  # time.monotonic() of the oldest of them
         self._deferred_lock = threading.Lock()
+        self._leases: dict[str, _Lease] = {}
+        self._leased: dict[str, str] = {}  # call id admitted from a lease -> its user
+        self._refreshed: set[str] = set()  # lease holds in the write under way (under the lock)
+        self._giving_back = False  # closing or exiting: leases keep no spare
         self._flusher: threading.Thread | None = None
         self._closed = False
 
@@ -120,7 +133,14 @@ class FileStore(RecordStore):
         finally:
             _notify(charged)
 
-    def _update(self, user: str, fn: Callable[[UserRecord | None], tuple[UserRecord | None, T]]) -> T:
+    def _update(
+        self,
+        user: str,
+        fn: Callable[[UserRecord | None], tuple[UserRecord | None, T]],
+        written: Callable[[T], None] | None = None,
+    ) -> T:
+        """See :meth:`RecordStore._update`; ``written(result)`` runs once the change is on
+        disk, still under the lock."""
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
             with self._locked():
@@ -137,6 +157,8 @@ class FileStore(RecordStore):
                 if new is not old:
                     working[user] = new
                 self._write(working, charged)
+                if written is not None:
+                    written(result)
                 return result
         finally:
             _notify(charged)
@@ -166,28 +188,149 @@ class FileStore(RecordStore):
         """
         change = self._charge_change(user, cost, model, call_id, default)  # bad input fails here
         self._own_process()
-        _flush_when_this_process_ends()
         with self._deferred_lock:
-            self._deferred.append(_Deferred(user, change, then, time.monotonic()))
-            _STORES_WITH_DEFERRED.add(self)
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=_flush_soon, args=(weakref.ref(self),), name=f"flush {self.path.name}", daemon=True
-                )
-                self._flusher.start()
+            if call_id is not None:
+                self._end_leased_call(call_id)
+            self._deferred.append(_Deferred(user, change, then))
+            self._schedule()
+
+    def release(self, call_id: str, user: str | None = None) -> bool:
+        budget.check_call_id(call_id)
+        self._own_process()
+        with self._deferred_lock:
+            if self._end_leased_call(call_id):
+                return True
+        return super().release(call_id, user)
+
+    def _schedule(self) -> None:
+        """Something waits to be written: make sure it is, soon. Under _deferred_lock."""
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        _STORES_WITH_DEFERRED.add(self)
+        _flush_when_this_process_ends()
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=_flush_soon, args=(weakref.ref(self),), name=f"flush {self.path.name}", daemon=True
+            )
+            self._flusher.start()
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def admit(self, user: str, call_id: str, amount: float, ttl: float, default: NewBudget | None = None) -> None:
+        """Admit a call in strict mode, from this process's lease for the user when it can.
+
+        From the lease's spare, a call costs no write. Otherwise the lease is regrown under
+        the lock: to the calls in flight plus this one, with spare for the next ones when the
+        user was called for in the last :data:`LEASE_HOT_SECONDS` (and the budget allows).
+        Near the end of a budget this admits exactly what :meth:`reserve` would, as far as
+        this process goes; another process's unused spare can refuse a call that would fit
+        for up to :data:`LEASE_IDLE_SECONDS` after that process stops calling (or its lease
+        expires, if it was killed).
+        """
+        amount, ttl = budget.check_reservation(user, call_id, amount, ttl, "strict")
+        if ttl == 0:
+            raise ConfigurationError("reservation ttl must be longer than zero")
+        self._own_process()
+        now = self.clock()
+        with self._deferred_lock:
+            lease = self._leases.get(user)
+            if lease is not None and call_id not in self._leased and lease.take(call_id, amount, now + ttl):
+                self._leased[call_id] = user
+                self._dirty.add(user)  # the hold must last as long as this call
+                self._schedule()
+                return
+
+        def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float]]:
+            current = _or_default(user, record, default, now)
+            with self._deferred_lock:
+                lease = self._leases.setdefault(user, _Lease(ttl))
+                if call_id in self._leased:
+                    self._end_leased_call(call_id)
+                hot = not self._giving_back and time.monotonic() - lease.last_used < LEASE_HOT_SECONDS
+                lease.expire(now)
+                if lease.spare:  # given up first: the file must never hold less than promised here
+                    lease.spare = 0.0
+                    self._dirty.add(user)  # and written, if this call is refused
+                    self._schedule()
+                in_flight = lease.in_flight
+            target = budget.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now)
+            lease.ttl = ttl
+            return budget.set_hold(current, lease.hold_id, target, now + ttl, now), (lease, target - in_flight - amount)
+
+        def install(granted: tuple[_Lease, float]) -> None:
+            lease, spare = granted
+            with self._deferred_lock:
+                lease.add(call_id, amount, now + ttl)
+                lease.spare = spare
+                self._leased[call_id] = user
+                if spare:
+                    self._dirty.add(user)  # looked at again, to give the spare back once idle
+                    self._schedule()
+
+        self._update(user, change, install)
+
+    def _end_leased_call(self, call_id: str) -> bool:
+        """Take a call admitted from a lease out of it; its hold is rewritten soon. Under _deferred_lock."""
+        user = self._leased.pop(call_id, None)
+        if user is None:
+            return False
+        self._leases[user].drop(call_id)
+        self._dirty.add(user)
+        self._schedule()
+        return True
+
+    def _refresh_lease(self, user: str, working: dict[str, UserRecord | None], now: float) -> None:
+        """Bring a lease's hold in the file to its calls in flight and its spare, which is
+        given back once the user has not been called for in a while, or no longer fits."""
+        lease = self._leases.get(user)
+        current = working[user] if user in working else self._records.get(user)
+        if lease is None or current is None:
+            return
+        with self._deferred_lock:
+            lease.expire(now)
+            if (
+                self._giving_back
+                or time.monotonic() - lease.last_used >= LEASE_IDLE_SECONDS
+                or not budget.lease_spare_fits(current, lease.hold_id, lease.in_flight, lease.spare, now)
+            ):
+                lease.spare = 0.0
+            elif lease.spare:
+                self._dirty.add(user)  # come back to it
+                self._schedule()
+            target = lease.in_flight + lease.spare
+            expires_at = lease.expires_at(now)
+        held = current.get("reservations", {}).get(lease.hold_id)
+        if (held is None and target == 0) or (
+            held is not None and held["amount"] == target and held["expires_at"] >= expires_at
+        ):
+            return  # the file says so already
+        working[user] = budget.set_hold(current, lease.hold_id, target, expires_at, now)
+
+    def _give_back(self) -> None:
+        """Drop every lease's spare (the process is closing the store or exiting)."""
+        with self._deferred_lock:
+            self._giving_back = True
+            for user, lease in self._leases.items():
+                if lease.spare:
+                    lease.spare = 0.0
+                    self._dirty.add(user)
+                    if self._pending_since is None:
+                        self._pending_since = time.monotonic()
 
     def flush(self) -> None:
         """Apply the deferred charges now."""
         self._own_process()  # a forked child must not take its parent's locks, held or not
         with self._deferred_lock:
-            if not self._deferred:
+            if self._pending_since is None:
                 return
         self._read(lambda _records: None)
 
     def _apply_deferred(self, charged: list[tuple[_Deferred, UserRecord]]) -> dict[str, UserRecord | None]:
-        """Take the deferred charges and apply them to a working copy of their records."""
+        """Take the deferred charges and lease holds and apply them to a working copy of their records."""
         with self._deferred_lock:
             deferred, self._deferred = self._deferred, []
+            self._refreshed, self._dirty = self._dirty, set()
+            self._pending_since = None
             _STORES_WITH_DEFERRED.discard(self)
         working: dict[str, UserRecord | None] = {}
         for item in deferred:
@@ -200,6 +343,9 @@ class FileStore(RecordStore):
             if record is not current:  # else a call id charged already: nothing to tell
                 working[item.user] = record
                 charged.append((item, record))
+        now = self.clock()
+        for user in self._refreshed:
+            self._refresh_lease(user, working, now)
         return working
 
     def _write(self, working: dict[str, UserRecord | None], charged: list[tuple[_Deferred, UserRecord]]) -> None:
@@ -218,8 +364,9 @@ class FileStore(RecordStore):
         except StoreError:
             with self._deferred_lock:  # not written: they wait for the next operation
                 self._deferred[:0] = [item for item, _ in charged]
-                if self._deferred:
-                    _STORES_WITH_DEFERRED.add(self)
+                self._dirty |= self._refreshed
+                if self._deferred or self._dirty:
+                    self._schedule()
             charged.clear()
             raise
         for user, record in replayed.items():
@@ -242,6 +389,7 @@ class FileStore(RecordStore):
 
     def close(self) -> None:
         try:
+            self._give_back()
             self.flush()
         except BudgetPluginError:
             logger.exception("closing %s: deferred charges lost; their holds expire with their lease", self.path)
@@ -467,7 +615,55 @@ class _Deferred(NamedTuple):
     user: str
     change: Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]
     then: Callable[[UserRecord], None] | None
-    since: float  # time.monotonic() when deferred
+
+
+# A lease gives back its spare once its user has not been called for this long...
+LEASE_IDLE_SECONDS = 0.05
+# ...and gets spare only for a user called for again within this long.
+LEASE_HOT_SECONDS = 1.0
+
+
+class _Lease:
+    """This process's hold for one user's calls, under one reservation id in the file.
+
+    The file holds ``in_flight + spare``: the calls admitted and not yet ended, and spare
+    from which the next calls are admitted without a write. Whatever changes, the file
+    never holds less than that: spare is given up here before the file is told, and taken
+    here only after the file holds it. Each call keeps its own expiry, as a reservation does.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.hold_id = f"lease-{uuid.uuid4().hex}"
+        self.ttl = ttl
+        self.calls: dict[str, tuple[float, float]] = {}  # call id -> (amount, expires_at)
+        self.in_flight = 0.0
+        self.spare = 0.0
+        self.last_used = -math.inf  # time.monotonic() of the last call admitted
+
+    def take(self, call_id: str, amount: float, expires_at: float) -> bool:
+        if amount > self.spare:
+            return False
+        self.spare -= amount
+        self.add(call_id, amount, expires_at)
+        return True
+
+    def add(self, call_id: str, amount: float, expires_at: float) -> None:
+        self.calls[call_id] = (amount, expires_at)
+        self.in_flight += amount
+        self.last_used = time.monotonic()
+
+    def drop(self, call_id: str) -> None:
+        amount, _ = self.calls.pop(call_id, (0.0, 0.0))
+        self.in_flight = max(0.0, self.in_flight - amount) if self.calls else 0.0
+
+    def expires_at(self, now: float) -> float:
+        """When the file's hold may lapse: with its last call, or a lease's time after now for spare."""
+        last_call = max((expires_at for _, expires_at in self.calls.values()), default=now)
+        return max(last_call, now + self.ttl) if self.spare else last_call
+
+    def expire(self, now: float) -> None:
+        for call_id in [c for c, (_, expires_at) in self.calls.items() if expires_at <= now]:
+            self.drop(call_id)
 
 
 def _notify(charged: list[tuple[_Deferred, UserRecord]]) -> None:
@@ -500,11 +696,11 @@ def _flush_soon(ref: weakref.ref[FileStore]) -> None:
         if store is None:
             return
         with store._deferred_lock:
-            idle = not store._deferred
+            idle = store._pending_since is None
             if store._closed or (idle and delay >= _MAX_FLUSH_DELAY_SECONDS):
                 store._flusher = None  # starting a thread costs more than waking one: linger
                 return
-            waited = 0.0 if idle else time.monotonic() - store._deferred[0].since
+            waited = 0.0 if store._pending_since is None else time.monotonic() - store._pending_since
         if waited < FLUSH_DELAY_SECONDS:  # none, or calls are applying them: come back later
             delay = min(2 * delay, _MAX_FLUSH_DELAY_SECONDS)
             continue
@@ -532,7 +728,12 @@ def _flush_when_this_process_ends() -> None:
 @atexit.register
 def _flush_at_exit() -> None:
     for store in list(_STORES_WITH_DEFERRED):
+        if not store.path.parent.is_dir():  # removed with its folder: nothing left to write to
+            if store._deferred:
+                logger.warning("exiting: the folder of %s is gone, and its deferred charges with it", store.path)
+            continue
         try:
+            store._give_back()
             store.flush()
         except Exception:
             logger.exception("exiting: deferred charges to %s lost", store.path)

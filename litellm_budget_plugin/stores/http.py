@@ -36,7 +36,7 @@ from ..errors import (
     StoreUnavailableError,
     UnknownUserError,
 )
-from .base import ChargesAtOnce, NewBudget
+from .base import NewBudget, WritesAtOnce
 
 API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
 DEFAULT_PROJECT = "default"
@@ -48,7 +48,7 @@ _BACKOFF = 0.05  # seconds before the first retry, doubling
 _IDEMPOTENT = frozenset({"get", "all", "set_budget", "roll", "charge", "reserve", "settle", "release"})
 
 
-class HttpStore(ChargesAtOnce):
+class HttpStore(WritesAtOnce):
     """The :class:`BudgetStore` of one project on a budget server.
 
     :param api_base: the server's URL, e.g. ``http://127.0.0.1:8000`` (a path prefix is kept).

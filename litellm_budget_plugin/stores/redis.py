@@ -60,7 +60,7 @@ from ..errors import (
     StoreUnavailableError,
     UnknownUserError,
 )
-from .base import ChargesAtOnce, NewBudget
+from .base import NewBudget, WritesAtOnce
 
 KEY_ROOT = "litellm_budget"
 DEFAULT_PROJECT = "default"
@@ -69,7 +69,7 @@ _RECORD_FIELDS = ("total_budget", "current_cost", "model_cost", "created_at", "l
 _OWN_FIELDS = frozenset((*_RECORD_FIELDS, "reservations", "applied"))
 
 
-class RedisStore(ChargesAtOnce):
+class RedisStore(WritesAtOnce):
     """Budgets in Redis, shared by every process and machine that points at the same server.
 
     :param url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` for TLS;
