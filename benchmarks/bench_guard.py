@@ -71,7 +71,7 @@ def overhead(folder: Path) -> None:
     print("|---|---|---|")
     print(f"| bare litellm | {b * 1e3:.3f} ms | 1.00x |")
     print(f"| with BudgetGuard (file store) | {g * 1e3:.3f} ms | {g / b:.2f}x |")
-    print(f"| the guard's store work alone (reserve + charge_later), outside litellm | {alone * 1e3:.3f} ms | |")
+    print(f"| the guard's store work alone (admit + charge_later), outside litellm | {alone * 1e3:.3f} ms | |")
 
 
 def store_work_per_call(manager: BudgetManager) -> float:
@@ -82,7 +82,7 @@ def store_work_per_call(manager: BudgetManager) -> float:
         start = time.perf_counter()
         for i in range(CALLS_PER_ROUND):
             call_id = f"alone-{round_}-{i}"
-            store.reserve("user-500", call_id, 1e-4, 600)
+            store.admit("user-500", call_id, 1e-4, 600)
             store.charge_later("user-500", 5e-5, MODEL, call_id=call_id)
         per_call.append((time.perf_counter() - start) / CALLS_PER_ROUND)
     return statistics.median(per_call)

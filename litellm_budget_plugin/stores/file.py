@@ -243,11 +243,11 @@ class FileStore(RecordStore):
         def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float]]:
             current = _or_default(user, record, default, now)
             with self._deferred_lock:
-                lease = self._leases.setdefault(user, _Lease(ttl))
+                lease = self._leases.get(user) or self._leases.setdefault(user, _Lease(ttl))
                 if call_id in self._leased:
                     self._end_leased_call(call_id)
                 hot = not self._giving_back and time.monotonic() - lease.last_used < LEASE_HOT_SECONDS
-                lease.expire(now)
+                self._expire(lease, now)
                 if lease.spare:  # given up first: the file must never hold less than promised here
                     lease.spare = 0.0
                     self._dirty.add(user)  # and written, if this call is refused
@@ -287,7 +287,7 @@ class FileStore(RecordStore):
         if lease is None or current is None:
             return
         with self._deferred_lock:
-            lease.expire(now)
+            self._expire(lease, now)
             if (
                 self._giving_back
                 or time.monotonic() - lease.last_used >= LEASE_IDLE_SECONDS
@@ -305,6 +305,11 @@ class FileStore(RecordStore):
         ):
             return  # the file says so already
         working[user] = budget.set_hold(current, lease.hold_id, target, expires_at, now)
+
+    def _expire(self, lease: _Lease, now: float) -> None:
+        """Forget a lease's lapsed calls. Under _deferred_lock."""
+        for call_id in lease.expire(now):
+            self._leased.pop(call_id, None)
 
     def _give_back(self) -> None:
         """Drop every lease's spare (the process is closing the store or exiting)."""
@@ -661,9 +666,12 @@ class _Lease:
         last_call = max((expires_at for _, expires_at in self.calls.values()), default=now)
         return max(last_call, now + self.ttl) if self.spare else last_call
 
-    def expire(self, now: float) -> None:
-        for call_id in [c for c, (_, expires_at) in self.calls.items() if expires_at <= now]:
+    def expire(self, now: float) -> list[str]:
+        """Drop the calls whose hold has lapsed (a stream abandoned, say), as a reservation would."""
+        lapsed = [call_id for call_id, (_, expires_at) in self.calls.items() if expires_at <= now]
+        for call_id in lapsed:
             self.drop(call_id)
+        return lapsed
 
 
 def _notify(charged: list[tuple[_Deferred, UserRecord]]) -> None:
