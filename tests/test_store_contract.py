@@ -232,3 +232,109 @@ def test_concurrent_reservations_admit_exactly_what_fits(store: BudgetStore) -> 
         t.join()
     assert len(admitted) == 5
     assert sorted(store.get("alice").get("reservations", {})) == sorted(admitted)  # type: ignore[union-attr]
+
+
+# --- admit: strict reservations that charge_later or release end -------------------------------
+
+
+def held(store: BudgetStore, user: str = "alice") -> float:
+    record = store.get(user)
+    assert record is not None
+    return sum(hold["amount"] for hold in record.get("reservations", {}).values())
+
+
+def test_admit_holds_the_call_for_every_handle_until_charge_later_charges_it_once(
+    store_factory: Callable[[], BudgetStore],
+) -> None:
+    store, other = store_factory(), store_factory()
+    store.set_budget("alice", 1.0)
+
+    store.admit("alice", "c1", 0.4, ttl=60)
+
+    assert held(store) >= 0.4
+    assert held(other) >= 0.4  # another handle (another process) sees the hold at once
+    store.charge_later("alice", 0.25, "m", call_id="c1")
+    store.charge_later("alice", 0.25, "m", call_id="c1")  # the same call again: charged once
+    record = store.get("alice")
+    assert record is not None and record["current_cost"] == pytest.approx(0.25)
+    assert record["model_cost"] == {"m": pytest.approx(0.25)}
+    store.admit("alice", "c2", 0.75, ttl=60)  # nothing of c1 is held any more: the rest fits
+    with pytest.raises(BudgetExceededError):
+        store.admit("alice", "c3", 0.01, ttl=60)
+    assert other.get("alice")["current_cost"] == pytest.approx(0.25)  # type: ignore[index]
+
+
+def test_admit_then_release_frees_the_hold_without_a_charge(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.admit("alice", "c1", 0.9, ttl=60)
+    with pytest.raises(BudgetExceededError):
+        store.admit("alice", "c2", 0.2, ttl=60)
+
+    assert store.release("c1", user="alice") is True
+
+    assert store.release("c1", user="alice") is False
+    assert store.release("never-admitted") is False
+    store.admit("alice", "c2", 1.0, ttl=60)  # the whole budget is free again
+    assert store.get("alice")["current_cost"] == 0.0  # type: ignore[index]
+
+
+def test_admit_over_budget_is_refused_and_changes_nothing(store_factory: Callable[[], BudgetStore]) -> None:
+    store, other = store_factory(), store_factory()
+    store.set_budget("alice", 1.0)
+    store.charge("alice", 0.5, "m")
+    store.admit("alice", "c1", 0.3, ttl=60)
+    before = other.get("alice")
+
+    with pytest.raises(BudgetExceededError) as info:
+        store.admit("alice", "c2", 0.3, ttl=60)
+
+    assert (info.value.user, info.value.spend, info.value.budget) == ("alice", 0.5, 1.0)
+    assert info.value.estimate == 0.3 and info.value.reserved == pytest.approx(0.3)
+    assert other.get("alice") == before
+    with pytest.raises(BudgetExceededError):  # refusing once did not hold anything for it
+        other.admit("alice", "c3", 0.21, ttl=60)
+    other.admit("alice", "c3", 0.2, ttl=60)
+
+
+def test_admit_for_an_unknown_user_needs_a_default(store: BudgetStore) -> None:
+    with pytest.raises(UnknownUserError):
+        store.admit("ghost", "c1", 0.1, ttl=60)
+    assert store.get("ghost") is None
+    store.admit("ghost", "c1", 0.1, ttl=60, default={"total_budget": 1.0, "duration": None})
+    record = store.get("ghost")
+    assert record is not None and record["total_budget"] == 1.0
+    assert sum(hold["amount"] for hold in record.get("reservations", {}).values()) >= 0.1
+
+
+@pytest.mark.parametrize(
+    ("call_id", "amount", "ttl", "problem"),
+    [
+        ("c1", -0.1, 60, "amount"),
+        ("c1", math.nan, 60, "amount"),
+        ("", 0.1, 60, "call id"),
+        ("c1", 0.1, 0, "ttl"),
+        ("c1", 0.1, -1, "ttl"),
+    ],
+)
+def test_admit_refuses_bad_input_and_changes_nothing(
+    store: BudgetStore, call_id: str, amount: float, ttl: float, problem: str
+) -> None:
+    store.set_budget("alice", 1.0)
+    before = store.get("alice")
+    with pytest.raises(ConfigurationError, match=problem):
+        store.admit("alice", call_id, amount, ttl=ttl)
+    assert store.get("alice") == before
+
+
+def test_settle_by_call_id_ends_an_admitted_call(store_factory: Callable[[], BudgetStore]) -> None:
+    store, other = store_factory(), store_factory()
+    store.set_budget("alice", 1.0)
+    store.admit("alice", "c1", 0.4, ttl=60)
+    store.admit("alice", "c2", 0.4, ttl=60)
+
+    assert store.settle("c1", 0.1, "m") is True  # found by its call id alone
+
+    assert store.settle("c1", 0.1, "m") is False  # charged once
+    assert other.get("alice")["current_cost"] == pytest.approx(0.1)  # type: ignore[index]
+    assert 0.4 <= held(other) <= 0.5 + 1e-9  # c2 (with a lease's spare of 0.1, on a file); c1 gone
+    store.admit("alice", "c3", 0.5, ttl=60)  # 0.1 spent + 0.4 held + 0.5 fits exactly

@@ -202,6 +202,19 @@ class FileStore(RecordStore):
                 return True
         return super().release(call_id, user)
 
+    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+        budget.check_call_id(call_id)
+        budget.check_amount("actual cost", actual_cost)
+        self._own_process()
+        with self._deferred_lock:
+            owner = self._leased.get(call_id)
+            if owner is not None:
+                self._end_leased_call(call_id)
+        if owner is None:
+            return super().settle(call_id, actual_cost, model, user)
+        self.charge(owner, actual_cost, model, call_id=call_id)  # writes the smaller hold with it
+        return True
+
     def _schedule(self) -> None:
         """Something waits to be written: make sure it is, soon. Under _deferred_lock."""
         if self._pending_since is None:
@@ -255,7 +268,9 @@ class FileStore(RecordStore):
                 in_flight = lease.in_flight
             target = budget.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now)
             lease.ttl = ttl
-            return budget.set_hold(current, lease.hold_id, target, now + ttl, now), (lease, target - in_flight - amount)
+            expires_at = max(now + ttl, lease.expires_at(now))  # as long as its longest call
+            granted = (lease, max(0.0, target - in_flight - amount))
+            return budget.set_hold(current, lease.hold_id, target, expires_at, now), granted
 
         def install(granted: tuple[_Lease, float]) -> None:
             lease, spare = granted
@@ -284,7 +299,11 @@ class FileStore(RecordStore):
         given back once the user has not been called for in a while, or no longer fits."""
         lease = self._leases.get(user)
         current = working[user] if user in working else self._records.get(user)
-        if lease is None or current is None:
+        if lease is None:
+            return
+        if current is None:  # the user was deleted: no more calls from the spare
+            with self._deferred_lock:
+                lease.spare = 0.0
             return
         with self._deferred_lock:
             self._expire(lease, now)
