@@ -229,10 +229,7 @@ def test_spare_is_given_back_by_the_flusher_once_the_user_is_idle(open_store) ->
 def test_spare_that_no_longer_fits_a_lowered_budget_is_given_back(open_store, quiet_flusher, patient_leases) -> None:
     store, other = open_store(), open_store()
     store.set_budget("alice", 10.0)
-    for i in range(2):
-        store.admit("alice", f"c{i}", 0.1, 60)
-        store.charge_later("alice", 0.1, "m", call_id=f"c{i}")
-    store.flush()
+    call_twice(store)
     assert spent(other) == pytest.approx(0.2)
     assert held(other) > 0.1  # spare, no call in flight
 
@@ -250,10 +247,7 @@ def test_spare_that_no_longer_fits_a_lowered_budget_is_given_back(open_store, qu
 def test_close_gives_the_spare_back(open_store, quiet_flusher, patient_leases) -> None:
     store, other = open_store(), open_store()
     store.set_budget("alice", 10.0)
-    for i in range(2):
-        store.admit("alice", f"c{i}", 0.1, 60)
-        store.charge_later("alice", 0.1, "m", call_id=f"c{i}")
-    store.flush()
+    call_twice(store)
     assert held(other) > 0.1  # spare, no call in flight
 
     store.close()
@@ -277,12 +271,16 @@ def test_close_keeps_holding_the_calls_still_in_flight(open_store, quiet_flusher
     assert spent(other) == pytest.approx(0.1)
 
 
-def _lease_and_leave(path: str) -> None:
-    store = FileStore(path)
+def call_twice(store: FileStore, prefix: str = "c") -> None:
+    """Two calls of 0.1 for alice in a row, charged and written: her lease keeps spare, nothing in flight."""
     for i in range(2):
-        store.admit("alice", f"child-{i}", 0.1, 60)
-        store.charge_later("alice", 0.1, "m", call_id=f"child-{i}")
-    store.flush()  # charged; the spare is kept (patient_leases) and the store is never closed
+        store.admit("alice", f"{prefix}{i}", 0.1, 60)
+        store.charge_later("alice", 0.1, "m", call_id=f"{prefix}{i}")
+    store.flush()
+
+
+def _lease_and_leave(path: str) -> None:
+    call_twice(FileStore(path), prefix="child-")  # the spare is kept (patient_leases); never closed
 
 
 def test_a_process_that_ends_gives_its_spare_back(open_store, quiet_flusher, patient_leases) -> None:
@@ -439,10 +437,7 @@ def test_a_later_call_with_a_shorter_ttl_does_not_cut_the_hold_of_earlier_calls(
 def test_a_deleted_user_is_not_admitted_from_the_spare(open_store, quiet_flusher) -> None:
     store, other = open_store(), open_store()
     store.set_budget("alice", 10.0)
-    for i in range(2):
-        store.admit("alice", f"c{i}", 0.1, 60)
-        store.charge_later("alice", 0.1, "m", call_id=f"c{i}")
-    store.flush()
+    call_twice(store)
     assert held(other) > 0.1  # spare
 
     assert other.delete("alice") is True

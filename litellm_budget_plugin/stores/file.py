@@ -181,10 +181,11 @@ class FileStore(RecordStore):
         """Charge at this store's next operation in this process, or within a second.
 
         The guard settles every call this way: the charge then shares the lock and the write
-        of the next call's reservation, halving the file work per call. Reads in this
-        process apply deferred charges first, so they never see a stale spend; other
-        processes see the call's hold (at least its cost) until then. A process killed in
-        between loses the charge, and its hold expires with its lease.
+        of the next operation (for calls admitted from a lease, usually the flusher's, one
+        for many calls), which also shrinks the call's hold. Reads in this process apply
+        deferred charges first, so they never see a stale spend; other processes see the
+        call's hold (at least its cost) until then. A process killed in between loses the
+        charge, and its hold expires with its lease.
         """
         change = self._charge_change(user, cost, model, call_id, default)  # bad input fails here
         self._own_process()
