@@ -7,8 +7,10 @@ the flusher wait longer (``slow_flusher``), so that nothing but the test applies
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import litellm
 import pytest
+from test_guard import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, FileStore
 from litellm_budget_plugin import budget as budget_module
@@ -240,6 +243,31 @@ def test_bad_charge_later_fails_at_once_and_defers_nothing(open_store, slow_flus
     assert charged == []
     store.charge("alice", 0.3, "m", call_id="later")  # the store is still usable
     assert spend(other, "alice") == pytest.approx(0.4)
+
+
+def test_a_charge_made_while_the_store_closes_is_written_or_refused(open_store, slow_flusher) -> None:
+    writer, other = open_store(), open_store()
+    writer.set_budget("alice", 1e9)
+    accepted: list[int] = []
+    refused = threading.Event()
+
+    def charge_until_refused() -> None:
+        for i in itertools.count():
+            try:
+                writer.charge_later("alice", 1.0, "m", call_id=f"c{i}")
+            except StoreError:
+                refused.set()
+                return
+            accepted.append(i)
+
+    charging = threading.Thread(target=charge_until_refused)
+    charging.start()
+    wait_until(lambda: len(accepted) > 100)
+    writer.close()
+    charging.join(10)
+
+    assert refused.is_set()  # charges after the close are refused, loudly
+    assert spend(other, "alice") == float(len(accepted))  # and every one accepted is written
 
 
 def test_close_applies_deferred_charges(open_store, slow_flusher) -> None:

@@ -125,9 +125,13 @@ class FileStore(RecordStore):
     # -- RecordStore ---------------------------------------------------------------------
 
     def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:
+        return self._after_pending(self._locked(), fn)
+
+    def _after_pending(self, locked: _Locked, fn: Callable[[dict[str, UserRecord]], T]) -> T:
+        """Write what is pending, then call ``fn`` on the records, under ``locked``."""
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
-            with self._locked():
+            with locked:
                 self._write(self._apply_deferred(charged), charged)
                 return fn(self._records)
         finally:
@@ -190,6 +194,8 @@ class FileStore(RecordStore):
         change = self._charge_change(user, cost, model, call_id, default)  # bad input fails here
         self._own_process()
         with self._deferred_lock:
+            if self._closed:  # closed by another thread since the check above
+                raise self._closed_error()
             if call_id is not None:
                 self._end_leased_call(call_id)
             self._deferred.append(_Deferred(user, change, then))
@@ -404,24 +410,34 @@ class FileStore(RecordStore):
 
     def compact(self) -> None:
         """Fold the journal into the snapshot now, so the JSON file is current."""
-        charged: list[tuple[_Deferred, UserRecord]] = []
-        try:
-            with self._locked():
-                self._write(self._apply_deferred(charged), charged)
-                self._compact()
-        finally:
-            _notify(charged)
+        self._after_pending(self._locked(), lambda _records: self._compact())
 
     def close(self) -> None:
+        """Write what is pending, give the leases' spare back, and let go of the files.
+
+        Closing again does nothing. Any operation after it raises StoreError, and so does a
+        charge_later that another thread makes while it closes: none is dropped unseen.
+        """
+        if self._closed:
+            return
         try:
+            self._own_process()
             self._give_back()
             self.flush()
         except BudgetPluginError:
             logger.exception("closing %s: deferred charges lost; their holds expire with their lease", self.path)
-        with self._mutex, self._deferred_lock:
-            self._closed = True
-            self._close_journal()
-            self._file_lock.close()
+        with self._mutex:
+            with self._deferred_lock:
+                self._closed = True  # from here charge_later refuses
+                late = self._pending_since is not None  # made by other threads since the flush
+            try:
+                if late:
+                    self._after_pending(_Locked(self), lambda _records: None)
+            except BudgetPluginError:
+                logger.exception("closing %s: deferred charges lost; their holds expire with their lease", self.path)
+            finally:
+                self._close_journal()
+                self._file_lock.close()
         _STORES_WITH_DEFERRED.discard(self)
 
     # -- locking and catching up ---------------------------------------------------------
@@ -432,11 +448,14 @@ class FileStore(RecordStore):
 
     def _own_process(self) -> None:
         if self._closed:
-            raise StoreError(f"store {str(self.path)!r} is closed")
+            raise self._closed_error()
         if os.getpid() != self._pid:  # forked: locks, files and deferred charges are the parent's
             self._close_journal()
             self._file_lock.close()
             self._reset_process_state()
+
+    def _closed_error(self) -> StoreError:
+        return StoreError(f"store {str(self.path)!r} is closed")
 
     def _catch_up(self) -> None:
         """Bring the in-memory records up to what is on disk. Runs under the lock.
