@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import filelock
 import litellm
 import pytest
 from test_deferred_charges import Clock, lines_for
@@ -23,7 +24,7 @@ from test_guard import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, FileStore
 from litellm_budget_plugin.budget import LEASE_SPARE_CALLS
-from litellm_budget_plugin.errors import UnknownUserError
+from litellm_budget_plugin.errors import StoreLockTimeout, UnknownUserError
 from litellm_budget_plugin.guard import BudgetGuard
 from litellm_budget_plugin.stores import file as file_module
 
@@ -445,3 +446,60 @@ def test_a_deleted_user_is_not_admitted_from_the_spare(open_store, quiet_flusher
 
     with pytest.raises(UnknownUserError):
         store.admit("alice", "c2", 0.1, 60)
+
+
+def test_a_charge_made_during_another_threads_write_is_held_until_it_is_written(
+    open_store, quiet_flusher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, other = open_store(), open_store()
+    store.set_budget("alice", 1.0)
+    store.admit("alice", "c1", 0.5, 60)  # the first call for alice: held exactly, no spare
+    inside, go_on = threading.Event(), threading.Event()
+    real_or_default = file_module._or_default
+
+    def pause_in_the_admitting_thread(*args: object) -> object:
+        if threading.current_thread().name == "admitting":
+            inside.set()
+            go_on.wait(10)
+        return real_or_default(*args)  # type: ignore[arg-type]
+
+    # A pause inside the write of another call's admission, once it has taken the pending charges.
+    monkeypatch.setattr(file_module, "_or_default", pause_in_the_admitting_thread)
+    admitting = threading.Thread(target=lambda: store.admit("alice", "c2", 0.1, 60), name="admitting")
+    admitting.start()
+    assert inside.wait(10)
+    store.charge_later("alice", 0.5, "m", call_id="c1")  # lands in the middle of that write
+    go_on.set()
+    admitting.join(10)
+
+    record = other.get("alice")
+    assert record is not None
+    assert record["current_cost"] + held(other) >= 0.5 + 0.1  # c1 spent or still held, and c2 held
+    with pytest.raises(BudgetExceededError):
+        other.admit("alice", "elsewhere", 0.45, 60)
+
+
+def test_settle_of_a_leased_call_that_cannot_be_written_is_charged_later(open_store, quiet_flusher) -> None:
+    store = FileStore(open_store().path, lock_timeout=0.2)
+    try:
+        store.set_budget("alice", 1.0)
+        store.admit("alice", "c1", 0.4, 60)
+        another_process = filelock.FileLock(str(store.lock_path))
+        with another_process, pytest.raises(StoreLockTimeout):  # busy: the settle cannot write now
+            store.settle("c1", 0.3, "m")
+        store.settle("c1", 0.3, "m")  # retried: charged once, whatever the first attempt left
+        assert spent(open_store()) == pytest.approx(0.3)
+    finally:
+        store.close()
+
+
+def test_a_forked_child_exits_even_if_its_parent_held_the_stores_lock_at_the_fork(open_store) -> None:
+    store = open_store()
+    store.set_budget("alice", 1.0)
+    store.charge_later("alice", 0.1, "m", call_id="pending")  # the store has something to flush at exit
+    with store._deferred_lock:  # another thread of the parent is inside the store at the fork
+        child = multiprocessing.get_context("fork").Process(target=file_module._flush_at_exit)
+        child.start()
+    child.join(20)
+    assert child.exitcode == 0
+    assert spent(store) == pytest.approx(0.1)  # the parent's charge, by the parent only

@@ -196,9 +196,9 @@ class FileStore(RecordStore):
         with self._deferred_lock:
             if self._closed:  # closed by another thread since the check above
                 raise self._closed_error()
-            if call_id is not None:
-                self._end_leased_call(call_id)
-            self._deferred.append(_Deferred(user, change, then))
+            # A leased call leaves its lease only when its charge is taken for a write, so that
+            # no write holds less for it without charging it.
+            self._deferred.append(_Deferred(user, change, then, call_id))
             self._schedule()
 
     def release(self, call_id: str, user: str | None = None) -> bool:
@@ -206,6 +206,7 @@ class FileStore(RecordStore):
         self._own_process()
         with self._deferred_lock:
             if self._end_leased_call(call_id):
+                self._schedule()
                 return True
         return super().release(call_id, user)
 
@@ -215,11 +216,10 @@ class FileStore(RecordStore):
         self._own_process()
         with self._deferred_lock:
             owner = self._leased.get(call_id)
-            if owner is not None:
-                self._end_leased_call(call_id)
         if owner is None:
             return super().settle(call_id, actual_cost, model, user)
-        self.charge(owner, actual_cost, model, call_id=call_id)  # writes the smaller hold with it
+        self.charge_later(owner, actual_cost, model, call_id=call_id)
+        self.flush()  # the charge and the smaller hold in one write (kept for later if it fails)
         return True
 
     def _schedule(self) -> None:
@@ -264,8 +264,8 @@ class FileStore(RecordStore):
             current = _or_default(user, record, default, now)
             with self._deferred_lock:
                 lease = self._leases.get(user) or self._leases.setdefault(user, _Lease(ttl))
-                if call_id in self._leased:
-                    self._end_leased_call(call_id)
+                if self._end_leased_call(call_id):  # admitted again under the same id
+                    self._schedule()
                 hot = not self._giving_back and time.monotonic() - lease.last_used < LEASE_HOT_SECONDS
                 self._expire(lease, now)
                 if lease.spare:  # given up first: the file must never hold less than promised here
@@ -283,7 +283,7 @@ class FileStore(RecordStore):
             lease, spare = granted
             with self._deferred_lock:
                 lease.add(call_id, amount, now + ttl)
-                lease.spare = spare
+                lease.spare = 0.0 if self._giving_back else spare  # closing or exiting meanwhile
                 self._leased[call_id] = user
                 if spare:
                     self._dirty.add(user)  # looked at again, to give the spare back once idle
@@ -292,13 +292,12 @@ class FileStore(RecordStore):
         self._update(user, change, install)
 
     def _end_leased_call(self, call_id: str) -> bool:
-        """Take a call admitted from a lease out of it; its hold is rewritten soon. Under _deferred_lock."""
+        """Take a call admitted from a lease out of it, marking its hold to rewrite. Under _deferred_lock."""
         user = self._leased.pop(call_id, None)
         if user is None:
             return False
         self._leases[user].drop(call_id)
         self._dirty.add(user)
-        self._schedule()
         return True
 
     def _refresh_lease(self, user: str, working: dict[str, UserRecord | None], now: float) -> None:
@@ -360,6 +359,9 @@ class FileStore(RecordStore):
         """Take the deferred charges and lease holds and apply them to a working copy of their records."""
         with self._deferred_lock:
             deferred, self._deferred = self._deferred, []
+            for item in deferred:
+                if item.call_id is not None:
+                    self._end_leased_call(item.call_id)  # its lease's hold shrinks in the same write
             self._refreshed, self._dirty = self._dirty, set()
             self._pending_since = None
             _STORES_WITH_DEFERRED.discard(self)
@@ -659,6 +661,7 @@ class _Deferred(NamedTuple):
     user: str
     change: Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]
     then: Callable[[UserRecord], None] | None
+    call_id: str | None
 
 
 # A lease gives back its spare once its user has not been called for this long...
@@ -780,8 +783,10 @@ def _flush_at_exit() -> None:
                 logger.warning("exiting: the folder of %s is gone, and its deferred charges with it", store.path)
             continue
         try:
-            store._give_back()
-            store.flush()
+            store._own_process()  # a forked child: its parent's locks and leases are not its own
+            with store._mutex:  # an admit under way installs its lease first
+                store._give_back()
+                store.flush()
         except Exception:
             logger.exception("exiting: deferred charges to %s lost", store.path)
 
