@@ -503,3 +503,24 @@ def test_a_forked_child_exits_even_if_its_parent_held_the_stores_lock_at_the_for
     child.join(20)
     assert child.exitcode == 0
     assert spent(store) == pytest.approx(0.1)  # the parent's charge, by the parent only
+
+
+def test_a_process_that_cannot_write_stops_admitting_from_its_spare(open_store, quiet_flusher, patient_leases) -> None:
+    clock = Clock()
+    store = FileStore(open_store().path, lock_timeout=0.1)
+    other = open_store()
+    store.clock = other.clock = clock  # type: ignore[method-assign]
+    try:
+        store.set_budget("alice", 1.0)
+        store.admit("alice", "c0", 0.01, 1.0)
+        store.admit("alice", "c1", 0.01, 1.0)  # called again at once: spare, held in the file
+        another_process = filelock.FileLock(str(store.lock_path))
+        with another_process:  # nothing can be written...
+            store.admit("alice", "c2", 0.01, 1.0)  # ...and none needs to be: the file holds it
+
+        clock.now += 1.0 + file_module.LEASE_HORIZON_SECONDS  # the file's hold has lapsed, never rewritten
+        assert held(other) == 0.0
+        with another_process, pytest.raises(StoreLockTimeout):
+            store.admit("alice", "c3", 0.01, 1.0)  # not from a spare that the file no longer holds
+    finally:
+        store.close()

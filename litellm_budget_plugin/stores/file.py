@@ -260,7 +260,7 @@ class FileStore(RecordStore):
                 self._schedule()
                 return
 
-        def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float]]:
+        def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float, float]]:
             current = _or_default(user, record, default, now)
             with self._deferred_lock:
                 lease = self._leases.get(user) or self._leases.setdefault(user, _Lease(ttl))
@@ -275,13 +275,15 @@ class FileStore(RecordStore):
                 in_flight = lease.in_flight
             target = budget.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now)
             lease.ttl = ttl
-            expires_at = max(now + ttl, lease.expires_at(now))  # as long as its longest call
-            granted = (lease, max(0.0, target - in_flight - amount))
+            # As long as its longest call, and its spare's horizon.
+            expires_at = max(now + ttl + (LEASE_HORIZON_SECONDS if hot else 0.0), lease.expires_at(now))
+            granted = (lease, max(0.0, target - in_flight - amount), expires_at)
             return budget.set_hold(current, lease.hold_id, target, expires_at, now), granted
 
-        def install(granted: tuple[_Lease, float]) -> None:
-            lease, spare = granted
+        def install(granted: tuple[_Lease, float, float]) -> None:
+            lease, spare, expires_at = granted
             with self._deferred_lock:
+                lease.written_until = expires_at
                 lease.add(call_id, amount, now + ttl)
                 lease.spare = 0.0 if self._giving_back else spare  # closing or exiting meanwhile
                 self._leased[call_id] = user
@@ -312,6 +314,7 @@ class FileStore(RecordStore):
                 lease.spare = 0.0
             return
         with self._deferred_lock:
+            lease.writing_until = None
             self._expire(lease, now)
             if (
                 self._giving_back
@@ -324,11 +327,13 @@ class FileStore(RecordStore):
                 self._schedule()
             target = lease.in_flight + lease.spare
             expires_at = lease.expires_at(now)
-        held = current.get("reservations", {}).get(lease.hold_id)
-        if (held is None and target == 0) or (
-            held is not None and held["amount"] == target and held["expires_at"] >= expires_at
-        ):
-            return  # the file says so already
+            enough = expires_at - (LEASE_HORIZON_SECONDS / 2 if lease.spare else 0.0)
+            held = current.get("reservations", {}).get(lease.hold_id)
+            if (held is None and target == 0) or (
+                held is not None and held["amount"] == target and held["expires_at"] >= enough
+            ):
+                return  # the file says so already
+            lease.writing_until = expires_at
         working[user] = budget.set_hold(current, lease.hold_id, target, expires_at, now)
 
     def _expire(self, lease: _Lease, now: float) -> None:
@@ -402,6 +407,11 @@ class FileStore(RecordStore):
                     self._schedule()
             charged.clear()
             raise
+        with self._deferred_lock:
+            for user in self._refreshed:
+                lease = self._leases.get(user)
+                if lease is not None and lease.writing_until is not None:
+                    lease.written_until, lease.writing_until = lease.writing_until, None
         for user, record in replayed.items():
             self._apply(user, record)  # what other processes will read, to the call id order
         if self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_size()):
@@ -668,6 +678,9 @@ class _Deferred(NamedTuple):
 LEASE_IDLE_SECONDS = 0.05
 # ...and gets spare only for a user called for again within this long.
 LEASE_HOT_SECONDS = 1.0
+# A lease's spare is held this much longer than a call's lease, so that calls admitted from it
+# meanwhile are held for all of theirs; rewritten once half of this is used.
+LEASE_HORIZON_SECONDS = 5.0
 
 
 class _Lease:
@@ -676,7 +689,9 @@ class _Lease:
     The file holds ``in_flight + spare``: the calls admitted and not yet ended, and spare
     from which the next calls are admitted without a write. Whatever changes, the file
     never holds less than that: spare is given up here before the file is told, and taken
-    here only after the file holds it. Each call keeps its own expiry, as a reservation does.
+    here only after the file holds it, and only for a call the file holds long enough (so a
+    process that cannot write stops admitting from spare). Each call keeps its own expiry,
+    as a reservation does; spare is held :data:`LEASE_HORIZON_SECONDS` beyond a lease.
     """
 
     def __init__(self, ttl: float) -> None:
@@ -686,9 +701,11 @@ class _Lease:
         self.in_flight = 0.0
         self.spare = 0.0
         self.last_used = -math.inf  # time.monotonic() of the last call admitted
+        self.written_until = -math.inf  # the expiry of the hold last written to the file
+        self.writing_until: float | None = None  # ... and of one being written now
 
     def take(self, call_id: str, amount: float, expires_at: float) -> bool:
-        if amount > self.spare:
+        if amount > self.spare or expires_at > self.written_until:
             return False
         self.spare -= amount
         self.add(call_id, amount, expires_at)
@@ -704,9 +721,10 @@ class _Lease:
         self.in_flight = max(0.0, self.in_flight - amount) if self.calls else 0.0
 
     def expires_at(self, now: float) -> float:
-        """When the file's hold may lapse: with its last call, or a lease's time after now for spare."""
+        """When the file's hold may lapse: with its last call, or, with spare, long enough for
+        the calls admitted from it in the next :data:`LEASE_HORIZON_SECONDS`."""
         last_call = max((expires_at for _, expires_at in self.calls.values()), default=now)
-        return max(last_call, now + self.ttl) if self.spare else last_call
+        return max(last_call, now + self.ttl + LEASE_HORIZON_SECONDS) if self.spare else last_call
 
     def expire(self, now: float) -> list[str]:
         """Drop the calls whose hold has lapsed (a stream abandoned, say), as a reservation would."""
