@@ -106,7 +106,15 @@ def check_reservation(user: object, call_id: object, amount: object, ttl: object
     check_user(user)
     check_call_id(call_id)
     check_mode(mode)
-    return check_amount("reservation amount", amount), check_amount("reservation ttl", ttl)
+    return check_amount("reservation amount", amount), check_ttl(ttl)
+
+
+def check_ttl(ttl: object) -> float:
+    """A hold's lifetime: a money-like amount that is also longer than zero."""
+    seconds = check_amount("reservation ttl", ttl)
+    if seconds == 0:
+        raise ConfigurationError("reservation ttl must be longer than zero")
+    return seconds
 
 
 def parse_duration(duration: object) -> float | None:
@@ -341,9 +349,7 @@ def reserve(
     nothing.
     """
     amount = check_amount("reservation amount", amount)
-    ttl = check_amount("reservation ttl", ttl)
-    if ttl == 0:
-        raise ConfigurationError("reservation ttl must be longer than zero")
+    ttl = check_ttl(ttl)
     if call_id in record.get("applied", {}):
         return record
     updated = current_window(record, now)

@@ -248,8 +248,6 @@ class FileStore(RecordStore):
         expires, if it was killed).
         """
         amount, ttl = budget.check_reservation(user, call_id, amount, ttl, "strict")
-        if ttl == 0:
-            raise ConfigurationError("reservation ttl must be longer than zero")
         self._own_process()
         now = self.clock()
         with self._deferred_lock:

@@ -207,8 +207,6 @@ class RedisStore(WritesAtOnce):
         default: NewBudget | None = None,
     ) -> UserRecord:
         amount, ttl = budget.check_reservation(user, call_id, amount, ttl, mode)
-        if ttl == 0:
-            raise ConfigurationError("reservation ttl must be longer than zero")
         now = self.clock()
         reply = self._run("reserve", now, user, call_id, amount, ttl, mode, *_default(default, now))
         if reply[0] == "over":
