@@ -222,11 +222,14 @@ class FileStore(RecordStore):
         self.flush()  # the charge and the smaller hold in one write (kept for later if it fails)
         return True
 
-    def _schedule(self) -> None:
-        """Something waits to be written: make sure it is, soon. Under _deferred_lock."""
+    def _schedule(self, lease_of: str | None = None) -> None:
+        """Something waits to be written (the lease hold of ``lease_of``, if given): make sure
+        it is, soon. Under _deferred_lock."""
+        if lease_of is not None:
+            self._dirty.add(lease_of)
         if self._pending_since is None:
             self._pending_since = time.monotonic()
-        _STORES_WITH_DEFERRED.add(self)
+        _STORES_WITH_PENDING.add(self)
         _flush_when_this_process_ends()
         if self._flusher is None:
             self._flusher = threading.Thread(
@@ -254,8 +257,7 @@ class FileStore(RecordStore):
             lease = self._leases.get(user)
             if lease is not None and call_id not in self._leased and lease.take(call_id, amount, now + ttl):
                 self._leased[call_id] = user
-                self._dirty.add(user)  # the hold must last as long as this call
-                self._schedule()
+                self._schedule(user)  # the hold must last as long as this call
                 return
 
         def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float, float]]:
@@ -268,13 +270,11 @@ class FileStore(RecordStore):
                 self._expire(lease, now)
                 if lease.spare:  # given up first: the file must never hold less than promised here
                     lease.spare = 0.0
-                    self._dirty.add(user)  # and written, if this call is refused
-                    self._schedule()
+                    self._schedule(user)  # and written, if this call is refused
                 in_flight = lease.in_flight
             target = budget.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now)
             lease.ttl = ttl
-            # As long as its longest call, and its spare's horizon.
-            expires_at = max(now + ttl + (LEASE_HORIZON_SECONDS if hot else 0.0), lease.expires_at(now))
+            expires_at = max(now + ttl, lease.expires_at(now, spare=hot))
             granted = (lease, max(0.0, target - in_flight - amount), expires_at)
             return budget.set_hold(current, lease.hold_id, target, expires_at, now), granted
 
@@ -286,8 +286,7 @@ class FileStore(RecordStore):
                 lease.spare = 0.0 if self._giving_back else spare  # closing or exiting meanwhile
                 self._leased[call_id] = user
                 if spare:
-                    self._dirty.add(user)  # looked at again, to give the spare back once idle
-                    self._schedule()
+                    self._schedule(user)  # looked at again, to give the spare back once idle
 
         self._update(user, change, install)
 
@@ -321,10 +320,9 @@ class FileStore(RecordStore):
             ):
                 lease.spare = 0.0
             elif lease.spare:
-                self._dirty.add(user)  # come back to it
-                self._schedule()
+                self._schedule(user)  # come back to it
             target = lease.in_flight + lease.spare
-            expires_at = lease.expires_at(now)
+            expires_at = lease.expires_at(now, spare=bool(lease.spare))
             enough = expires_at - (LEASE_HORIZON_SECONDS / 2 if lease.spare else 0.0)
             held = current.get("reservations", {}).get(lease.hold_id)
             if (held is None and target == 0) or (
@@ -367,7 +365,7 @@ class FileStore(RecordStore):
                     self._end_leased_call(item.call_id)  # its lease's hold shrinks in the same write
             self._refreshed, self._dirty = self._dirty, set()
             self._pending_since = None
-            _STORES_WITH_DEFERRED.discard(self)
+            _STORES_WITH_PENDING.discard(self)
         working: dict[str, UserRecord | None] = {}
         for item in deferred:
             current = working[item.user] if item.user in working else self._records.get(item.user)
@@ -448,7 +446,7 @@ class FileStore(RecordStore):
             finally:
                 self._close_journal()
                 self._file_lock.close()
-        _STORES_WITH_DEFERRED.discard(self)
+        _STORES_WITH_PENDING.discard(self)
 
     # -- locking and catching up ---------------------------------------------------------
 
@@ -718,11 +716,11 @@ class _Lease:
         amount, _ = self.calls.pop(call_id, (0.0, 0.0))
         self.in_flight = max(0.0, self.in_flight - amount) if self.calls else 0.0
 
-    def expires_at(self, now: float) -> float:
+    def expires_at(self, now: float, spare: bool) -> float:
         """When the file's hold may lapse: with its last call, or, with spare, long enough for
         the calls admitted from it in the next :data:`LEASE_HORIZON_SECONDS`."""
         last_call = max((expires_at for _, expires_at in self.calls.values()), default=now)
-        return max(last_call, now + self.ttl + LEASE_HORIZON_SECONDS) if self.spare else last_call
+        return max(last_call, now + self.ttl + LEASE_HORIZON_SECONDS) if spare else last_call
 
     def expire(self, now: float) -> list[str]:
         """Drop the calls whose hold has lapsed (a stream abandoned, say), as a reservation would."""
@@ -742,9 +740,9 @@ def _notify(charged: list[tuple[_Deferred, UserRecord]]) -> None:
                 logger.exception("a charge_later callback failed")
 
 
-# Stores holding deferred charges, kept alive (a store dropped with charges pending still
-# applies them) and flushed at exit.
-_STORES_WITH_DEFERRED: set[FileStore] = set()
+# Stores with changes not yet written (deferred charges, lease holds), kept alive (a store
+# dropped with charges pending still applies them) and flushed at exit.
+_STORES_WITH_PENDING: set[FileStore] = set()
 # A deferred charge waits at most this long once calls stop coming...
 FLUSH_DELAY_SECONDS = 0.05
 # ...or this long after a busy spell. Each wake of the flusher costs the calling thread
@@ -793,7 +791,7 @@ def _flush_when_this_process_ends() -> None:
 
 @atexit.register
 def _flush_at_exit() -> None:
-    for store in list(_STORES_WITH_DEFERRED):
+    for store in list(_STORES_WITH_PENDING):
         if not store.path.parent.is_dir():  # removed with its folder: nothing left to write to
             if store._deferred:
                 logger.warning("exiting: the folder of %s is gone, and its deferred charges with it", store.path)
