@@ -429,21 +429,19 @@ class FileStore(RecordStore):
         if self._closed:
             return
         try:
-            self._own_process()
-            self._give_back()
-            self.flush()
+            self._own_process()  # a forked child closes its own files, not its parent's locks
+            with self._mutex:  # operations under way finish first
+                self._give_back()
+                with self._deferred_lock:
+                    self._closed = True  # from here charge_later refuses
+                    pending = self._pending_since is not None
+                if pending:
+                    self._after_pending(_Locked(self), lambda _records: None)
         except BudgetPluginError:
             logger.exception("closing %s: deferred charges lost; their holds expire with their lease", self.path)
-        with self._mutex:
-            with self._deferred_lock:
-                self._closed = True  # from here charge_later refuses
-                late = self._pending_since is not None  # made by other threads since the flush
-            try:
-                if late:
-                    self._after_pending(_Locked(self), lambda _records: None)
-            except BudgetPluginError:
-                logger.exception("closing %s: deferred charges lost; their holds expire with their lease", self.path)
-            finally:
+        finally:
+            with self._mutex:
+                self._closed = True
                 self._close_journal()
                 self._file_lock.close()
         _STORES_WITH_PENDING.discard(self)
