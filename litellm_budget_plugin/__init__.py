@@ -1,9 +1,19 @@
-"""Per-user budgets for litellm calls: enforced before the call, charged after, shared safely."""
+"""Per-user budgets for litellm calls: enforced before the call, charged after, shared safely.
+
+``from litellm_budget_plugin import BudgetGuard`` is all an app needs. Importing the package
+does not import litellm (seconds) or a store's client library: the names that need them are
+loaded on first use (PEP 562), so the ``litellm-budget`` command starts at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from .budget import UserRecord
 from .errors import (
-    BudgetExceededError,
     BudgetPluginError,
+    BudgetRefusal,
     ConfigurationError,
     StoreCorruptError,
     StoreError,
@@ -12,17 +22,41 @@ from .errors import (
     UnknownModelError,
     UnknownUserError,
 )
-from .manager import BudgetManager
-from .pricing import register_price
-from .stores import BudgetStore, FileStore, store_from_url
+from .stores import STORE_ENV, BudgetStore, FileStore, NewBudget, store_from_url
+
+if TYPE_CHECKING:
+    from .errors import BudgetExceededError
+    from .guard import BudgetGuard, GuardInstallError
+    from .manager import BudgetManager
+    from .pricing import register_price
+    from .stores.http import HttpStore
+    from .stores.redis import RedisStore
+
+# Names loaded on first use, and the module (relative to this package) that defines each.
+_LAZY = {
+    "BudgetExceededError": ".errors",  # litellm
+    "BudgetGuard": ".guard",  # litellm
+    "GuardInstallError": ".guard",
+    "BudgetManager": ".manager",  # litellm, for pricing
+    "register_price": ".pricing",  # litellm
+    "HttpStore": ".stores.http",  # httpx
+    "RedisStore": ".stores.redis",  # redis-py, an optional extra, imported when a RedisStore is made
+}
 
 __all__ = [
+    "STORE_ENV",
     "BudgetExceededError",
+    "BudgetGuard",
     "BudgetManager",
     "BudgetPluginError",
+    "BudgetRefusal",
     "BudgetStore",
     "ConfigurationError",
     "FileStore",
+    "GuardInstallError",
+    "HttpStore",
+    "NewBudget",
+    "RedisStore",
     "StoreCorruptError",
     "StoreError",
     "StoreLockTimeout",
@@ -33,3 +67,16 @@ __all__ = [
     "register_price",
     "store_from_url",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
-from .errors import BudgetExceededError, ConfigurationError
+from .errors import ConfigurationError, over_budget
 
 SECONDS_PER_DAY = 86_400.0
 # LiteLLM's own day counts for its named durations (litellm.constants).
@@ -357,7 +357,7 @@ def reserve(
     budget = updated["total_budget"]
     if not admits(updated["current_cost"], held, amount, budget, mode):
         assert budget is not None
-        raise BudgetExceededError(user, updated["current_cost"], budget, amount, held)
+        raise over_budget(user, updated["current_cost"], budget, amount, held)
     updated["reservations"] = {
         **updated.get("reservations", {}),
         call_id: {"amount": amount, "expires_at": now + ttl},
@@ -381,7 +381,7 @@ def lease_hold(
     needed = in_flight + amount
     if not admits(spend, others, needed, limit, "strict"):
         assert limit is not None
-        raise BudgetExceededError(user, spend, limit, amount, others + in_flight)
+        raise over_budget(user, spend, limit, amount, others + in_flight)
     if not spare:
         return needed
     room = math.inf if limit is None else max(0.0, limit - spend - others - needed)

@@ -15,7 +15,7 @@ import click
 
 from . import budget
 from .errors import BudgetPluginError, ConfigurationError, UnknownUserError
-from .stores import DEFAULT_STORE, STORE_ENV, BudgetStore, store_from_url
+from .stores import DEFAULT_STORE, STORE_ENV, BudgetStore, FileStore, store_from_url
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the store could not be read or written, the server not reached, the port not bound
@@ -102,7 +102,8 @@ def main() -> None:
     """Per-user budgets for litellm: set, show, reset, import, and serve them."""
 
 
-@main.command(name="set", epilog=EPILOG)
+# A negative AMOUNT ("-5") is an argument, so that its own error shows, not "No such option".
+@main.command(name="set", epilog=EPILOG, context_settings={"ignore_unknown_options": True})
 @click.argument("user")
 @click.argument("amount", type=float)
 @click.option(
@@ -121,9 +122,8 @@ def set_command(
         record = target.set_budget(user, amount, duration)
     finally:
         target.close()
-    click.echo(
-        f"{user}: budget {_money(record['total_budget'])}{_window(record)}, spent {_money(record['current_cost'])}"
-    )
+    window = "" if duration is None else f" {_window(duration)}"
+    click.echo(f"{user}: budget {_money(record['total_budget'])}{window}, spent {_money(record['current_cost'])}")
 
 
 @main.command(epilog=EPILOG)
@@ -150,7 +150,8 @@ def show(user: str | None, as_json: bool, store: str | None, project: str, api_k
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
     if not records:
-        click.echo("no budgets in this store")
+        other = "" if isinstance(target, FileStore) else " (--project NAME shows another project)"
+        click.echo(f"no budgets in {target!r}{other}")
         return
     rows = [("USER", "SPENT", "BUDGET", "USED", "NEXT RESET")]
     for name, record in sorted(records.items()):
@@ -262,12 +263,10 @@ def _money(amount: float | None) -> str:
     return f"${amount:,.6f}".rstrip("0")
 
 
-def _window(record: budget.UserRecord) -> str:
-    days = record.get("duration")
-    if days is None:
-        return ""
-    names = {d: name for name, d in budget.NAMED_DURATIONS_DAYS.items()}
-    return f" {names[days]}" if days in names else f" per {days:g} days"
+def _window(duration: str) -> str:
+    """A window as the user wrote it ("daily", "per 1h"): the store keeps days, 0.0416667 of them."""
+    text = duration.strip()
+    return text if text in budget.NAMED_DURATIONS_DAYS else f"per {text}"
 
 
 def _used(record: budget.UserRecord) -> str:

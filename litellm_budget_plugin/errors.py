@@ -3,49 +3,92 @@
 ::
 
     Exception
-    ├── litellm.BudgetExceededError
-    │   └── BudgetExceededError        over budget: carries user, spend, budget, estimate
+    ├── BudgetRefusal                  over budget: carries user, spend, budget, estimate, reserved
+    │   └── BudgetExceededError (+litellm.BudgetExceededError)   what a process using litellm gets
     └── BudgetPluginError              every other error of this package
         ├── ConfigurationError (+ValueError)   bad argument, unknown store URL, missing extra
         ├── UnknownUserError (+KeyError)       no budget record for that user
         ├── UnknownModelError (+ValueError)    no price known for that model
+        ├── GuardInstallError (+RuntimeError)  (in guard.py) the sync hook is not on litellm's call path
         └── StoreError                         the store could not be used (cause kept)
             ├── StoreLockTimeout (+TimeoutError)
             ├── StoreCorruptError              a store file we refuse to read or overwrite
             └── StoreUnavailableError          a server or Redis that cannot be reached
 
 Backend exceptions are translated at the store boundary with ``raise ... from exc``.
+
+This module does not import litellm: importing it takes seconds, which the CLI and the budget
+server must not pay. ``BudgetExceededError`` is made on first use (module ``__getattr__``), and
+refusals are raised through :func:`over_budget`: a process that has loaded litellm (an app with
+``BudgetGuard`` or ``BudgetManager``) gets ``BudgetExceededError``, one that has not (the budget
+server, a script using a store alone) gets its base ``BudgetRefusal``, never an import of
+litellm under a store's lock. ``except BudgetRefusal`` catches both.
 """
 
 from __future__ import annotations
 
-from litellm.exceptions import BudgetExceededError as LiteLLMBudgetExceededError
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._litellm_errors import BudgetExceededError
+
+__all__ = [
+    "BudgetExceededError",
+    "BudgetPluginError",
+    "BudgetRefusal",
+    "ConfigurationError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLockTimeout",
+    "StoreUnavailableError",
+    "UnknownModelError",
+    "UnknownUserError",
+    "over_budget",
+]
 
 
-class BudgetExceededError(LiteLLMBudgetExceededError):
-    """A call would take ``user`` past ``budget``; litellm's own handlers still catch it."""
+class BudgetRefusal(Exception):
+    """A call would take ``user`` past ``budget``: the refusal without litellm's error type."""
 
     def __init__(self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0) -> None:
+        super().__init__(self._refuse(user, spend, budget, estimate, reserved))
+
+    def _refuse(self, user: str, spend: float, budget: float, estimate: float, reserved: float) -> str:
+        """Keep the refusal's figures and return its message (one place for both classes)."""
         self.user = user
         self.spend = spend
         self.budget = budget
         self.estimate = estimate
         self.reserved = reserved
         held = f", held by calls in flight ${reserved:.6f}" if reserved else ""
-        message = (
+        self.message = (
             f"Budget exceeded for user {user!r}: spent ${spend:.6f} of ${budget:.6f}{held}; "
             f"this call is estimated at ${estimate:.6f}"
         )
-        super().__init__(
-            current_cost=spend,
-            max_budget=budget,
-            message=message,
-            entity_type="user",
-            entity_id=user,
-        )
+        return self.message
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.user, self.spend, self.budget, self.estimate, self.reserved))
+
+
+def over_budget(user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0) -> BudgetRefusal:
+    """The refusal to raise: ``BudgetExceededError`` once litellm is loaded, else ``BudgetRefusal``."""
+    if "litellm.exceptions" in sys.modules:
+        from ._litellm_errors import BudgetExceededError
+
+        return BudgetExceededError(user, spend, budget, estimate, reserved)
+    return BudgetRefusal(user, spend, budget, estimate, reserved)
+
+
+def __getattr__(name: str) -> object:
+    """``BudgetExceededError`` imports litellm, so only when it is asked for."""
+    if name == "BudgetExceededError":
+        from ._litellm_errors import BudgetExceededError
+
+        globals()[name] = BudgetExceededError
+        return BudgetExceededError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BudgetPluginError(Exception):

@@ -40,7 +40,7 @@ from aiohttp import web
 
 from . import budget
 from .errors import (
-    BudgetExceededError,
+    BudgetRefusal,
     ConfigurationError,
     StoreCorruptError,
     StoreError,
@@ -291,7 +291,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if key and request.path != "/health" and not _authorized(request, key):
             return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
         return await handler(request)
-    except BudgetExceededError as exc:
+    except BudgetRefusal as exc:
         return _error(
             402,
             "budget_exceeded",

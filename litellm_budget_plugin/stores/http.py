@@ -29,12 +29,12 @@ import httpx
 from .. import budget
 from ..budget import Mode, UserRecord
 from ..errors import (
-    BudgetExceededError,
     ConfigurationError,
     StoreCorruptError,
     StoreLockTimeout,
     StoreUnavailableError,
     UnknownUserError,
+    over_budget,
 )
 from .base import NewBudget, WritesAtOnce
 
@@ -233,7 +233,7 @@ def _result(response: httpx.Response, url: str) -> Any:
     code, message = answer.get("error"), str(answer.get("message", ""))
     if code == "budget_exceeded":
         try:
-            raise BudgetExceededError(
+            raise over_budget(
                 str(answer["user"]),
                 float(answer["spend"]),
                 float(answer["budget"]),

@@ -53,12 +53,12 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from .. import budget
 from ..budget import Mode, UserRecord
 from ..errors import (
-    BudgetExceededError,
     ConfigurationError,
     StoreCorruptError,
     StoreError,
     StoreUnavailableError,
     UnknownUserError,
+    over_budget,
 )
 from .base import NewBudget, WritesAtOnce
 
@@ -211,7 +211,7 @@ class RedisStore(WritesAtOnce):
         reply = self._run("reserve", now, user, call_id, amount, ttl, mode, *_default(default, now))
         if reply[0] == "over":
             spend, limit, held = (float(x) for x in reply[1:4])
-            raise BudgetExceededError(user, spend, limit, amount, held)
+            raise over_budget(user, spend, limit, amount, held)
         return _written(user, reply)
 
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
