@@ -12,8 +12,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 import litellm
 
-from litellm_budget_plugin import BudgetExceededError, BudgetManager
-from litellm_budget_plugin.guard import BudgetGuard
+from litellm_budget_plugin import BudgetExceededError, BudgetGuard, BudgetManager
 
 folder = tempfile.TemporaryDirectory(prefix="budget-guard-demo-")
 manager = BudgetManager("demo", store=os.path.join(folder.name, "user_cost.json"))

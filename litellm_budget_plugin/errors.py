@@ -31,21 +31,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._litellm_errors import BudgetExceededError
-
-__all__ = [
-    "BudgetExceededError",
-    "BudgetPluginError",
-    "BudgetRefusal",
-    "ConfigurationError",
-    "StoreCorruptError",
-    "StoreError",
-    "StoreLockTimeout",
-    "StoreUnavailableError",
-    "UnknownModelError",
-    "UnknownUserError",
-    "over_budget",
-]
+    from ._litellm_errors import BudgetExceededError as BudgetExceededError  # made on first use, below
 
 
 class BudgetRefusal(Exception):
