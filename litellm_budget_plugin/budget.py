@@ -20,7 +20,7 @@ from .errors import BudgetExceededError, ConfigurationError
 
 SECONDS_PER_DAY = 86_400.0
 # LiteLLM's own day counts for its named durations (litellm.constants).
-NAMED_DURATIONS_DAYS = {"daily": 1.0, "weekly": 7.0, "monthly": 28.0, "yearly": 365.0}
+NAMED_DURATIONS_DAYS: dict[str, float] = {"daily": 1, "weekly": 7, "monthly": 28, "yearly": 365}
 _UNIT_DAYS = {
     "s": 1 / SECONDS_PER_DAY,
     "m": 1 / 1440,
@@ -84,15 +84,21 @@ def check_call_id(call_id: object) -> str:
 
 
 def check_amount(name: str, value: object) -> float:
-    """A money amount: a finite, non-negative number (never NaN, never infinite)."""
+    """A money amount: a finite, non-negative number (never NaN, never infinite).
+
+    An int stays an int, as LiteLLM's own class keeps it: ``10`` is written as ``10``.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number, got {type(value).__name__}")
-    amount = float(value)
+    try:
+        amount = float(value)
+    except OverflowError:  # an int beyond any double
+        raise ConfigurationError(f"{name} is out of range, got an integer of {int(value).bit_length()} bits") from None
     if math.isnan(amount) or math.isinf(amount):
         raise ConfigurationError(f"{name} must be finite, got {value!r}")
     if amount < 0:
         raise ConfigurationError(f"{name} must not be negative, got {value!r}")
-    return amount
+    return int(value) if isinstance(value, int) else amount
 
 
 def check_mode(mode: object) -> Mode:
@@ -150,7 +156,7 @@ def check_record(user: str, raw: object) -> UserRecord:
     record = cast(dict[str, Any], dict(raw))
     budget = record.get("total_budget")
     record["total_budget"] = None if budget is None else check_amount(f"{where}: total_budget", budget)
-    record["current_cost"] = check_amount(f"{where}: current_cost", record.get("current_cost", 0.0))
+    record["current_cost"] = check_amount(f"{where}: current_cost", record.get("current_cost", 0))
     model_cost = record.get("model_cost", {})
     if model_cost == 0:  # LiteLLM's get_model_cost default, sometimes written back
         model_cost = {}
@@ -246,7 +252,7 @@ def new_record(total_budget: float | None, duration: object, now: float, created
     start = now if created_at is None else check_amount("created_at", created_at)
     record: UserRecord = {
         "total_budget": budget,
-        "current_cost": 0.0,
+        "current_cost": 0,
         "model_cost": {},
         "created_at": start,
         "last_updated_at": start,
@@ -289,7 +295,7 @@ def current_window(record: UserRecord, now: float) -> UserRecord:
     start = record["last_updated_at"]
     if period is not None and now - start >= period:
         updated["last_updated_at"] = start + math.floor((now - start) / period) * period
-        updated["current_cost"] = 0.0
+        updated["current_cost"] = 0
         updated["model_cost"] = {}
     _set_or_drop(
         updated,
@@ -421,7 +427,7 @@ def release(record: UserRecord, call_id: str, now: float) -> tuple[UserRecord, b
 def reset_spend(record: UserRecord, now: float) -> UserRecord:
     """Spend back to zero; holds of calls in flight stay."""
     updated = current_window(record, now)
-    updated["current_cost"] = 0.0
+    updated["current_cost"] = 0
     updated["model_cost"] = {}
     return updated
 

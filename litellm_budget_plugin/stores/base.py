@@ -151,7 +151,11 @@ class RecordStore(abc.ABC):
     (an atomic, durable read-modify-write of one user's record).
     """
 
-    clock: Callable[[], float] = staticmethod(time.time)
+    def clock(self) -> float:
+        """The time now, read through ``time.time`` at each call, so that freezegun,
+        ``monkeypatch`` or ``mock.patch("time.time")`` move it; a test may also set
+        ``store.clock`` to a function of its own."""
+        return time.time()
 
     @abc.abstractmethod
     def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:

@@ -44,7 +44,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any, cast
@@ -85,7 +85,9 @@ class RedisStore(WritesAtOnce):
     10.0
     """
 
-    clock: Callable[[], float] = staticmethod(time.time)
+    def clock(self) -> float:
+        """The time now, read at each call (see :meth:`RecordStore.clock <.base.RecordStore.clock>`)."""
+        return time.time()
 
     def __init__(
         self,
