@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from .errors import BudgetExceededError, ConfigurationError
@@ -44,6 +45,10 @@ APPLIED_ID_SLACK = 2
 # than this share of what is left of the budget.
 LEASE_SPARE_CALLS = 32
 LEASE_SPARE_SHARE = 0.5
+
+# The fields of a record an app may set one by one (through BudgetManager.user_dict);
+# None for total_budget means no limit, for duration a budget that never resets.
+SETTABLE_FIELDS = ("total_budget", "current_cost", "model_cost", "duration", "created_at", "last_updated_at")
 
 Mode = Literal["strict", "soft"]
 MODES: tuple[Mode, ...] = ("strict", "soft")
@@ -429,6 +434,55 @@ def reset_spend(record: UserRecord, now: float) -> UserRecord:
     updated = current_window(record, now)
     updated["current_cost"] = 0
     updated["model_cost"] = {}
+    return updated
+
+
+def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
+    """Checked values for some of ``user``'s ``SETTABLE_FIELDS``, or raise naming the user,
+    the field and the problem; duration becomes days."""
+    checked: dict[str, Any] = {}
+    for name, value in fields.items():
+        where = f"field {name!r} of user {user!r}"
+        if name == "model_cost":
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"{where} must be a dict of model -> cost, got {type(value).__name__}")
+            checked[name] = {
+                _check_model_name(where, model): check_amount(f"{where}[{model!r}]", cost)
+                for model, cost in value.items()
+            }
+        elif name == "duration":
+            try:
+                checked[name] = parse_duration(value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{where}: {exc}") from None
+        elif name == "total_budget" and value is None:
+            checked[name] = None
+        elif name in SETTABLE_FIELDS:
+            checked[name] = check_amount(where, value)
+        else:
+            raise ConfigurationError(
+                f"cannot set {where}: not a field of a budget; the fields are {', '.join(SETTABLE_FIELDS)}"
+            )
+    return checked
+
+
+def _check_model_name(where: str, model: object) -> str:
+    if not isinstance(model, str):
+        raise ConfigurationError(f"{where}: model names must be strings, got {model!r}")
+    return model
+
+
+def with_fields(record: UserRecord, fields: Mapping[str, Any], now: float) -> UserRecord:
+    """The record in its current window with ``fields`` (from :func:`check_fields`) set;
+    the fields not given keep the values they have, charges made meanwhile included."""
+    updated = current_window(record, now)
+    for name, value in fields.items():
+        if name == "model_cost":
+            updated["model_cost"] = dict(value)
+        elif value is None and name == "duration":
+            updated.pop("duration", None)
+        else:
+            updated[name] = value  # type: ignore[literal-required]
     return updated
 
 
