@@ -103,7 +103,9 @@ class BudgetManager:
     # -- costs ---------------------------------------------------------------------------
 
     def projected_cost(self, model: str, messages: Iterable[Mapping[str, Any]], user: str) -> float:
-        """Spend so far plus this prompt's input cost (list content and tool calls count)."""
+        """Spend so far plus this prompt's input cost: its tokens counted as
+        ``litellm.token_counter(messages=...)`` counts them, chat framing included (list
+        content and tool calls count too)."""
         current = self._record(user)["current_cost"]
         return current + pricing.estimate_cost(model, messages=list(messages))
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from litellm_budget_plugin import BudgetManager, ConfigurationError
+from litellm_budget_plugin import BudgetManager, ConfigurationError, UnknownUserError
 from litellm_budget_plugin.stores import BudgetStore
 
 DAY = 86_400
@@ -100,6 +100,16 @@ def test_adding_replacing_and_deleting_users(two_managers: tuple[BudgetManager, 
     assert not other.is_valid_user("bob")
     with pytest.raises(KeyError):
         del app.user_dict["bob"]
+
+
+def test_a_write_to_a_user_deleted_meanwhile_raises(two_managers: tuple[BudgetManager, BudgetManager]) -> None:
+    app, other = two_managers
+    app.create_budget(total_budget=10, user="alice")
+    view = app.user_dict["alice"]
+    del other.user_dict["alice"]
+    with pytest.raises(UnknownUserError, match="alice"):
+        view["total_budget"] = 5
+    assert not other.is_valid_user("alice")  # not brought back half-made
 
 
 BAD_WRITES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
