@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from .errors import ConfigurationError, over_budget
 
 SECONDS_PER_DAY = 86_400.0
 # LiteLLM's own day counts for its named durations (litellm.constants).
-NAMED_DURATIONS_DAYS = {"daily": 1.0, "weekly": 7.0, "monthly": 28.0, "yearly": 365.0}
+NAMED_DURATIONS_DAYS: dict[str, float] = {"daily": 1, "weekly": 7, "monthly": 28, "yearly": 365}
 _UNIT_DAYS = {
     "s": 1 / SECONDS_PER_DAY,
     "m": 1 / 1440,
@@ -44,6 +45,10 @@ APPLIED_ID_SLACK = 2
 # than this share of what is left of the budget.
 LEASE_SPARE_CALLS = 32
 LEASE_SPARE_SHARE = 0.5
+
+# The fields of a record an app may set one by one (through BudgetManager.user_dict);
+# None for total_budget means no limit, for duration a budget that never resets.
+SETTABLE_FIELDS = ("total_budget", "current_cost", "model_cost", "duration", "created_at", "last_updated_at")
 
 Mode = Literal["strict", "soft"]
 MODES: tuple[Mode, ...] = ("strict", "soft")
@@ -84,15 +89,21 @@ def check_call_id(call_id: object) -> str:
 
 
 def check_amount(name: str, value: object) -> float:
-    """A money amount: a finite, non-negative number (never NaN, never infinite)."""
+    """A money amount: a finite, non-negative number (never NaN, never infinite).
+
+    An int stays an int, as LiteLLM's own class keeps it: ``10`` is written as ``10``.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number, got {type(value).__name__}")
-    amount = float(value)
+    try:
+        amount = float(value)
+    except OverflowError:  # an int beyond any double
+        raise ConfigurationError(f"{name} is out of range, got an integer of {int(value).bit_length()} bits") from None
     if math.isnan(amount) or math.isinf(amount):
         raise ConfigurationError(f"{name} must be finite, got {value!r}")
     if amount < 0:
         raise ConfigurationError(f"{name} must not be negative, got {value!r}")
-    return amount
+    return int(value) if isinstance(value, int) else amount
 
 
 def check_mode(mode: object) -> Mode:
@@ -150,7 +161,7 @@ def check_record(user: str, raw: object) -> UserRecord:
     record = cast(dict[str, Any], dict(raw))
     budget = record.get("total_budget")
     record["total_budget"] = None if budget is None else check_amount(f"{where}: total_budget", budget)
-    record["current_cost"] = check_amount(f"{where}: current_cost", record.get("current_cost", 0.0))
+    record["current_cost"] = check_amount(f"{where}: current_cost", record.get("current_cost", 0))
     model_cost = record.get("model_cost", {})
     if model_cost == 0:  # LiteLLM's get_model_cost default, sometimes written back
         model_cost = {}
@@ -246,7 +257,7 @@ def new_record(total_budget: float | None, duration: object, now: float, created
     start = now if created_at is None else check_amount("created_at", created_at)
     record: UserRecord = {
         "total_budget": budget,
-        "current_cost": 0.0,
+        "current_cost": 0,
         "model_cost": {},
         "created_at": start,
         "last_updated_at": start,
@@ -289,7 +300,7 @@ def current_window(record: UserRecord, now: float) -> UserRecord:
     start = record["last_updated_at"]
     if period is not None and now - start >= period:
         updated["last_updated_at"] = start + math.floor((now - start) / period) * period
-        updated["current_cost"] = 0.0
+        updated["current_cost"] = 0
         updated["model_cost"] = {}
     _set_or_drop(
         updated,
@@ -421,8 +432,57 @@ def release(record: UserRecord, call_id: str, now: float) -> tuple[UserRecord, b
 def reset_spend(record: UserRecord, now: float) -> UserRecord:
     """Spend back to zero; holds of calls in flight stay."""
     updated = current_window(record, now)
-    updated["current_cost"] = 0.0
+    updated["current_cost"] = 0
     updated["model_cost"] = {}
+    return updated
+
+
+def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
+    """Checked values for some of ``user``'s ``SETTABLE_FIELDS``, or raise naming the user,
+    the field and the problem; duration becomes days."""
+    checked: dict[str, Any] = {}
+    for name, value in fields.items():
+        where = f"field {name!r} of user {user!r}"
+        if name == "model_cost":
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"{where} must be a dict of model -> cost, got {type(value).__name__}")
+            checked[name] = {
+                _check_model_name(where, model): check_amount(f"{where}[{model!r}]", cost)
+                for model, cost in value.items()
+            }
+        elif name == "duration":
+            try:
+                checked[name] = parse_duration(value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{where}: {exc}") from None
+        elif name == "total_budget" and value is None:
+            checked[name] = None
+        elif name in SETTABLE_FIELDS:
+            checked[name] = check_amount(where, value)
+        else:
+            raise ConfigurationError(
+                f"cannot set {where}: not a field of a budget; the fields are {', '.join(SETTABLE_FIELDS)}"
+            )
+    return checked
+
+
+def _check_model_name(where: str, model: object) -> str:
+    if not isinstance(model, str):
+        raise ConfigurationError(f"{where}: model names must be strings, got {model!r}")
+    return model
+
+
+def with_fields(record: UserRecord, fields: Mapping[str, Any], now: float) -> UserRecord:
+    """The record in its current window with ``fields`` (from :func:`check_fields`) set;
+    the fields not given keep the values they have, charges made meanwhile included."""
+    updated = current_window(record, now)
+    for name, value in fields.items():
+        if name == "model_cost":
+            updated["model_cost"] = dict(value)
+        elif value is None and name == "duration":
+            updated.pop("duration", None)
+        else:
+            updated[name] = value  # type: ignore[literal-required]
     return updated
 
 

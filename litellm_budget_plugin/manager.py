@@ -4,13 +4,18 @@ LiteLLM's class keeps every user in a dict and rewrites the whole file from a ba
 thread after each change: changes are lost between processes, the file is torn when the
 process dies, and each change costs time in proportion to the number of users. Here every
 method is one atomic store operation that is durable before it returns.
+
+LiteLLM's code also changes that dict directly (``manager.user_dict[user]["current_cost"] = 0``)
+and saves it later. Here ``user_dict`` is read from the store, and each change made to it is
+one store operation at once, of the fields changed and no others.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from . import budget, pricing
 from .errors import ConfigurationError, UnknownUserError
@@ -66,7 +71,7 @@ class BudgetManager:
         created_at: float | None = None,
     ) -> dict[str, Any]:
         """Give ``user`` a budget; for a known user, change it and keep what was spent."""
-        return budget.litellm_view(self.store.set_budget(user, total_budget, duration, created_at))
+        return _RecordView(self.store, user, self.store.set_budget(user, total_budget, duration, created_at))
 
     def get_total_budget(self, user: str) -> float | None:
         return self._record(user)["total_budget"]
@@ -85,13 +90,22 @@ class BudgetManager:
 
     @property
     def user_dict(self) -> dict[str, dict[str, Any]]:
-        """A read-only copy of every record, as LiteLLM's attribute of that name shows them."""
-        return {user: budget.litellm_view(r) for user, r in self.store.all().items()}
+        """Every record as LiteLLM's attribute of that name shows them, read now.
+
+        Changes write through to the store at once: setting a field (``total_budget``,
+        ``current_cost``, ``model_cost``, ``duration``, ``created_at``, ``last_updated_at``)
+        sets that field alone, so charges made meanwhile by other processes are kept;
+        assigning a whole record adds or replaces the user, ``del`` deletes one. A change that
+        cannot be made raises :class:`ConfigurationError` and changes nothing.
+        """
+        return _UserDict(self.store, self.store.all())
 
     # -- costs ---------------------------------------------------------------------------
 
     def projected_cost(self, model: str, messages: Iterable[Mapping[str, Any]], user: str) -> float:
-        """Spend so far plus this prompt's input cost (list content and tool calls count)."""
+        """Spend so far plus this prompt's input cost: its tokens counted as
+        ``litellm.token_counter(messages=...)`` counts them, chat framing included (list
+        content and tool calls count too)."""
         current = self._record(user)["current_cost"]
         return current + pricing.estimate_cost(model, messages=list(messages))
 
@@ -114,10 +128,10 @@ class BudgetManager:
         budget.check_user(user)
         call_id = getattr(completion_obj, "id", None) if completion_obj is not None else None
         record = self.store.charge(user, cost, model, call_id=call_id or None)
-        return {"user": budget.litellm_view(record)}
+        return {"user": _RecordView(self.store, user, record)}
 
     def reset_cost(self, user: str) -> dict[str, Any]:
-        return {"user": budget.litellm_view(self.store.reset(user))}
+        return {"user": _RecordView(self.store, user, self.store.reset(user))}
 
     def reset_on_duration(self, user: str) -> None:
         """Windows roll by themselves on every read and write; this persists the roll now."""
@@ -135,6 +149,11 @@ class BudgetManager:
             compact()
         return {"status": "success"}
 
+    def _save_data_thread(self) -> None:
+        """LiteLLM saves in a background thread under this name (and its tests replace it);
+        here every change is saved before it returns, so this only brings the file up to date."""
+        self.save_data()
+
     def close(self) -> None:
         self.store.close()
 
@@ -143,3 +162,130 @@ class BudgetManager:
         if record is None:
             raise UnknownUserError(user)
         return record
+
+
+class _WritesThrough(dict[str, Any]):
+    """A dict that sends each change to the store (``_apply``) and shows what the store holds.
+
+    It is a dict, so ``json.dumps`` and ``isinstance(x, dict)`` work as on LiteLLM's; its
+    copies (``dict(x)``, ``x.copy()``, ``copy.deepcopy``, pickle) are plain dicts.
+    """
+
+    def _apply(self, changes: dict[str, Any], removed: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._apply({key: value}, ())
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._apply({}, (key,))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._apply(dict(*args, **kwargs), ())
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key not in self:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        value = self[key]
+        del self[key]
+        return value
+
+    def popitem(self) -> tuple[str, Any]:
+        if not self:
+            raise KeyError("popitem(): dictionary is empty")
+        key = next(reversed(self))
+        return key, self.pop(key)
+
+    def clear(self) -> None:
+        self._apply({}, tuple(self))
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
+
+    def _show(self, content: Mapping[str, Any]) -> None:
+        dict.clear(self)
+        dict.update(self, content)
+
+
+class _RecordView(_WritesThrough):
+    """One user's record; setting fields sets them, and only them, in the store at once."""
+
+    def __init__(self, store: BudgetStore, user: str, record: budget.UserRecord) -> None:
+        super().__init__()
+        self._store, self._user = store, user
+        self._show_record(record)
+
+    def _apply(self, changes: dict[str, Any], removed: tuple[str, ...]) -> None:
+        fields = dict(changes)
+        for name in removed:
+            if name != "duration":
+                raise ConfigurationError(
+                    f"cannot delete field {name!r} of user {self._user!r}: set it instead "
+                    "(only duration can be deleted, for a budget that never resets)"
+                )
+            fields[name] = None
+        self._show_record(self._store.set_fields(self._user, fields))
+
+    def _show_record(self, record: budget.UserRecord) -> None:
+        view = budget.litellm_view(record)
+        view["model_cost"] = _ModelCostView(self._user, view["model_cost"])
+        self._show(view)
+
+
+class _ModelCostView(_WritesThrough):
+    """A user's spend by model: changed as a whole only (a charge elsewhere may be under way)."""
+
+    def __init__(self, user: str, model_cost: Mapping[str, float]) -> None:
+        super().__init__(model_cost)
+        self._user = user
+
+    def _apply(self, changes: dict[str, Any], removed: tuple[str, ...]) -> None:
+        raise ConfigurationError(
+            f"cannot change user_dict[{self._user!r}]['model_cost'] in place: "
+            f"assign the whole dict, user_dict[{self._user!r}]['model_cost'] = {{...}}"
+        )
+
+
+class _UserDict(_WritesThrough):
+    """Every user's record; assigning a record adds or replaces that user, ``del`` deletes one."""
+
+    def __init__(self, store: BudgetStore, records: Mapping[str, budget.UserRecord]) -> None:
+        super().__init__({user: _RecordView(store, user, record) for user, record in records.items()})
+        self._store = store
+
+    def _apply(self, changes: dict[str, Any], removed: tuple[str, ...]) -> None:
+        records = {user: _whole_record(user, record) for user, record in changes.items()}  # all checked first
+        for user in removed:
+            self._store.delete(user)
+            dict.pop(self, user, None)
+        for user, record in records.items():
+            self._store.put(user, record)
+            written = self._store.get(user)
+            if written is not None:
+                dict.__setitem__(self, user, _RecordView(self._store, user, written))
+
+
+def _whole_record(user: str, record: object) -> budget.UserRecord:
+    """A record assigned to ``user_dict[user]``, as LiteLLM's create_budget writes one:
+    fields left out take LiteLLM's defaults, and the window starts now."""
+    user = budget.check_user(user)
+    if not isinstance(record, Mapping):
+        raise ConfigurationError(
+            f'user_dict[{user!r}] must be a dict such as {{"total_budget": 10}}, got {type(record).__name__}'
+        )
+    raw = dict(record)
+    raw.setdefault("created_at", time.time())
+    return budget.check_record(user, raw)

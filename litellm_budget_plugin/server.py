@@ -139,6 +139,11 @@ _OPS: dict[str, _Op] = {
         _unknown_user,
         creates=lambda _a: True,
     ),
+    "set_fields": _Op(
+        {"user": _USER, "fields": (_object("fields"), True)},
+        lambda s, a: s.set_fields(a["user"], a["fields"]),
+        _unknown_user,
+    ),
     "delete": _Op({"user": _USER}, lambda s, a: s.delete(a["user"]), lambda _a: False),
     "reset": _Op({"user": _USER}, lambda s, a: s.reset(a["user"]), _unknown_user),
     "roll": _Op({"user": _USER}, lambda s, a: s.roll(a["user"]), _unknown_user),

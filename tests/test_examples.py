@@ -96,7 +96,7 @@ def test_text_cost_matches_litellm_pricing(tmp_path: Path) -> None:
     lines = run_example("text_cost.py", tmp_path).splitlines()
     assert float(lines[0]) == pytest.approx(expected, rel=1e-12)
     assert lines[1] == f"model_cost: {{'gpt-3.5-turbo': {float(lines[0])!r}}}"
-    assert lines[2] == "duration: 1.0 day(s)"
+    assert lines[2] == "duration: 1 day(s)"
 
 
 def test_durations(tmp_path: Path) -> None:

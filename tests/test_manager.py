@@ -294,6 +294,24 @@ def test_projected_cost_counts_list_content(tmp_path: Path, manager: BudgetManag
             theirs.projected_cost(model, parts, "alice")  # LiteLLM joins contents as strings
 
 
+def test_projected_cost_counts_chat_framing_as_litellm_token_counter(tmp_path: Path, manager: BudgetManager) -> None:
+    """As litellm.token_counter(messages=...) counts: 3 per request, 3 per message, its role,
+    1 per name. LiteLLM's own projected_cost counts the joined contents only, without that framing."""
+    model = "gpt-4o-mini"
+    price = litellm.model_cost[model]["input_cost_per_token"]
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "name": "alice", "content": "Hello there, how are you?"},
+    ]
+    manager.create_budget(total_budget=1, user="alice")
+    ours = manager.projected_cost(model, messages, "alice")
+    assert ours == pytest.approx(litellm.token_counter(model=model, messages=messages) * price, rel=1e-12)
+    with litellm_manager(tmp_path / "litellm") as theirs:
+        theirs.create_budget(total_budget=1, user="alice")
+        joined_only = theirs.projected_cost(model, messages, "alice")
+    assert ours - joined_only >= (3 + 2 * 3 + 1) * price * (1 - 1e-9)
+
+
 def test_projected_cost_counts_tool_calls(manager: BudgetManager) -> None:
     model = "gpt-4o-mini"
     price = litellm.model_cost[model]["input_cost_per_token"]

@@ -9,15 +9,21 @@ lock (the file store, the in-memory store) subclass :class:`RecordStore` and pro
 from __future__ import annotations
 
 import abc
+import functools
 import time
-from collections.abc import Callable
-from typing import Protocol, TypedDict, TypeVar, runtime_checkable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import Any, Protocol, TypedDict, TypeVar, cast, runtime_checkable
 
 from .. import budget
 from ..budget import Mode, UserRecord
 from ..errors import UnknownUserError
 
 T = TypeVar("T")
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+# The time of the store operation under way in this thread (see RecordStore.clock).
+_operation_time: ContextVar[float | None] = ContextVar("operation_time", default=None)
 
 
 class NewBudget(TypedDict):
@@ -51,6 +57,11 @@ class BudgetStore(Protocol):
 
     def put(self, user: str, record: UserRecord) -> None:
         """Replace a whole record (imports, LiteLLM's /set_budget)."""
+        ...
+
+    def set_fields(self, user: str, fields: Mapping[str, object]) -> UserRecord:
+        """Set some fields of a known user's record (``budget.SETTABLE_FIELDS``), in its
+        current window, leaving the others as they are; all or none are set."""
         ...
 
     def delete(self, user: str) -> bool: ...
@@ -144,6 +155,23 @@ class WritesAtOnce:
             then(record)
 
 
+def _at_one_time(method: Method) -> Method:
+    """Make one store operation read the clock once: every ``clock()`` it makes, down to
+    the journal entry, returns the time read when it started (an outer operation's, if nested)."""
+
+    @functools.wraps(method)
+    def at_one_time(self: RecordStore, *args: Any, **kwargs: Any) -> Any:
+        if _operation_time.get() is not None:
+            return method(self, *args, **kwargs)
+        token = _operation_time.set(self.clock())
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _operation_time.reset(token)
+
+    return cast(Method, at_one_time)
+
+
 class RecordStore(abc.ABC):
     """A store that applies :mod:`budget` functions under its own lock.
 
@@ -151,7 +179,16 @@ class RecordStore(abc.ABC):
     (an atomic, durable read-modify-write of one user's record).
     """
 
-    clock: Callable[[], float] = staticmethod(time.time)
+    def clock(self) -> float:
+        """The time now, read through ``time.time`` at call time, so that freezegun,
+        ``monkeypatch`` or ``mock.patch("time.time")`` move it; a test may also set
+        ``store.clock`` to a function of its own.
+
+        One operation reads it once: its window, its holds and its journal entry share
+        that time (see :func:`_at_one_time`).
+        """
+        pinned = _operation_time.get()
+        return time.time() if pinned is None else pinned
 
     @abc.abstractmethod
     def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:
@@ -171,17 +208,20 @@ class RecordStore(abc.ABC):
 
     # -- reads ---------------------------------------------------------------------------
 
+    @_at_one_time
     def get(self, user: str) -> UserRecord | None:
         budget.check_user(user)
         now = self.clock()
         return self._read(lambda records: _rolled(records.get(user), now))
 
+    @_at_one_time
     def all(self) -> dict[str, UserRecord]:
         now = self.clock()
         return self._read(lambda records: {u: budget.current_window(r, now) for u, r in records.items()})
 
     # -- writes --------------------------------------------------------------------------
 
+    @_at_one_time
     def set_budget(
         self,
         user: str,
@@ -199,15 +239,30 @@ class RecordStore(abc.ABC):
 
         return self._update(user, change)
 
+    @_at_one_time
     def put(self, user: str, record: UserRecord) -> None:
         budget.check_user(user)
         checked = budget.check_record(user, record)
         self._update(user, lambda _old: (checked, None))
 
+    @_at_one_time
+    def set_fields(self, user: str, fields: Mapping[str, object]) -> UserRecord:
+        budget.check_user(user)
+        checked = budget.check_fields(user, fields)
+        now = self.clock()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
+            updated = budget.with_fields(_existing(user, record), checked, now)
+            return updated, updated
+
+        return self._update(user, change)
+
+    @_at_one_time
     def delete(self, user: str) -> bool:
         budget.check_user(user)
         return self._update(user, lambda old: (None, old is not None))
 
+    @_at_one_time
     def reset(self, user: str) -> UserRecord:
         budget.check_user(user)
         now = self.clock()
@@ -218,6 +273,7 @@ class RecordStore(abc.ABC):
 
         return self._update(user, change)
 
+    @_at_one_time
     def roll(self, user: str) -> UserRecord:
         budget.check_user(user)
         now = self.clock()
@@ -228,6 +284,7 @@ class RecordStore(abc.ABC):
 
         return self._update(user, change)
 
+    @_at_one_time
     def charge(
         self,
         user: str,
@@ -254,6 +311,7 @@ class RecordStore(abc.ABC):
 
         return change
 
+    @_at_one_time
     def reserve(
         self,
         user: str,
@@ -273,6 +331,7 @@ class RecordStore(abc.ABC):
 
         return self._update(user, change)
 
+    @_at_one_time
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
         budget.check_call_id(call_id)
         budget.check_amount("actual cost", actual_cost)
@@ -288,6 +347,7 @@ class RecordStore(abc.ABC):
 
         return self._update(owner, change)
 
+    @_at_one_time
     def release(self, call_id: str, user: str | None = None) -> bool:
         budget.check_call_id(call_id)
         owner = user if user is not None else self._user_of_call(call_id)

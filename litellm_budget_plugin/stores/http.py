@@ -12,7 +12,7 @@ Retries: a request that never reached the server (connection refused) is retried
 method. A request that may have been applied (a timeout after sending, a dropped connection,
 a busy store) is retried only when repeating it cannot apply it twice: reads, ``set_budget``,
 ``roll``, and ``charge``/``reserve``/``settle``/``release``, which carry a call id (``charge``
-without one gets a generated id for that reason). ``put``, ``delete`` and ``reset`` are not.
+without one gets a generated id for that reason). ``put``, ``set_fields``, ``delete`` and ``reset`` are not.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, cast
 
 import httpx
@@ -121,6 +122,10 @@ class HttpStore(WritesAtOnce):
     def put(self, user: str, record: UserRecord) -> None:
         budget.check_user(user)
         self._call("put", user=user, record=budget.check_record(user, record))
+
+    def set_fields(self, user: str, fields: Mapping[str, object]) -> UserRecord:
+        budget.check_user(user)
+        return self._record("set_fields", user=user, fields=budget.check_fields(user, fields))
 
     def delete(self, user: str) -> bool:
         budget.check_user(user)

@@ -44,7 +44,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any, cast
@@ -85,7 +85,9 @@ class RedisStore(WritesAtOnce):
     10.0
     """
 
-    clock: Callable[[], float] = staticmethod(time.time)
+    def clock(self) -> float:
+        """The time now, read at each call (see :meth:`RecordStore.clock <.base.RecordStore.clock>`)."""
+        return time.time()
 
     def __init__(
         self,
@@ -167,6 +169,11 @@ class RedisStore(WritesAtOnce):
         checked = budget.check_record(user, record)
         fields = _fields(user, checked)
         self._run("put", self.clock(), user, len(fields), *fields)
+
+    def set_fields(self, user: str, fields: Mapping[str, object]) -> UserRecord:
+        budget.check_user(user)
+        checked = json.dumps(budget.check_fields(user, fields))
+        return _written(user, self._run("set_fields", self.clock(), user, checked))
 
     def delete(self, user: str) -> bool:
         budget.check_user(user)

@@ -188,6 +188,18 @@ function ops.put(user)
   return {'ok'}
 end
 
+-- budget.with_fields: the fields, checked in Python, as a JSON object; null removes one.
+function ops.set_fields(user, fields)
+  local r = load(user)
+  if not r then return {'unknown'} end
+  current_window(r)
+  for name, value in pairs(cjson.decode(fields)) do
+    if value == cjson.null then value = nil end
+    if name == 'model_cost' then r.models = value else r[name] = value end
+  end
+  return {'ok', save(r)}
+end
+
 function ops.delete(user)
   local r = load(user)
   if not r then return {'ok', 0} end
