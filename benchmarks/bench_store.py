@@ -58,7 +58,7 @@ import litellm
 
 from litellm_budget_plugin import BudgetManager, FileStore
 from litellm_budget_plugin.pricing import text_cost
-from litellm_budget_plugin.stores.file import MIN_JOURNAL_BYTES
+from litellm_budget_plugin.stores._journal import MIN_JOURNAL_BYTES
 
 MODEL = "gpt-4o-mini"
 INPUT_TEXT = "Summarise the attached meeting notes in three bullet points, please."
