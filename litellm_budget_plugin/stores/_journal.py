@@ -13,6 +13,13 @@ its last look (one ``fstat`` of the open journal tells). When the journal outgro
 snapshot, the writer folds it into a new snapshot and journal; the old journal, unlinked, tells
 the other processes to reload. A torn last line (a writer killed mid-write) is cut off by the
 next writer, under the lock.
+
+Opening reads the snapshot and the journal without the lock (:meth:`Journal.load_unlocked`),
+and so does a process that finds the journal folded by another one: the lock is then held only
+to read the lines appended meanwhile, so processes opening a store at once never wait on each
+other's reading. The journal is folded once it outgrows :data:`MIN_JOURNAL_BYTES` and the
+snapshot, so reading it never costs much more than reading the snapshot; and on the first
+write when there is no snapshot yet, so that ``user_cost.json`` exists from then on.
 """
 
 from __future__ import annotations
@@ -30,13 +37,17 @@ from ..errors import ConfigurationError, StoreCorruptError, StoreError
 # Built once: json.dumps with any option set builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 # The journal is folded into the snapshot once it is larger than both of these.
-MIN_JOURNAL_BYTES = 4 * 1024 * 1024
+MIN_JOURNAL_BYTES = 256 * 1024
+# A journal folded while it is read without the lock is read again, up to this many times in
+# all; after that the lock holder reads it.
+_UNLOCKED_LOAD_ATTEMPTS = 3
 
 
 class Journal:
     """This process's copy of a store's records, and the snapshot and journal they come from.
 
-    Every method runs under the store's lock (and its thread mutex).
+    Every method runs under the store's thread mutex, and all but :meth:`load_unlocked`
+    under its file lock too.
     """
 
     def __init__(self, path: Path, fsync: bool) -> None:
@@ -48,31 +59,76 @@ class Journal:
         self._fd: int | None = None
         self._snapshot_id: tuple[int, int, int] | None = None
         self._offset = 0
+        # The last line read without the lock and where it starts: checked, under the lock,
+        # to be still there (a failed or torn write is cut off under the lock, and a reader
+        # without it may have seen its lines).
+        self._unverified: tuple[int, bytes] | None = None
 
-    def catch_up(self) -> None:
-        """Bring the records up to what is on disk.
+    @property
+    def loaded(self) -> bool:
+        return self._fd is not None
+
+    def load_unlocked(self) -> None:
+        """Read the snapshot and the journal without the lock; :meth:`catch_up` then reads,
+        under the lock, only the lines appended meanwhile.
+
+        The journal's file is opened before the snapshot is read: a fold writes the snapshot
+        before it replaces the journal, so the snapshot read is the journal's own, or a newer
+        one that already holds the journal's lines (replayed onto it, they change nothing,
+        and the journal is then found replaced). A journal replaced while it was read is read
+        again. Whatever goes wrong leaves nothing loaded, and the lock holder reads it all
+        (and reports the problem).
+        """
+        for _ in range(_UNLOCKED_LOAD_ATTEMPTS):
+            try:
+                self._reload(locked=False)
+                if self._fd is None:  # no journal yet: the lock holder creates it (see _reload)
+                    break
+                if os.fstat(self._fd).st_nlink:
+                    return
+            except Exception:  # read again under the lock, which reports it
+                break
+        self.forget()
+
+    def catch_up(self, may_defer: bool = False) -> bool:
+        """Bring the records up to what is on disk, under the lock.
 
         One ``fstat`` of the open journal tells it all: more bytes are lines other processes
         appended; no link left means a compaction replaced it (or someone deleted it), so the
-        records are read again from the new snapshot and journal.
+        records are read again from the new snapshot and journal; with ``may_defer``, not
+        here: this returns False and the caller reads them without the lock
+        (:meth:`load_unlocked`) and comes back.
         """
         try:
-            if self._fd is None:
-                self._reload()
-                return
-            journal = os.fstat(self._fd)
-            if journal.st_nlink == 0 or journal.st_size < self._offset:
-                self._reload()
-            elif journal.st_size > self._offset:
-                self._replay(journal.st_size)
+            if self._fd is not None:
+                journal = os.fstat(self._fd)
+                if journal.st_nlink and journal.st_size >= self._offset and self._still_there():
+                    if journal.st_size > self._offset:
+                        self._replay(journal.st_size)
+                    return True
+            if may_defer:
+                self.forget()
+                return False
+            self._reload()
+            return True
         except BaseException:
             self.forget()
             raise
+
+    def _still_there(self) -> bool:
+        """Whether the last line read without the lock is still in the journal (checked once)."""
+        if self._unverified is None:
+            return True
+        assert self._fd is not None
+        start, line = self._unverified
+        self._unverified = None
+        return os.pread(self._fd, len(line), start) == line
 
     def forget(self) -> None:
         """Drop what is loaded (it may be half read): the next operation starts over."""
         self.close()
         self.records, self.calls = {}, {}
+        self._unverified = None
 
     def close(self) -> None:
         if self._fd is not None:
@@ -96,7 +152,9 @@ class Journal:
         return True
 
     def fold_due(self) -> bool:
-        return self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_size())
+        """Whether to fold now: the journal outgrew the snapshot, or there is no snapshot yet
+        (a new store: the JSON file exists from its first write on)."""
+        return self._snapshot_id is None or self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_id[2])
 
     def fold(self) -> None:
         """Write all records as a new snapshot, then start an empty journal.
@@ -121,37 +179,48 @@ class Journal:
 
     def _stat_snapshot(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            return _file_id(os.stat(self.path))
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _snapshot_size(self) -> int:
-        return 0 if self._snapshot_id is None else self._snapshot_id[2]
-
-    def _reload(self) -> None:
+    def _reload(self, locked: bool = True) -> None:
+        """Read the records again: the journal's file first, then the snapshot (see
+        :meth:`load_unlocked` for why in this order), then the journal's lines."""
         self.records, self.calls = {}, {}
-        self._snapshot_id = self._stat_snapshot()
-        if self._snapshot_id is not None:
-            for user, record in self._load_snapshot().items():
-                self._apply(user, record)
-        size = self._open()
+        self._unverified = None
+        self._open(create=False)
+        self._snapshot_id, snapshot = self._load_snapshot()
+        for user, record in snapshot.items():
+            self._apply(user, record)
+        if self._fd is None:
+            if not locked:
+                return
+            self._open(create=True)  # only now: a snapshot that cannot be read was refused, nothing created
         self._offset = 0
-        self._replay(size)
+        assert self._fd is not None
+        self._replay(os.fstat(self._fd).st_size, locked)
 
-    def _open(self) -> int:
-        """(Re)open the journal file at its path; returns its size."""
+    def _open(self, create: bool = True) -> None:
+        """(Re)open the journal file at its path; one that does not exist is left closed unless ``create``."""
         self.close()
         try:
-            self._fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
         except OSError as exc:
-            raise StoreError(f"cannot open journal {str(self.journal_path)!r}: {exc}") from exc
-        return os.fstat(self._fd).st_size
+            if create or not isinstance(exc, FileNotFoundError):
+                raise StoreError(f"cannot open journal {str(self.journal_path)!r}: {exc}") from exc
 
-    def _load_snapshot(self) -> dict[str, UserRecord]:
+    def _load_snapshot(self) -> tuple[tuple[int, int, int] | None, dict[str, UserRecord]]:
+        """The snapshot's identity (inode, mtime, size) and records, read from one open file."""
         where = f"store file {str(self.path)!r}"
         try:
-            raw = json.loads(self.path.read_bytes() or b"{}")
+            with open(self.path, "rb") as file:
+                snapshot_id, data = _file_id(os.fstat(file.fileno())), file.read()
+        except FileNotFoundError:
+            return None, {}
+        except OSError as exc:
+            raise StoreError(f"cannot read {where}: {exc}") from exc
+        try:
+            raw = json.loads(data or b"{}")
         except (ValueError, UnicodeDecodeError) as exc:
             raise StoreCorruptError(f"{where} is not valid JSON ({exc}); it was left untouched") from exc
         if not isinstance(raw, dict):
@@ -159,11 +228,13 @@ class Journal:
                 f"{where} must hold an object of users, not {type(raw).__name__}; it was left untouched"
             )
         try:
-            return {budget.check_user(u): budget.check_record(u, r) for u, r in raw.items()}
+            return snapshot_id, {budget.check_user(u): budget.check_record(u, r) for u, r in raw.items()}
         except ConfigurationError as exc:
             raise StoreCorruptError(f"{where}: {exc}; it was left untouched") from exc
 
-    def _replay(self, size: int) -> None:
+    def _replay(self, size: int, locked: bool = True) -> None:
+        """Apply the journal's complete lines up to ``size``; under the lock, cut off a torn
+        last line (its writer died: the lock was let go with it)."""
         assert self._fd is not None
         data = os.pread(self._fd, size - self._offset, self._offset)
         complete = data.rfind(b"\n") + 1
@@ -178,8 +249,11 @@ class Journal:
                     f"{self._offset} (+{number} lines): {exc}; it was left untouched"
                 ) from exc
             self._apply(user, record)
+        if not locked and complete:
+            start = data.rfind(b"\n", 0, complete - 1) + 1
+            self._unverified = (self._offset + start, data[start:complete])
         self._offset += complete
-        if complete < len(data):  # a writer died mid-line; we hold the lock, so it is gone
+        if locked and complete < len(data):
             os.ftruncate(self._fd, self._offset)
 
     def _apply(self, user: str, record: UserRecord | None) -> None:
@@ -219,6 +293,10 @@ class Journal:
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {str(target)!r}: {exc}") from exc
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _journal_entry(

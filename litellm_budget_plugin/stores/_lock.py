@@ -21,22 +21,32 @@ class _Locked:
         self.store = store
 
     def __enter__(self) -> None:
-        store = self.store
+        store, journal = self.store, self.store._journal
         store._mutex.acquire()
         try:
-            store._file_lock.acquire(store.lock_timeout)
-        except filelock.Timeout as exc:
-            store._mutex.release()
-            raise StoreLockTimeout(
-                f"lock {str(store.lock_path)!r} not obtained within {store.lock_timeout} s; nothing was changed"
-            ) from exc
+            if not journal.loaded:  # opening: read everything before taking the lock
+                journal.load_unlocked()
+            if not self._lock_and_catch_up(may_defer=True):  # folded by another process since
+                store._file_lock.release()
+                journal.load_unlocked()
+                self._lock_and_catch_up(may_defer=False)
         except BaseException:
             store._mutex.release()
             raise
+
+    def _lock_and_catch_up(self, may_defer: bool) -> bool:
+        """Take the file lock and catch up (see Journal.catch_up); the lock is let go if that fails."""
+        store = self.store
         try:
-            store._journal.catch_up()
+            store._file_lock.acquire(store.lock_timeout)
+        except filelock.Timeout as exc:
+            raise StoreLockTimeout(
+                f"lock {str(store.lock_path)!r} not obtained within {store.lock_timeout} s; nothing was changed"
+            ) from exc
+        try:
+            return store._journal.catch_up(may_defer)
         except BaseException:
-            self.__exit__()
+            store._file_lock.release()
             raise
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,159 @@
+"""Opening a file store: many processes at once over a long journal, a fold racing the open,
+and the JSON file that exists from the first write on.
+
+Children are forked (an interpreter importing the package takes seconds here); they report
+through their exit code and leave with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from litellm_budget_plugin import FileStore, StoreLockTimeout
+from litellm_budget_plugin.stores import _journal as journal_module
+
+PAIRS = 3000  # reserve + settle: about 1.7 MB of journal, as in the field report
+OPENERS = 8
+
+
+def _journal_of_pairs(path: Path, pairs: int, users: int = 50) -> dict[str, object]:
+    """A store whose journal holds ``pairs`` reserve+settle pairs, never folded; returns its records."""
+    store = FileStore(path)
+    for i in range(pairs):
+        user = f"user-{i % users}"
+        store.reserve(user, f"call-{i}", 0.01, 600.0, default={"total_budget": 1e9, "duration": None})
+        store.settle(f"call-{i}", 0.005, "gpt-4o-mini")
+    records = store.all()
+    store.close()
+    return dict(records)
+
+
+def _fork(body: Callable[[], int]) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), f"child ended with status {status}"
+    return os.WEXITSTATUS(status)
+
+
+@pytest.mark.slow
+def test_eight_processes_open_a_long_journal_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each opener used to replay the whole journal under the lock, one after the other: the
+    last ones timed out. A lock timeout shorter than the eight replays (about 0.8 s each
+    here) makes that certain; an open that holds the lock only to catch up never waits
+    that long."""
+    monkeypatch.setattr(journal_module, "MIN_JOURNAL_BYTES", 1 << 40)  # a journal from before folds were sooner
+    path = tmp_path / "user_cost.json"
+    expected = _journal_of_pairs(path, PAIRS)
+    journal = path.with_name(path.name + ".journal")
+    assert journal.stat().st_size > 1_000_000, "the journal was folded: the test would prove nothing"
+
+    start_read, start_write = os.pipe()
+
+    def open_and_check() -> int:
+        os.close(start_write)
+        os.read(start_read, 1)  # all start when the parent closes the pipe
+        try:
+            store = FileStore(path, lock_timeout=2.0)
+        except StoreLockTimeout:
+            return 3
+        same = store.all() == expected
+        store.close()
+        return 0 if same else 4
+
+    pids = [_fork(open_and_check) for _ in range(OPENERS)]
+    os.close(start_read)
+    os.close(start_write)
+    codes = [_exit_code(pid) for pid in pids]
+    assert codes == [0] * OPENERS, "3: StoreLockTimeout, 4: opened different records"
+
+
+def test_the_json_file_exists_from_the_first_write_and_is_not_rewritten_after(tmp_path: Path) -> None:
+    path = tmp_path / "user_cost.json"
+    store = FileStore(path)
+    assert not path.exists()  # opening writes nothing
+    store.set_budget("alice", 10)
+    assert json.loads(path.read_bytes())["alice"]["total_budget"] == 10
+    written = path.stat()
+    store.charge("alice", 0.5, "gpt-4o-mini")
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns), (
+        "a later write rewrote the snapshot: only the first one may"
+    )
+    assert FileStore(path).get("alice") == store.get("alice")
+    store.close()
+
+
+def test_opens_racing_a_writer_that_folds_often_see_whole_states(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opens read without the lock while another process appends and folds every few writes:
+    each sees a state that was on disk at some moment (a whole number of charges, never fewer
+    than an earlier open saw), never one mixed from two folds."""
+    monkeypatch.setattr(journal_module, "MIN_JOURNAL_BYTES", 2048)  # inherited by the forked writer
+    path = tmp_path / "user_cost.json"
+    cost, charges = 0.125, 1500  # exact in binary: spend / cost counts the charges
+    setup = FileStore(path)
+    setup.set_budget("alice", 1e12)
+    setup.close()
+
+    def charge_many() -> int:
+        store = FileStore(path)
+        for i in range(charges):
+            store.charge("alice", cost, "gpt-4o-mini", call_id=f"c{i}")
+        store.close()
+        return 0
+
+    pid = _fork(charge_many)
+    seen, snapshots, opens = 0.0, set(), 0
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        store = FileStore(path)
+        record = store.get("alice")
+        store.close()
+        assert record is not None
+        count = record["current_cost"] / cost
+        assert count == int(count)
+        assert record["model_cost"] == ({"gpt-4o-mini": record["current_cost"]} if count else {})
+        assert count >= seen, "an open saw an older state than an earlier one"
+        seen, opens = count, opens + 1
+        snapshots.add(path.stat().st_ino)
+    final = FileStore(path)
+    assert final.get("alice")["current_cost"] == charges * cost  # type: ignore[index]
+    final.close()
+    assert opens > 3 and len(snapshots) > 3, "the opens did not overlap the writer's folds"
+
+
+def test_a_line_read_without_the_lock_then_cut_off_is_not_kept(tmp_path: Path) -> None:
+    """A failed write is cut off under the lock; a process that read its line meanwhile, without
+    the lock, finds the line gone when it takes the lock, and reads the journal again."""
+    path = tmp_path / "user_cost.json"
+    store = FileStore(path)
+    store.set_budget("alice", 10)
+    store.charge("alice", 1.0, "m")
+    committed = store.journal_path.read_bytes()
+    store.close()
+    failed_write = b'{"u":"alice","r":{"total_budget":10,"current_cost":5.0}}\n'
+    store.journal_path.write_bytes(committed + failed_write)
+
+    journal = journal_module.Journal(path, fsync=False)
+    journal.load_unlocked()
+    assert journal.records["alice"]["current_cost"] == 5.0  # read, not yet checked
+    # under the lock, the writer cuts its line off, and a next writer appends another
+    later_write = b'{"u":"alice","r":{"total_budget":10,"current_cost":2.0}}\n'
+    store.journal_path.write_bytes(committed + later_write)
+    assert journal.catch_up()
+    assert journal.records["alice"]["current_cost"] == 2.0
+    journal.close()
