@@ -75,16 +75,17 @@ class Journal:
         The journal's file is opened before the snapshot is read: a fold writes the snapshot
         before it replaces the journal, so the snapshot read is the journal's own, or a newer
         one that already holds the journal's lines (replayed onto it, they change nothing,
-        and the journal is then found replaced). A journal replaced while it was read is read
-        again. Whatever goes wrong leaves nothing loaded, and the lock holder reads it all
-        (and reports the problem).
+        and the journal is then found replaced). A journal that does not exist yet is created
+        once the snapshot has been read. Either way the copy is kept only if, once read, the
+        journal is still linked and the snapshot still the one read; else it is read again.
+        Whatever goes wrong leaves nothing loaded, and the lock holder reads it all (and
+        reports the problem).
         """
         for _ in range(_UNLOCKED_LOAD_ATTEMPTS):
             try:
                 self._reload(locked=False)
-                if self._fd is None:  # no journal yet: the lock holder creates it (see _reload)
-                    break
-                if os.fstat(self._fd).st_nlink:
+                assert self._fd is not None
+                if os.fstat(self._fd).st_nlink and self._stat_snapshot() == self._snapshot_id:
                     return
             except Exception:  # read again under the lock, which reports it
                 break
@@ -193,8 +194,6 @@ class Journal:
         for user, record in snapshot.items():
             self._apply(user, record)
         if self._fd is None:
-            if not locked:
-                return
             self._open(create=True)  # only now: a snapshot that cannot be read was refused, nothing created
         self._offset = 0
         assert self._fd is not None
