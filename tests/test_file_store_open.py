@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_file_store_processes import _exit_code, _start_child
 
-from litellm_budget_plugin import FileStore, StoreLockTimeout
+from litellm_budget_plugin import FileStore, StoreCorruptError, StoreLockTimeout
 from litellm_budget_plugin.stores import _journal as journal_module
 
 PAIRS = 3000  # reserve + settle: about 1.7 MB of journal, as in the field report
@@ -33,29 +33,12 @@ def _journal_of_pairs(path: Path, pairs: int, users: int = 50) -> dict[str, obje
     return dict(records)
 
 
-def _fork(body: Callable[[], int]) -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 99
-        try:
-            code = body()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _exit_code(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), f"child ended with status {status}"
-    return os.WEXITSTATUS(status)
-
-
 @pytest.mark.slow
 def test_eight_processes_open_a_long_journal_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each opener used to replay the whole journal under the lock, one after the other: the
-    last ones timed out. A lock timeout shorter than the eight replays (about 0.8 s each
-    here) makes that certain; an open that holds the lock only to catch up never waits
-    that long."""
+    last ones timed out. A lock timeout shorter than the eight replays (0.2-0.3 s each here)
+    makes that certain; an open that holds the lock only to catch up (well under a
+    millisecond) never waits that long."""
     monkeypatch.setattr(journal_module, "MIN_JOURNAL_BYTES", 1 << 40)  # a journal from before folds were sooner
     path = tmp_path / "user_cost.json"
     expected = _journal_of_pairs(path, PAIRS)
@@ -68,14 +51,14 @@ def test_eight_processes_open_a_long_journal_at_once(tmp_path: Path, monkeypatch
         os.close(start_write)
         os.read(start_read, 1)  # all start when the parent closes the pipe
         try:
-            store = FileStore(path, lock_timeout=2.0)
+            store = FileStore(path, lock_timeout=1.0)
         except StoreLockTimeout:
             return 3
         same = store.all() == expected
         store.close()
         return 0 if same else 4
 
-    pids = [_fork(open_and_check) for _ in range(OPENERS)]
+    pids = [_start_child(open_and_check) for _ in range(OPENERS)]
     os.close(start_read)
     os.close(start_write)
     codes = [_exit_code(pid) for pid in pids]
@@ -117,7 +100,7 @@ def test_opens_racing_a_writer_that_folds_often_see_whole_states(
         store.close()
         return 0
 
-    pid = _fork(charge_many)
+    pid = _start_child(charge_many)
     seen, snapshots, opens = 0.0, set(), 0
     while os.waitpid(pid, os.WNOHANG) == (0, 0):
         store = FileStore(path)
@@ -157,3 +140,22 @@ def test_a_line_read_without_the_lock_then_cut_off_is_not_kept(tmp_path: Path) -
     assert journal.catch_up()
     assert journal.records["alice"]["current_cost"] == 2.0
     journal.close()
+
+
+def test_a_bad_call_id_time_appended_by_a_journal_line_is_refused(tmp_path: Path) -> None:
+    """Replay checks the ids a line appends (the ones it keeps were checked before)."""
+    path = tmp_path / "user_cost.json"
+    store = FileStore(path)
+    store.set_budget("alice", 10)
+    store.charge("alice", 1.0, "m", call_id="first")
+    store.charge("alice", 1.0, "m", call_id="second")
+    store.close()
+    lines = store.journal_path.read_bytes().splitlines()
+    last = json.loads(lines[-1])
+    assert list(last["a"]) == ["second"]  # a line that appends to the ids kept
+    last["a"]["third"] = "soon"
+    content = b"\n".join([*lines[:-1], json.dumps(last).encode()]) + b"\n"
+    store.journal_path.write_bytes(content)
+    with pytest.raises(StoreCorruptError, match="applied time"):
+        FileStore(path)
+    assert store.journal_path.read_bytes() == content

@@ -327,15 +327,21 @@ def _journal_entry(
 
 
 def _replayed_record(user: str, entry: dict[str, Any], old: UserRecord | None) -> UserRecord | None:
-    """The record a journal line (see :func:`_journal_entry`) gives, checked."""
+    """The record a journal line (see :func:`_journal_entry`) gives, checked.
+
+    Of the remembered call ids, only those the line appends are checked: the others are the
+    previous record's, checked when it was read (checking up to 256 ids a line was most of
+    the cost of replaying a journal).
+    """
     raw = entry["r"]
-    if raw is None:
-        return None
-    if "t" in entry:
-        appended = entry["a"]
-        if not isinstance(raw, dict) or not isinstance(appended, dict):
-            raise TypeError("a journal line's record and appended call ids must be objects")
-        now = budget.check_amount("journal time", entry["t"])
-        kept = {} if old is None else budget.recent_applied(old.get("applied", {}), now)
-        raw = {**raw, "applied": {**kept, **appended}}
-    return budget.check_record(user, raw)
+    if raw is None or "t" not in entry:
+        return None if raw is None else budget.check_record(user, raw)
+    appended = entry["a"]
+    if not isinstance(raw, dict) or not isinstance(appended, dict):
+        raise TypeError("a journal line's record and appended call ids must be objects")
+    now = budget.check_amount("journal time", entry["t"])
+    record = budget.check_record(user, {**raw, "applied": appended})
+    kept = {} if old is None else budget.recent_applied(old.get("applied", {}), now)
+    if kept:
+        record["applied"] = {**kept, **record.get("applied", {})}
+    return record
