@@ -84,39 +84,61 @@ def test_opens_racing_a_writer_that_folds_often_see_whole_states(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Opens read without the lock while another process appends and folds every few writes:
-    each sees a state that was on disk at some moment (a whole number of charges, never fewer
-    than an earlier open saw), never one mixed from two folds."""
+    each sees a state that was on disk at some moment, never one mixed from two folds. The
+    writer charges four users in turn, so a whole state has each user's count at most one
+    below the previous user's, and never fewer charges in all than an earlier open saw."""
     monkeypatch.setattr(journal_module, "MIN_JOURNAL_BYTES", 2048)  # inherited by the forked writer
     path = tmp_path / "user_cost.json"
-    cost, charges = 0.125, 1500  # exact in binary: spend / cost counts the charges
+    cost = 0.125  # exact in binary: spend / cost counts the charges
+    users = ["u0", "u1", "u2", "u3"]
     setup = FileStore(path)
-    setup.set_budget("alice", 1e12)
+    for user in users:
+        setup.set_budget(user, 1e12)
     setup.close()
+    stop_read, stop_write = os.pipe()
+    count_read, count_write = os.pipe()
 
-    def charge_many() -> int:
+    def charge_until_stopped() -> int:
+        os.close(stop_write)
+        os.set_blocking(stop_read, False)
         store = FileStore(path)
-        for i in range(charges):
-            store.charge("alice", cost, "gpt-4o-mini", call_id=f"c{i}")
+        charges = 0
+        while True:
+            try:
+                if os.read(stop_read, 1) == b"":  # the parent closed it: stop
+                    break
+            except BlockingIOError:
+                pass
+            store.charge(users[charges % len(users)], cost, "gpt-4o-mini", call_id=f"c{charges}")
+            charges += 1
         store.close()
+        os.write(count_write, str(charges).encode())
         return 0
 
-    pid = _start_child(charge_many)
-    seen, snapshots, opens = 0.0, set(), 0
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        store = FileStore(path)
-        record = store.get("alice")
-        store.close()
-        assert record is not None
-        count = record["current_cost"] / cost
-        assert count == int(count)
-        assert record["model_cost"] == ({"gpt-4o-mini": record["current_cost"]} if count else {})
-        assert count >= seen, "an open saw an older state than an earlier one"
-        seen, opens = count, opens + 1
-        snapshots.add(path.stat().st_ino)
+    pid = _start_child(charge_until_stopped)
+    os.close(stop_read)
+    os.close(count_write)
+    seen, opens, folds, snapshot = 0.0, 0, 0, None
+    try:
+        while opens < 30 or folds < 5:  # until the opens have overlapped several folds
+            store = FileStore(path)
+            records = store.all()
+            store.close()
+            counts = [records[user]["current_cost"] / cost for user in users]
+            assert counts == sorted(counts, reverse=True) and counts[0] - counts[-1] <= 1, f"mixed: {counts}"
+            assert sum(counts) >= seen, "an open saw an older state than an earlier one"
+            seen, opens = sum(counts), opens + 1
+            folds += snapshot is not None and snapshot != path.stat().st_ino
+            snapshot = path.stat().st_ino
+            assert os.waitpid(pid, os.WNOHANG) == (0, 0), "the writer ended by itself"
+    finally:
+        os.close(stop_write)
+    assert _exit_code(pid) == 0
+    charges = int(os.read(count_read, 64))
+    os.close(count_read)
     final = FileStore(path)
-    assert final.get("alice")["current_cost"] == charges * cost  # type: ignore[index]
+    assert sum(record["current_cost"] for record in final.all().values()) == charges * cost
     final.close()
-    assert opens > 3 and len(snapshots) > 3, "the opens did not overlap the writer's folds"
 
 
 def test_a_line_read_without_the_lock_then_cut_off_is_not_kept(tmp_path: Path) -> None:

@@ -103,7 +103,11 @@ class Journal:
         try:
             if self._fd is not None:
                 journal = os.fstat(self._fd)
-                if journal.st_nlink and journal.st_size >= self._offset and self._still_there():
+                if (
+                    journal.st_nlink
+                    and journal.st_size >= self._offset
+                    and (self._unverified is None or self._still_there())
+                ):
                     if journal.st_size > self._offset:
                         self._replay(journal.st_size)
                     return True
@@ -118,9 +122,7 @@ class Journal:
 
     def _still_there(self) -> bool:
         """Whether the last line read without the lock is still in the journal (checked once)."""
-        if self._unverified is None:
-            return True
-        assert self._fd is not None
+        assert self._fd is not None and self._unverified is not None
         start, line = self._unverified
         self._unverified = None
         return os.pread(self._fd, len(line), start) == line
