@@ -13,6 +13,8 @@ left: "lost" counts the calls missing from it.
 The script starts its own redis-server (from PATH, on a free port, saving nothing) and a
 file store in a temporary folder, and stops and removes both at the end.
 
+A worker that fails or hangs ends the run with an error naming it (benchmarks/_processes.py).
+
 Run: python benchmarks/bench_redis.py [--processes 8] [--calls 1000] [--rounds 3]
 """
 
@@ -23,7 +25,6 @@ import os
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported
 
 import argparse
-import multiprocessing
 import shutil
 import socket
 import statistics
@@ -34,6 +35,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from _processes import run_together
 
 from litellm_budget_plugin import store_from_url
 
@@ -74,10 +77,10 @@ def redis_server(folder: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def worker(target: str, worker_id: int, calls: int, barrier: Any, results: Any) -> None:
+def worker(target: str, worker_id: int, calls: int, start: Callable[[], None]) -> list[float]:
     store = store_from_url(target, project="bench")
     latencies = []
-    barrier.wait()
+    start()
     for i in range(calls):
         call_id = f"w{worker_id}-{i}"
         started = time.perf_counter()
@@ -85,7 +88,7 @@ def worker(target: str, worker_id: int, calls: int, barrier: Any, results: Any) 
         store.settle(call_id, COST, "gpt-4o-mini", user=USER)
         latencies.append(time.perf_counter() - started)
     store.close()
-    results.put(latencies)
+    return latencies
 
 
 def one_round(target: str, processes: int, calls: int) -> tuple[float, list[float], int]:
@@ -93,18 +96,8 @@ def one_round(target: str, processes: int, calls: int) -> tuple[float, list[floa
     setup = store_from_url(target, project="bench")
     setup.delete(USER)
     setup.set_budget(USER, None)
-    ctx = multiprocessing.get_context("fork")
-    barrier = ctx.Barrier(processes + 1)
-    results = ctx.Queue()
-    workers = [ctx.Process(target=worker, args=(target, n, calls, barrier, results)) for n in range(processes)]
-    for process in workers:
-        process.start()
-    barrier.wait()
-    started = time.perf_counter()
-    latencies = [latency for _ in workers for latency in results.get(timeout=600)]
-    elapsed = time.perf_counter() - started
-    for process in workers:
-        process.join()
+    results, elapsed = run_together(lambda n, start: worker(target, n, calls, start), processes)
+    latencies = [latency for result in results for latency in result]
     record = setup.get(USER)
     setup.close()
     assert record is not None

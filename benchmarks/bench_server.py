@@ -25,17 +25,19 @@ import os
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported
 
 import argparse
-import multiprocessing
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from _processes import START_TIMEOUT, run_together
 
 from litellm_budget_plugin.stores import BudgetStore, FileStore
 from litellm_budget_plugin.stores.http import HttpStore
@@ -57,11 +59,14 @@ def budget_server(folder: Path) -> Iterator[str]:
     )
     assert process.stdout is not None
     url = None
+    too_slow = threading.Timer(START_TIMEOUT, process.kill)  # a server that never says it listens
+    too_slow.start()
     for line in process.stdout:
         if url is None and "listening on http://" in line:
             url = line.split()[-1]
         if "loopback only" in line:
             break
+    too_slow.cancel()
     if url is None:
         process.kill()
         raise SystemExit("the budget server did not start")
@@ -72,13 +77,12 @@ def budget_server(folder: Path) -> Iterator[str]:
         process.wait(30)
 
 
-def charge_worker(factory: Factory, worker: int, charges: int, start: object, done: object) -> None:
+def charge_worker(factory: Factory, worker: int, charges: int, start: Callable[[], None]) -> None:
     store = factory()
     store.get(USER)  # connect (or open the files) before the clock starts
-    start.wait()  # type: ignore[attr-defined]
+    start()
     for i in range(charges):
         store.charge(USER, COST, "bench-model", call_id=f"w{worker}-{i}")
-    done.put(time.monotonic())  # type: ignore[attr-defined]
     store.close()
 
 
@@ -87,25 +91,13 @@ def throughput(factory: Factory, processes: int, charges: int) -> tuple[float, i
     setup = factory()
     setup.set_budget(USER, None)
     setup.reset(USER)
-    context = multiprocessing.get_context("fork")
-    start, done = context.Event(), context.Queue()
-    workers = [context.Process(target=charge_worker, args=(factory, w, charges, start, done)) for w in range(processes)]
-    for worker in workers:
-        worker.start()
-    time.sleep(0.5)  # let every worker connect and wait at the start line
-    began = time.monotonic()
-    start.set()
-    finished = max(done.get(timeout=600) for _ in workers)
-    for worker in workers:
-        worker.join()
-        if worker.exitcode != 0:
-            raise SystemExit(f"a worker failed with exit code {worker.exitcode}")
+    _, elapsed = run_together(lambda w, start: charge_worker(factory, w, charges, start), processes)
     record = setup.get(USER)
     assert record is not None
     setup.close()
     total = processes * charges
     lost = round(total - record["current_cost"] / COST)
-    return total / (finished - began), lost
+    return total / elapsed, lost
 
 
 def round_trips(factory: Factory, count: int) -> list[float]:

@@ -39,7 +39,6 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 import argparse
 import contextlib
 import json
-import multiprocessing
 import platform
 import random
 import signal
@@ -55,15 +54,15 @@ from pathlib import Path
 from typing import Any
 
 import litellm
+from _processes import run_together
 
 from litellm_budget_plugin import BudgetManager, FileStore
 from litellm_budget_plugin.pricing import text_cost
-from litellm_budget_plugin.stores.file import MIN_JOURNAL_BYTES
+from litellm_budget_plugin.stores._journal import MIN_JOURNAL_BYTES
 
 MODEL = "gpt-4o-mini"
 INPUT_TEXT = "Summarise the attached meeting notes in three bullet points, please."
 OUTPUT_TEXT = "- Budget approved\n- Launch moved to May\n- Hiring two engineers"
-FORK = multiprocessing.get_context("fork")
 
 
 @dataclass
@@ -280,34 +279,34 @@ def report_latency(config: Config, rng: random.Random) -> list[str]:
 # -- 2. lost spend under concurrency -------------------------------------------------------
 
 
-def _ours_worker(path: str, count: int, barrier: Any) -> None:
+def _ours_worker(path: str, count: int, start: Callable[[], None]) -> None:
     manager = BudgetManager("bench", store=FileStore(path))
-    barrier.wait()
+    start()
     for _ in range(count):
         manager.update_cost("alice", model=MODEL, input_text=INPUT_TEXT, output_text=OUTPUT_TEXT)
     manager.close()
 
 
-def _litellm_worker(folder: str, count: int, barrier: Any) -> None:
+def _litellm_worker(folder: str, count: int, start: Callable[[], None]) -> str | None:
+    """LiteLLM's calls failing under concurrency is a finding, not a broken run: it is returned."""
     os.chdir(folder)
     manager = litellm.BudgetManager(project_name="bench")
-    barrier.wait()
-    for _ in range(count):
-        manager.update_cost("alice", model=MODEL, input_text=INPUT_TEXT, output_text=OUTPUT_TEXT)
-    join_litellm_saves()
+    start()
+    try:
+        for _ in range(count):
+            manager.update_cost("alice", model=MODEL, input_text=INPUT_TEXT, output_text=OUTPUT_TEXT)
+        join_litellm_saves()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
-def run_processes(count: int, target: Callable[..., None], *args: Any) -> float:
-    barrier = FORK.Barrier(count)
-    procs = [FORK.Process(target=target, args=(*args, barrier)) for _ in range(count)]
-    start = time.perf_counter()
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
-        if proc.exitcode != 0:
-            print(f"  (a worker exited with code {proc.exitcode})")
-    return time.perf_counter() - start
+def run_processes(count: int, target: Callable[..., str | None], *args: Any) -> float:
+    """Seconds for ``count`` processes running ``target(*args, start)`` together."""
+    failures, elapsed = run_together(lambda _index, start: target(*args, start), count)
+    for failure in filter(None, failures):
+        print(f"  (a worker failed: {failure})")
+    return elapsed
 
 
 def lost_spend(config: Config) -> list[str]:

@@ -193,9 +193,6 @@ def test_empty_show_names_the_store_and_project(tmp_path: Path, store_path: Path
     assert "no budgets" in output and server.url in output and "'default'" in output and "--project" in output
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10: stores/file.py is to write user_cost.json on the first write (another branch)"
-)
 def test_set_leaves_a_store_file_to_look_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LITELLM_BUDGET_STORE", raising=False)

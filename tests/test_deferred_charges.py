@@ -25,6 +25,7 @@ from litellm_budget_plugin import budget as budget_module
 from litellm_budget_plugin.budget import UserRecord
 from litellm_budget_plugin.errors import ConfigurationError, StoreCorruptError, StoreError
 from litellm_budget_plugin.guard import BudgetGuard
+from litellm_budget_plugin.stores import _deferred as deferred_module
 from litellm_budget_plugin.stores import file as file_module
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -63,7 +64,7 @@ def open_store(path: Path) -> Iterator[Callable[[], FileStore]]:
 @pytest.fixture
 def slow_flusher(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flushers started from now on first wake after a minute: only the test applies charges."""
-    monkeypatch.setattr(file_module, "FLUSH_DELAY_SECONDS", 60.0)
+    monkeypatch.setattr(deferred_module, "FLUSH_DELAY_SECONDS", 60.0)
 
 
 def journal_entries(store: FileStore) -> list[dict[str, Any]]:
@@ -154,8 +155,8 @@ def test_deferred_charges_of_several_users_are_one_append_with_the_next_operatio
 
 
 def test_flusher_writes_the_charge_when_no_operation_follows(open_store) -> None:
-    assert file_module.FLUSH_DELAY_SECONDS == 0.05
-    assert file_module._MAX_FLUSH_DELAY_SECONDS == 1.0
+    assert deferred_module.FLUSH_DELAY_SECONDS == 0.05
+    assert deferred_module._MAX_FLUSH_DELAY_SECONDS == 1.0
     writer, other = open_store(), open_store()
     writer.set_budget("alice", 1.0)
     charged: list[UserRecord] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from litellm_budget_plugin import FileStore, StoreLockTimeout
-from litellm_budget_plugin.stores.file import MIN_JOURNAL_BYTES
+from litellm_budget_plugin.stores._journal import MIN_JOURNAL_BYTES
 
 pytestmark = pytest.mark.slow
 

@@ -26,6 +26,7 @@ from litellm_budget_plugin import BudgetExceededError, FileStore
 from litellm_budget_plugin.budget import LEASE_SPARE_CALLS
 from litellm_budget_plugin.errors import StoreLockTimeout, UnknownUserError
 from litellm_budget_plugin.guard import BudgetGuard
+from litellm_budget_plugin.stores import _deferred as deferred_module
 from litellm_budget_plugin.stores import file as file_module
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -49,7 +50,7 @@ def open_store(file_store_factory: Callable[[], object]) -> Callable[[], FileSto
 def quiet_flusher(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flushers started from now on first wake after a minute: only the test writes.
     (test_deferred_charges.py's slow_flusher; a fixture imported from a module trips ruff's F811.)"""
-    monkeypatch.setattr(file_module, "FLUSH_DELAY_SECONDS", 60.0)
+    monkeypatch.setattr(deferred_module, "FLUSH_DELAY_SECONDS", 60.0)
 
 
 @pytest.fixture
@@ -498,7 +499,7 @@ def test_a_forked_child_exits_even_if_its_parent_held_the_stores_lock_at_the_for
     store.set_budget("alice", 1.0)
     store.charge_later("alice", 0.1, "m", call_id="pending")  # the store has something to flush at exit
     with store._deferred_lock:  # another thread of the parent is inside the store at the fork
-        child = multiprocessing.get_context("fork").Process(target=file_module._flush_at_exit)
+        child = multiprocessing.get_context("fork").Process(target=deferred_module._flush_at_exit)
         child.start()
     child.join(20)
     assert child.exitcode == 0

@@ -586,11 +586,12 @@ def test_corrupt_journal_entry_is_refused_and_never_overwritten(workdir: Path, m
     journal = workdir / "user_cost.json.journal"
     content = journal.read_bytes() + b'{"u":"alice","r":{"total_budget":"ten"}}\n'
     journal.write_bytes(content)
+    snapshot = (workdir / "user_cost.json").read_bytes()  # written at the first write
     for attempt in ATTEMPTS.values():
         with pytest.raises(StoreCorruptError, match="bad entry"):
             attempt(BudgetManager(project_name="test_project"))
     assert journal.read_bytes() == content
-    assert not (workdir / "user_cost.json").exists()
+    assert (workdir / "user_cost.json").read_bytes() == snapshot
 
 
 def test_torn_last_journal_line_is_dropped(workdir: Path, manager: BudgetManager) -> None:

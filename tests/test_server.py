@@ -22,6 +22,7 @@ import httpx
 import litellm
 import pytest
 from server_thread import ServerThread, directory_stores
+from test_guard import wait_until
 
 from litellm_budget_plugin import (
     BudgetExceededError,
@@ -554,7 +555,7 @@ def test_cli_server_graceful_shutdown(tmp_path: Path) -> None:
         threads = [threading.Thread(target=charge_until_refused, args=(w,)) for w in range(8)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        wait_until(lambda: len(acknowledged) > 20, timeout=60)  # charges are under way
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
         stop.set()

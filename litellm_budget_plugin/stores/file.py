@@ -1,62 +1,39 @@
 """The embedded default: one JSON file in LiteLLM's ``user_cost.json`` shape, shared safely.
 
-Layout, for a store at ``user_cost.json``:
-
-- ``user_cost.json``: a snapshot, ``{user: record}`` as LiteLLM writes it (readable by people
-  and by LiteLLM's own BudgetManager). Replaced atomically (temp file + ``os.replace``).
-- ``user_cost.json.journal``: one JSON line per change since the snapshot, each holding the
-  user's new record (its remembered call ids as a delta, see :func:`_journal_entry`). Replaying
-  a line twice gives the same spend and holds, so a crash between writing a snapshot and
-  starting a new journal loses and doubles nothing.
-- ``user_cost.json.lock``: the ``filelock`` lock every read and write holds.
-
-A change is one appended line, so its cost does not grow with the number of users; each
-process keeps the records in memory and reads only the lines other processes appended since
-its last look (one ``fstat`` of the open journal tells). When the journal outgrows the
-snapshot, the writer folds it into a new snapshot and journal; the old journal, unlinked, tells
-the other processes to reload. A torn last line (a writer killed mid-write) is cut off by the
-next writer, under the lock.
+The files (a snapshot, a journal of changes since, a lock) and how a process keeps its copy
+of the records current are described in :mod:`._journal`; the lock is in :mod:`._lock`.
 
 Charges made with :meth:`FileStore.charge_later` (the guard's) wait for the store's next
-operation in this process and share its lock and its write. Calls admitted with
-:meth:`FileStore.admit` (the guard's, in strict mode) are held in one lease per user and
-process, which a process that keeps calling for a user grows ahead of need, so that most of
-its calls are admitted without a write (see :class:`_Lease`).
+operation in this process and share its lock and its write (see :mod:`._deferred`). Calls
+admitted with :meth:`FileStore.admit` (the guard's, in strict mode) are held in one lease per
+user and process, which a process that keeps calling for a user grows ahead of need, so that
+most of its calls are admitted without a write (see :class:`._leases._Lease`).
 """
 
 from __future__ import annotations
 
-import atexit
-import fcntl
-import itertools
-import json
 import logging
-import math
-import multiprocessing.util
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
-
-import filelock
+from typing import TypeVar
 
 from .. import budget
 from ..budget import UserRecord
-from ..errors import BudgetPluginError, ConfigurationError, StoreCorruptError, StoreError, StoreLockTimeout
+from ..errors import BudgetPluginError, ConfigurationError, StoreError
+from ._deferred import _STORES_WITH_PENDING, _Deferred, _flush_soon, _flush_when_this_process_ends, _notify
+from ._journal import Journal
+from ._leases import LEASE_HORIZON_SECONDS, LEASE_HOT_SECONDS, LEASE_IDLE_SECONDS, _Lease
+from ._lock import _Locked, _ProcessLock
 from .base import NewBudget, RecordStore, _or_default
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 10.0
-# Built once: json.dumps with any option set builds a new encoder on every call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-# The journal is folded into the snapshot once it is larger than both of these.
-MIN_JOURNAL_BYTES = 4 * 1024 * 1024
 
 
 class FileStore(RecordStore):
@@ -104,11 +81,7 @@ class FileStore(RecordStore):
         self._pid = os.getpid()
         self._mutex = threading.RLock()
         self._file_lock = _ProcessLock(str(self.lock_path))
-        self._records: dict[str, UserRecord] = {}
-        self._calls: dict[str, str] = {}  # call id of a reservation -> its user
-        self._journal_fd: int | None = None
-        self._snapshot_id: tuple[int, int, int] | None = None
-        self._offset = 0
+        self._journal = Journal(self.path, self.fsync)
         # What this process has not written yet, guarded by _deferred_lock: charge_later's
         # charges in the order they came, and the users whose lease hold is out of date.
         self._deferred: list[_Deferred] = []
@@ -133,7 +106,7 @@ class FileStore(RecordStore):
         try:
             with locked:
                 self._write(self._apply_deferred(charged), charged)
-                return fn(self._records)
+                return fn(self._journal.records)
         finally:
             _notify(charged)
 
@@ -149,7 +122,7 @@ class FileStore(RecordStore):
         try:
             with self._locked():
                 working = self._apply_deferred(charged)
-                old = working[user] if user in working else self._records.get(user)
+                old = working[user] if user in working else self._journal.records.get(user)
                 try:
                     new, result = fn(old)
                 except BaseException:  # a refused change still writes the deferred charges...
@@ -169,7 +142,7 @@ class FileStore(RecordStore):
 
     def _user_of_call(self, call_id: str) -> str | None:
         with self._locked():
-            return self._calls.get(call_id)
+            return self._journal.calls.get(call_id)
 
     # -- charges applied later -----------------------------------------------------------
 
@@ -303,7 +276,7 @@ class FileStore(RecordStore):
         """Bring a lease's hold in the file to its calls in flight and its spare, which is
         given back once the user has not been called for in a while, or no longer fits."""
         lease = self._leases.get(user)
-        current = working[user] if user in working else self._records.get(user)
+        current = working[user] if user in working else self._journal.records.get(user)
         if lease is None:
             return
         if current is None:  # the user was deleted: no more calls from the spare
@@ -368,7 +341,7 @@ class FileStore(RecordStore):
             _STORES_WITH_PENDING.discard(self)
         working: dict[str, UserRecord | None] = {}
         for item in deferred:
-            current = working[item.user] if item.user in working else self._records.get(item.user)
+            current = working[item.user] if item.user in working else self._journal.records.get(item.user)
             try:
                 record, _ = item.change(current)
             except BudgetPluginError:
@@ -384,17 +357,9 @@ class FileStore(RecordStore):
 
     def _write(self, working: dict[str, UserRecord | None], charged: list[tuple[_Deferred, UserRecord]]) -> None:
         """Persist the changed records in one write, then make them the loaded ones."""
-        now = self.clock()
-        lines, replayed = [], {}
-        for user, new in working.items():
-            old = self._records.get(user)
-            if new is not old:
-                entry, replayed[user] = _journal_entry(user, old, new, now)
-                lines.append(_ENCODER.encode(entry))
-        if not lines:
-            return
         try:
-            self._append(("\n".join(lines) + "\n").encode())
+            if not self._journal.write(working, self.clock()):
+                return
         except StoreError:
             with self._deferred_lock:  # not written: they wait for the next operation
                 self._deferred[:0] = [item for item, _ in charged]
@@ -408,17 +373,15 @@ class FileStore(RecordStore):
                 lease = self._leases.get(user)
                 if lease is not None and lease.writing_until is not None:
                     lease.written_until, lease.writing_until = lease.writing_until, None
-        for user, record in replayed.items():
-            self._apply(user, record)  # what other processes will read, to the call id order
-        if self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_size()):
+        if self._journal.fold_due():
             try:
-                self._compact()
+                self._journal.fold()
             except StoreError:  # the change is in the journal already: report, don't fail it
                 logger.warning("compacting %s failed; will retry", self.path, exc_info=True)
 
     def compact(self) -> None:
         """Fold the journal into the snapshot now, so the JSON file is current."""
-        self._after_pending(self._locked(), lambda _records: self._compact())
+        self._after_pending(self._locked(), lambda _records: self._journal.fold())
 
     def close(self) -> None:
         """Write what is pending, give the leases' spare back, and let go of the files.
@@ -442,7 +405,7 @@ class FileStore(RecordStore):
         finally:
             with self._mutex:
                 self._closed = True
-                self._close_journal()
+                self._journal.close()
                 self._file_lock.close()
         _STORES_WITH_PENDING.discard(self)
 
@@ -456,417 +419,9 @@ class FileStore(RecordStore):
         if self._closed:
             raise self._closed_error()
         if os.getpid() != self._pid:  # forked: locks, files and deferred charges are the parent's
-            self._close_journal()
+            self._journal.close()
             self._file_lock.close()
             self._reset_process_state()
 
     def _closed_error(self) -> StoreError:
         return StoreError(f"store {str(self.path)!r} is closed")
-
-    def _catch_up(self) -> None:
-        """Bring the in-memory records up to what is on disk. Runs under the lock.
-
-        One ``fstat`` of the open journal tells it all: more bytes are lines other processes
-        appended; no link left means a compaction replaced it (or someone deleted it), so the
-        records are read again from the new snapshot and journal.
-        """
-        try:
-            if self._journal_fd is None:
-                self._reload()
-                return
-            journal = os.fstat(self._journal_fd)
-            if journal.st_nlink == 0 or journal.st_size < self._offset:
-                self._reload()
-            elif journal.st_size > self._offset:
-                self._replay(journal.st_size)
-        except BaseException:
-            self._forget()
-            raise
-
-    def _forget(self) -> None:
-        """Drop what is loaded (it may be half read): the next operation starts over."""
-        self._close_journal()
-        self._records, self._calls = {}, {}
-
-    def _stat_snapshot(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _reload(self) -> None:
-        self._records, self._calls = {}, {}
-        self._snapshot_id = self._stat_snapshot()
-        if self._snapshot_id is not None:
-            for user, record in self._load_snapshot().items():
-                self._apply(user, record)
-        size = self._open_journal()
-        self._offset = 0
-        self._replay(size)
-
-    def _open_journal(self) -> int:
-        """(Re)open the journal file at its path; returns its size."""
-        self._close_journal()
-        try:
-            self._journal_fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot open journal {str(self.journal_path)!r}: {exc}") from exc
-        return os.fstat(self._journal_fd).st_size
-
-    def _close_journal(self) -> None:
-        if self._journal_fd is not None:
-            os.close(self._journal_fd)
-        self._journal_fd = None
-
-    def _load_snapshot(self) -> dict[str, UserRecord]:
-        where = f"store file {str(self.path)!r}"
-        try:
-            raw = json.loads(self.path.read_bytes() or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreCorruptError(f"{where} is not valid JSON ({exc}); it was left untouched") from exc
-        if not isinstance(raw, dict):
-            raise StoreCorruptError(
-                f"{where} must hold an object of users, not {type(raw).__name__}; it was left untouched"
-            )
-        try:
-            return {budget.check_user(u): budget.check_record(u, r) for u, r in raw.items()}
-        except ConfigurationError as exc:
-            raise StoreCorruptError(f"{where}: {exc}; it was left untouched") from exc
-
-    def _replay(self, size: int) -> None:
-        assert self._journal_fd is not None
-        data = os.pread(self._journal_fd, size - self._offset, self._offset)
-        complete = data.rfind(b"\n") + 1
-        for number, line in enumerate(data[:complete].splitlines()):
-            try:
-                entry = json.loads(line)
-                user = budget.check_user(entry["u"])
-                record = _replayed_record(user, entry, self._records.get(user))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise StoreCorruptError(
-                    f"journal {str(self.journal_path)!r} has a bad entry at byte "
-                    f"{self._offset} (+{number} lines): {exc}; it was left untouched"
-                ) from exc
-            self._apply(user, record)
-        self._offset += complete
-        if complete < len(data):  # a writer died mid-line; we hold the lock, so it is gone
-            os.ftruncate(self._journal_fd, self._offset)
-
-    def _apply(self, user: str, record: UserRecord | None) -> None:
-        old = self._records.get(user)
-        if old is not None:
-            for call_id in old.get("reservations", {}):
-                self._calls.pop(call_id, None)
-        if record is None:
-            self._records.pop(user, None)
-            return
-        self._records[user] = record
-        for call_id in record.get("reservations", {}):
-            self._calls[call_id] = user
-
-    # -- writing -------------------------------------------------------------------------
-
-    def _append(self, lines: bytes) -> None:
-        assert self._journal_fd is not None
-        try:
-            written = os.write(self._journal_fd, lines)
-            if written != len(lines):
-                raise OSError(f"short write: {written} of {len(lines)} bytes")
-            if self.fsync:
-                os.fsync(self._journal_fd)
-        except OSError as exc:
-            os.ftruncate(self._journal_fd, self._offset)
-            raise StoreError(f"cannot write journal {str(self.journal_path)!r}: {exc}") from exc
-        self._offset += len(lines)
-
-    def _snapshot_size(self) -> int:
-        return 0 if self._snapshot_id is None else self._snapshot_id[2]
-
-    def _compact(self) -> None:
-        """Write all records as a new snapshot, then start an empty journal.
-
-        Compactions replace the journal, which is how other processes notice them, so the
-        snapshot only changes under us if a person edited it: that edit is read (and a file
-        we cannot read refused) before anything overwrites it.
-        """
-        if self._stat_snapshot() != self._snapshot_id:
-            try:
-                self._reload()
-            except BaseException:
-                self._forget()
-                raise
-        # One user a line: readable, and encoded by json's C encoder (indent= is pure Python).
-        lines = ",\n".join(f" {json.dumps(u)}: {json.dumps(r, allow_nan=False)}" for u, r in self._records.items())
-        self._write_atomically(self.path, f"{{\n{lines}\n}}\n".encode())
-        self._snapshot_id = self._stat_snapshot()
-        self._write_atomically(self.journal_path, b"")
-        self._open_journal()
-        self._offset = 0
-
-    def _write_atomically(self, target: Path, data: bytes) -> None:
-        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(temp, "wb") as out:
-                out.write(data)
-                out.flush()
-                if self.fsync:  # a killed process cannot lose what is in the page cache
-                    os.fsync(out.fileno())
-            os.replace(temp, target)
-        except OSError as exc:
-            temp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write {str(target)!r}: {exc}") from exc
-
-
-def _journal_entry(
-    user: str, old: UserRecord | None, new: UserRecord | None, now: float
-) -> tuple[dict[str, Any], UserRecord | None]:
-    """The journal line for one change, and the record that replaying it gives.
-
-    A record remembers up to 256 charged call ids; writing them all on every change would
-    make a line ~10 KB, and encoding it would cost more than the rest of the change. When the
-    new ids are the old ones as :func:`budget.recent_applied` keeps them at ``now`` plus some
-    appended, the line holds ``now`` and the appended ids only. Replaying it twice (after a
-    crash during a compaction) sets the same spend and holds, and at worst remembers an id
-    for longer.
-    """
-    if new is None or old is None or not old.get("applied"):
-        return {"u": user, "r": new}, new
-    applied = new.get("applied", {})
-    kept = budget.recent_applied(old.get("applied", {}), now)
-    appended: dict[str, float] = {}
-    replayed = kept
-    if applied is not kept:
-        appended = dict(itertools.islice(applied.items(), len(kept), None))
-        replayed = {**kept, **appended}
-        if list(replayed.items()) != list(applied.items()):  # order too: prunes go by position
-            return {"u": user, "r": new}, new  # not a prune plus appends (an import, a put)
-    slim = {k: v for k, v in new.items() if k != "applied"}
-    record = cast(UserRecord, {**slim, "applied": replayed} if replayed else slim)
-    return {"u": user, "r": slim, "t": now, "a": appended}, record
-
-
-def _replayed_record(user: str, entry: dict[str, Any], old: UserRecord | None) -> UserRecord | None:
-    """The record a journal line (see :func:`_journal_entry`) gives, checked."""
-    raw = entry["r"]
-    if raw is None:
-        return None
-    if "t" in entry:
-        appended = entry["a"]
-        if not isinstance(raw, dict) or not isinstance(appended, dict):
-            raise TypeError("a journal line's record and appended call ids must be objects")
-        now = budget.check_amount("journal time", entry["t"])
-        kept = {} if old is None else budget.recent_applied(old.get("applied", {}), now)
-        raw = {**raw, "applied": {**kept, **appended}}
-    return budget.check_record(user, raw)
-
-
-class _Deferred(NamedTuple):
-    user: str
-    change: Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]
-    then: Callable[[UserRecord], None] | None
-    call_id: str | None
-
-
-# A lease gives back its spare once its user has not been called for this long...
-LEASE_IDLE_SECONDS = 0.05
-# ...and gets spare only for a user called for again within this long.
-LEASE_HOT_SECONDS = 1.0
-# A lease's spare is held this much longer than a call's lease, so that calls admitted from it
-# meanwhile are held for all of theirs; rewritten once half of this is used.
-LEASE_HORIZON_SECONDS = 5.0
-
-
-class _Lease:
-    """This process's hold for one user's calls, under one reservation id in the file.
-
-    The file holds ``in_flight + spare``: the calls admitted and not yet ended, and spare
-    from which the next calls are admitted without a write. Whatever changes, the file
-    never holds less than that: spare is given up here before the file is told, and taken
-    here only after the file holds it, and only for a call the file holds long enough (so a
-    process that cannot write stops admitting from spare). Each call keeps its own expiry,
-    as a reservation does; spare is held :data:`LEASE_HORIZON_SECONDS` beyond a lease.
-    """
-
-    def __init__(self, ttl: float) -> None:
-        self.hold_id = f"lease-{uuid.uuid4().hex}"
-        self.ttl = ttl
-        self.calls: dict[str, tuple[float, float]] = {}  # call id -> (amount, expires_at)
-        self.in_flight = 0.0
-        self.spare = 0.0
-        self.last_used = -math.inf  # time.monotonic() of the last call admitted
-        self.written_until = -math.inf  # the expiry of the hold last written to the file
-        self.writing_until: float | None = None  # ... and of one being written now
-
-    def take(self, call_id: str, amount: float, expires_at: float) -> bool:
-        if amount > self.spare or expires_at > self.written_until:
-            return False
-        self.spare -= amount
-        self.add(call_id, amount, expires_at)
-        return True
-
-    def add(self, call_id: str, amount: float, expires_at: float) -> None:
-        self.calls[call_id] = (amount, expires_at)
-        self.in_flight += amount
-        self.last_used = time.monotonic()
-
-    def drop(self, call_id: str) -> None:
-        amount, _ = self.calls.pop(call_id, (0.0, 0.0))
-        self.in_flight = max(0.0, self.in_flight - amount) if self.calls else 0.0
-
-    def expires_at(self, now: float, spare: bool) -> float:
-        """When the file's hold may lapse: with its last call, or, with spare, long enough for
-        the calls admitted from it in the next :data:`LEASE_HORIZON_SECONDS`."""
-        last_call = max((expires_at for _, expires_at in self.calls.values()), default=now)
-        return max(last_call, now + self.ttl + LEASE_HORIZON_SECONDS) if spare else last_call
-
-    def expire(self, now: float) -> list[str]:
-        """Drop the calls whose hold has lapsed (a stream abandoned, say), as a reservation would."""
-        lapsed = [call_id for call_id, (_, expires_at) in self.calls.items() if expires_at <= now]
-        for call_id in lapsed:
-            self.drop(call_id)
-        return lapsed
-
-
-def _notify(charged: list[tuple[_Deferred, UserRecord]]) -> None:
-    """Tell the callers of charge_later their charges were made (after the lock is let go)."""
-    for item, record in charged:
-        if item.then is not None:
-            try:
-                item.then(record)
-            except Exception:
-                logger.exception("a charge_later callback failed")
-
-
-# Stores with changes not yet written (deferred charges, lease holds), kept alive (a store
-# dropped with charges pending still applies them) and flushed at exit.
-_STORES_WITH_PENDING: set[FileStore] = set()
-# A deferred charge waits at most this long once calls stop coming...
-FLUSH_DELAY_SECONDS = 0.05
-# ...or this long after a busy spell. Each wake of the flusher costs the calling thread
-# milliseconds (it competes for the GIL around the store's system calls), so while calls
-# keep applying the charges themselves it wakes less and less often, up to this.
-_MAX_FLUSH_DELAY_SECONDS = 1.0
-
-
-def _flush_soon(ref: weakref.ref[FileStore]) -> None:
-    """A store's flusher: applies deferred charges nobody applied in time, until none is left."""
-    delay = FLUSH_DELAY_SECONDS
-    while True:
-        time.sleep(delay)
-        store = ref()
-        if store is None:
-            return
-        with store._deferred_lock:
-            idle = store._pending_since is None
-            if store._closed or (idle and delay >= _MAX_FLUSH_DELAY_SECONDS):
-                store._flusher = None  # starting a thread costs more than waking one: linger
-                return
-            waited = 0.0 if store._pending_since is None else time.monotonic() - store._pending_since
-        if waited < FLUSH_DELAY_SECONDS:  # none, or calls are applying them: come back later
-            delay = min(2 * delay, _MAX_FLUSH_DELAY_SECONDS)
-            continue
-        try:
-            store.flush()
-            delay = FLUSH_DELAY_SECONDS
-        except Exception:  # the flusher must outlive a bad moment of the disk (StoreError or not)
-            logger.warning("applying deferred charges to %s failed; will retry", store.path, exc_info=True)
-            delay = min(2 * delay, _MAX_FLUSH_DELAY_SECONDS)
-        del store
-
-
-_exit_flush_pid = 0
-
-
-def _flush_when_this_process_ends() -> None:
-    """Also flush when a multiprocessing child ends: it leaves with os._exit, past atexit, and
-    runs only finalizers registered in it (the parent's are cleared when it starts)."""
-    global _exit_flush_pid
-    if _exit_flush_pid != os.getpid():
-        _exit_flush_pid = os.getpid()
-        multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    for store in list(_STORES_WITH_PENDING):
-        if not store.path.parent.is_dir():  # removed with its folder: nothing left to write to
-            if store._deferred:
-                logger.warning("exiting: the folder of %s is gone, and its deferred charges with it", store.path)
-            continue
-        try:
-            store._own_process()  # a forked child: its parent's locks and leases are not its own
-            with store._mutex:  # an admit under way installs its lease first
-                store._give_back()
-                store.flush()
-        except Exception:
-            logger.exception("exiting: deferred charges to %s lost", store.path)
-
-
-class _Locked:
-    """Holds the thread mutex and the file lock, and catches up with the disk on entry."""
-
-    def __init__(self, store: FileStore) -> None:
-        self.store = store
-
-    def __enter__(self) -> None:
-        store = self.store
-        store._mutex.acquire()
-        try:
-            store._file_lock.acquire(store.lock_timeout)
-        except filelock.Timeout as exc:
-            store._mutex.release()
-            raise StoreLockTimeout(
-                f"lock {str(store.lock_path)!r} not obtained within {store.lock_timeout} s; nothing was changed"
-            ) from exc
-        except BaseException:
-            store._mutex.release()
-            raise
-        try:
-            store._catch_up()
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.store._file_lock.release()
-        finally:
-            self.store._mutex.release()
-
-
-class _ProcessLock:
-    """The store's inter-process lock: ``flock`` on the ``.lock`` file.
-
-    The uncontended case is one ``flock`` call on a descriptor kept open (about 1 µs; a
-    ``filelock`` acquire and release costs about 50 µs here, twice per guarded call). When
-    another process holds the lock, ``filelock`` does the waiting, with its timeout. Both
-    lock the same file the same way, so any ``filelock.FileLock`` on the path excludes us.
-    Used under the store's thread mutex, so it is never taken twice in one process.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        # Poll often: a holder keeps the lock for one appended line, not the 50 ms default.
-        self._waiter = filelock.FileLock(path, thread_local=False, poll_interval=0.0005)
-        self._waited = False
-
-    def acquire(self, timeout: float) -> None:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._waited = False
-        except BlockingIOError:
-            self._waiter.acquire(timeout=timeout)
-            self._waited = True
-
-    def release(self) -> None:
-        if self._waited:
-            self._waiter.release()
-        else:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = -1

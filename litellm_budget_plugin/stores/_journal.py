@@ -1,0 +1,349 @@
+"""The files of a :class:`~litellm_budget_plugin.stores.file.FileStore` and the records they give.
+
+- ``user_cost.json``: a snapshot, ``{user: record}`` as LiteLLM writes it (readable by people
+  and by LiteLLM's own BudgetManager). Replaced atomically (temp file + ``os.replace``).
+- ``user_cost.json.journal``: one JSON line per change since the snapshot, each holding the
+  user's new record (its remembered call ids as a delta, see :func:`_journal_entry`). Replaying
+  a line twice gives the same spend and holds, so a crash between writing a snapshot and
+  starting a new journal loses and doubles nothing.
+
+A change is one appended line, so its cost does not grow with the number of users; each
+process keeps the records in memory and reads only the lines other processes appended since
+its last look (one ``fstat`` of the open journal tells). When the journal outgrows the
+snapshot, the writer folds it into a new snapshot and journal; the old journal, unlinked, tells
+the other processes to reload. A torn last line (a writer killed mid-write) is cut off by the
+next writer, under the lock.
+
+Opening reads the snapshot and the journal without the lock (:meth:`Journal.load_unlocked`),
+and so does a process that finds the journal folded by another one: the lock is then held only
+to read the lines appended meanwhile, so processes opening a store at once never wait on each
+other's reading. The journal is folded once it outgrows :data:`MIN_JOURNAL_BYTES` and the
+snapshot, so reading it never costs much more than reading the snapshot; and on the first
+write when there is no snapshot yet, so that ``user_cost.json`` exists from then on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, cast
+
+from .. import budget
+from ..budget import UserRecord
+from ..errors import ConfigurationError, StoreCorruptError, StoreError
+
+# Built once: json.dumps with any option set builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# The journal is folded into the snapshot once it is larger than both of these.
+MIN_JOURNAL_BYTES = 256 * 1024
+# A journal folded while it is read without the lock is read again, up to this many times in
+# all; after that the lock holder reads it.
+_UNLOCKED_LOAD_ATTEMPTS = 3
+
+
+class Journal:
+    """This process's copy of a store's records, and the snapshot and journal they come from.
+
+    Every method runs under the store's thread mutex, and all but :meth:`load_unlocked`
+    under its file lock too.
+    """
+
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.path = path
+        self.journal_path = path.with_name(path.name + ".journal")
+        self.fsync = fsync
+        self.records: dict[str, UserRecord] = {}
+        self.calls: dict[str, str] = {}  # call id of a reservation -> its user
+        self._fd: int | None = None
+        self._snapshot_id: tuple[int, int, int] | None = None
+        self._offset = 0
+        # The last line read without the lock and where it starts: checked, under the lock,
+        # to be still there (a failed or torn write is cut off under the lock, and a reader
+        # without it may have seen its lines).
+        self._unverified: tuple[int, bytes] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._fd is not None
+
+    def load_unlocked(self) -> None:
+        """Read the snapshot and the journal without the lock; :meth:`catch_up` then reads,
+        under the lock, only the lines appended meanwhile.
+
+        The journal's file is opened before the snapshot is read: a fold writes the snapshot
+        before it replaces the journal, so the snapshot read is the journal's own, or a newer
+        one that already holds the journal's lines (replayed onto it, they change nothing,
+        and the journal is then found replaced). A journal that does not exist yet is created
+        once the snapshot has been read. Either way the copy is kept only if, once read, the
+        journal is still linked and the snapshot still the one read; else it is read again.
+        Whatever goes wrong leaves nothing loaded, and the lock holder reads it all (and
+        reports the problem).
+        """
+        for _ in range(_UNLOCKED_LOAD_ATTEMPTS):
+            try:
+                self._reload(locked=False)
+                assert self._fd is not None
+                if os.fstat(self._fd).st_nlink and self._stat_snapshot() == self._snapshot_id:
+                    return
+            except Exception:  # read again under the lock, which reports it
+                break
+        self.forget()
+
+    def catch_up(self, may_defer: bool = False) -> bool:
+        """Bring the records up to what is on disk, under the lock.
+
+        One ``fstat`` of the open journal tells it all: more bytes are lines other processes
+        appended; no link left means a compaction replaced it (or someone deleted it), so the
+        records are read again from the new snapshot and journal; with ``may_defer``, not
+        here: this returns False and the caller reads them without the lock
+        (:meth:`load_unlocked`) and comes back.
+        """
+        try:
+            if self._fd is not None:
+                journal = os.fstat(self._fd)
+                if (
+                    journal.st_nlink
+                    and journal.st_size >= self._offset
+                    and (self._unverified is None or self._still_there())
+                ):
+                    if journal.st_size > self._offset:
+                        self._replay(journal.st_size)
+                    return True
+            if may_defer:
+                self.forget()
+                return False
+            self._reload()
+            return True
+        except BaseException:
+            self.forget()
+            raise
+
+    def _still_there(self) -> bool:
+        """Whether the last line read without the lock is still in the journal (checked once)."""
+        assert self._fd is not None and self._unverified is not None
+        start, line = self._unverified
+        self._unverified = None
+        return os.pread(self._fd, len(line), start) == line
+
+    def forget(self) -> None:
+        """Drop what is loaded (it may be half read): the next operation starts over."""
+        self.close()
+        self.records, self.calls = {}, {}
+        self._unverified = None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+
+    def write(self, working: dict[str, UserRecord | None], now: float) -> bool:
+        """Append the records of ``working`` that changed, in one write, then make them the
+        loaded ones. Whether anything was written; on StoreError nothing was."""
+        lines, replayed = [], {}
+        for user, new in working.items():
+            old = self.records.get(user)
+            if new is not old:
+                entry, replayed[user] = _journal_entry(user, old, new, now)
+                lines.append(_ENCODER.encode(entry))
+        if not lines:
+            return False
+        self._append(("\n".join(lines) + "\n").encode())
+        for user, record in replayed.items():
+            self._apply(user, record)  # what other processes will read, to the call id order
+        return True
+
+    def fold_due(self) -> bool:
+        """Whether to fold now: the journal outgrew the snapshot, or there is no snapshot yet
+        (a new store: the JSON file exists from its first write on)."""
+        return self._snapshot_id is None or self._offset > max(MIN_JOURNAL_BYTES, self._snapshot_id[2])
+
+    def fold(self) -> None:
+        """Write all records as a new snapshot, then start an empty journal.
+
+        Compactions replace the journal, which is how other processes notice them, so the
+        snapshot only changes under us if a person edited it: that edit is read (and a file
+        we cannot read refused) before anything overwrites it.
+        """
+        if self._stat_snapshot() != self._snapshot_id:
+            try:
+                self._reload()
+            except BaseException:
+                self.forget()
+                raise
+        # One user a line: readable, and encoded by json's C encoder (indent= is pure Python).
+        lines = ",\n".join(f" {json.dumps(u)}: {json.dumps(r, allow_nan=False)}" for u, r in self.records.items())
+        self._write_atomically(self.path, f"{{\n{lines}\n}}\n".encode())
+        self._snapshot_id = self._stat_snapshot()
+        self._write_atomically(self.journal_path, b"")
+        self._open()
+        self._offset = 0
+
+    def _stat_snapshot(self) -> tuple[int, int, int] | None:
+        try:
+            return _file_id(os.stat(self.path))
+        except FileNotFoundError:
+            return None
+
+    def _reload(self, locked: bool = True) -> None:
+        """Read the records again: the journal's file first, then the snapshot (see
+        :meth:`load_unlocked` for why in this order), then the journal's lines."""
+        self.records, self.calls = {}, {}
+        self._unverified = None
+        self._open(create=False)
+        self._snapshot_id, snapshot = self._load_snapshot()
+        for user, record in snapshot.items():
+            self._apply(user, record)
+        if self._fd is None:
+            self._open(create=True)  # only now: a snapshot that cannot be read was refused, nothing created
+        self._offset = 0
+        assert self._fd is not None
+        self._replay(os.fstat(self._fd).st_size, locked)
+
+    def _open(self, create: bool = True) -> None:
+        """(Re)open the journal file at its path; one that does not exist is left closed unless ``create``."""
+        self.close()
+        try:
+            self._fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+        except OSError as exc:
+            if create or not isinstance(exc, FileNotFoundError):
+                raise StoreError(f"cannot open journal {str(self.journal_path)!r}: {exc}") from exc
+
+    def _load_snapshot(self) -> tuple[tuple[int, int, int] | None, dict[str, UserRecord]]:
+        """The snapshot's identity (inode, mtime, size) and records, read from one open file."""
+        where = f"store file {str(self.path)!r}"
+        try:
+            with open(self.path, "rb") as file:
+                snapshot_id, data = _file_id(os.fstat(file.fileno())), file.read()
+        except FileNotFoundError:
+            return None, {}
+        except OSError as exc:
+            raise StoreError(f"cannot read {where}: {exc}") from exc
+        try:
+            raw = json.loads(data or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreCorruptError(f"{where} is not valid JSON ({exc}); it was left untouched") from exc
+        if not isinstance(raw, dict):
+            raise StoreCorruptError(
+                f"{where} must hold an object of users, not {type(raw).__name__}; it was left untouched"
+            )
+        try:
+            return snapshot_id, {budget.check_user(u): budget.check_record(u, r) for u, r in raw.items()}
+        except ConfigurationError as exc:
+            raise StoreCorruptError(f"{where}: {exc}; it was left untouched") from exc
+
+    def _replay(self, size: int, locked: bool = True) -> None:
+        """Apply the journal's complete lines up to ``size``; under the lock, cut off a torn
+        last line (its writer died: the lock was let go with it)."""
+        assert self._fd is not None
+        data = os.pread(self._fd, size - self._offset, self._offset)
+        complete = data.rfind(b"\n") + 1
+        for number, line in enumerate(data[:complete].splitlines()):
+            try:
+                entry = json.loads(line)
+                user = budget.check_user(entry["u"])
+                record = _replayed_record(user, entry, self.records.get(user))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreCorruptError(
+                    f"journal {str(self.journal_path)!r} has a bad entry at byte "
+                    f"{self._offset} (+{number} lines): {exc}; it was left untouched"
+                ) from exc
+            self._apply(user, record)
+        if not locked and complete:
+            start = data.rfind(b"\n", 0, complete - 1) + 1
+            self._unverified = (self._offset + start, data[start:complete])
+        self._offset += complete
+        if locked and complete < len(data):
+            os.ftruncate(self._fd, self._offset)
+
+    def _apply(self, user: str, record: UserRecord | None) -> None:
+        old = self.records.get(user)
+        if old is not None:
+            for call_id in old.get("reservations", {}):
+                self.calls.pop(call_id, None)
+        if record is None:
+            self.records.pop(user, None)
+            return
+        self.records[user] = record
+        for call_id in record.get("reservations", {}):
+            self.calls[call_id] = user
+
+    def _append(self, lines: bytes) -> None:
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, lines)
+            if written != len(lines):
+                raise OSError(f"short write: {written} of {len(lines)} bytes")
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            os.ftruncate(self._fd, self._offset)
+            raise StoreError(f"cannot write journal {str(self.journal_path)!r}: {exc}") from exc
+        self._offset += len(lines)
+
+    def _write_atomically(self, target: Path, data: bytes) -> None:
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(temp, "wb") as out:
+                out.write(data)
+                out.flush()
+                if self.fsync:  # a killed process cannot lose what is in the page cache
+                    os.fsync(out.fileno())
+            os.replace(temp, target)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {str(target)!r}: {exc}") from exc
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _journal_entry(
+    user: str, old: UserRecord | None, new: UserRecord | None, now: float
+) -> tuple[dict[str, Any], UserRecord | None]:
+    """The journal line for one change, and the record that replaying it gives.
+
+    A record remembers up to 256 charged call ids; writing them all on every change would
+    make a line ~10 KB, and encoding it would cost more than the rest of the change. When the
+    new ids are the old ones as :func:`budget.recent_applied` keeps them at ``now`` plus some
+    appended, the line holds ``now`` and the appended ids only. Replaying it twice (after a
+    crash during a compaction) sets the same spend and holds, and at worst remembers an id
+    for longer.
+    """
+    if new is None or old is None or not old.get("applied"):
+        return {"u": user, "r": new}, new
+    applied = new.get("applied", {})
+    kept = budget.recent_applied(old.get("applied", {}), now)
+    appended: dict[str, float] = {}
+    replayed = kept
+    if applied is not kept:
+        appended = dict(itertools.islice(applied.items(), len(kept), None))
+        replayed = {**kept, **appended}
+        if list(replayed.items()) != list(applied.items()):  # order too: prunes go by position
+            return {"u": user, "r": new}, new  # not a prune plus appends (an import, a put)
+    slim = {k: v for k, v in new.items() if k != "applied"}
+    record = cast(UserRecord, {**slim, "applied": replayed} if replayed else slim)
+    return {"u": user, "r": slim, "t": now, "a": appended}, record
+
+
+def _replayed_record(user: str, entry: dict[str, Any], old: UserRecord | None) -> UserRecord | None:
+    """The record a journal line (see :func:`_journal_entry`) gives, checked.
+
+    Of the remembered call ids, only those the line appends are checked: the others are the
+    previous record's, checked when it was read (checking up to 256 ids a line was most of
+    the cost of replaying a journal).
+    """
+    raw = entry["r"]
+    if raw is None or "t" not in entry:
+        return None if raw is None else budget.check_record(user, raw)
+    appended = entry["a"]
+    if not isinstance(raw, dict) or not isinstance(appended, dict):
+        raise TypeError("a journal line's record and appended call ids must be objects")
+    now = budget.check_amount("journal time", entry["t"])
+    record = budget.check_record(user, {**raw, "applied": appended})
+    kept = {} if old is None else budget.recent_applied(old.get("applied", {}), now)
+    if kept:
+        record["applied"] = {**kept, **record.get("applied", {})}
+    return record
