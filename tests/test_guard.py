@@ -453,23 +453,6 @@ def test_global_budget_is_shared_through_the_store(tmp_path, register) -> None:
         completion(model="gpt-4", messages=MESSAGES, mock_response="hi")
 
 
-# --- the sync hook ----------------------------------------------------------------------------
-
-
-def test_guard_refuses_to_start_when_sync_hook_is_off_the_call_path(monkeypatch, manager) -> None:
-    from litellm_budget_plugin import guard as guard_module
-
-    def bypass(*args: Any, **kwargs: Any) -> Any:
-        return original(*args, **kwargs)
-
-    original = litellm.utils.function_setup.__wrapped__
-    bypass.__budget_guard__ = True  # type: ignore[attr-defined]  # looks installed, is not
-    monkeypatch.setattr(litellm.utils, "function_setup", bypass)
-    monkeypatch.setattr(guard_module, "_installed", False)
-    with pytest.raises(GuardInstallError, match="sync calls would not be checked"):
-        BudgetGuard(manager)
-
-
 def test_guard_demo_example_refuses_once_the_budget_is_spent(tmp_path) -> None:
     import subprocess
     import sys
