@@ -36,13 +36,9 @@ class BudgetExceededError(LiteLLMBudgetExceededError):
             f"Budget exceeded for user {user!r}: spent ${spend:.6f} of ${budget:.6f}{held}; "
             f"this call is estimated at ${estimate:.6f}"
         )
-        super().__init__(
-            current_cost=spend,
-            max_budget=budget,
-            message=message,
-            entity_type="user",
-            entity_id=user,
-        )
+        super().__init__(current_cost=spend, max_budget=budget, message=message)
+        self.entity_type = "user"  # litellm's own fields, which its constructor takes only from about 1.81 on
+        self.entity_id = user
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.user, self.spend, self.budget, self.estimate, self.reserved))

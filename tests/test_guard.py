@@ -16,7 +16,7 @@ from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
 from litellm import completion  # imported before any guard exists: must still be guarded
 
 from litellm_budget_plugin import BudgetExceededError, BudgetManager, FileStore, StoreLockTimeout
-from litellm_budget_plugin.guard import GLOBAL_USER, BudgetGuard, GuardInstallError
+from litellm_budget_plugin.guard import GLOBAL_USER, BudgetGuard
 
 MODEL = "openai/gpt-4o-mini"
 IN_PRICE, OUT_PRICE = 1.5e-7, 6e-7
@@ -48,6 +48,15 @@ async def async_wait_until(condition: Callable[[], bool], timeout: float = 10.0)
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.01)
+
+
+async def litellm_logging_worker_idle() -> None:
+    """litellm 1.80's asyncio.run can hang at exit if its logging worker is busy then (a race in
+    cancelling it): let the worker finish the success events of the calls made."""
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    queue = getattr(GLOBAL_LOGGING_WORKER, "_queue", None)
+    await async_wait_until(lambda: getattr(queue, "_unfinished_tasks", 0) == 0)
 
 
 def spend(manager: BudgetManager, user: str) -> float:
@@ -257,14 +266,19 @@ def test_abandoned_stream_holds_only_until_its_lease(server, manager, register) 
     assert record is not None and not record.get("reservations") and record["current_cost"] == 0.0
 
 
-def test_stream_cut_midway_is_not_charged_and_frees_its_hold(server, manager, register) -> None:
+def test_stream_cut_midway_frees_its_hold(server, manager, register) -> None:
+    """Newer litellm raises its mid-stream error and nothing is charged; up to about 1.95 the
+    stream ends quietly and its success event charges what was streamed."""
     manager.create_budget(1.0, "alice")
     register(BudgetGuard(manager))
     server.cut_streams = 1
-    with pytest.raises(Exception):  # noqa: B017 - litellm raises its own mid-stream error type
+    try:
         list(call(server, user="alice", stream=True))
+        raised = False
+    except Exception:  # litellm's own mid-stream error type
+        raised = True
     wait_until(lambda: not manager.store.get("alice").get("reservations"))  # type: ignore[union-attr]
-    assert spend(manager, "alice") == 0.0
+    assert spend(manager, "alice") == 0.0 if raised else spend(manager, "alice") > 0
 
 
 def test_router_fallback_charges_each_billed_attempt_once(server, manager, register) -> None:
@@ -368,6 +382,7 @@ def test_strict_mode_admits_no_more_than_the_budget_covers_tasks(server, manager
     async def go(count: int) -> list[bool]:
         results = list(await asyncio.gather(*(one() for _ in range(count))))
         await async_wait_until(lambda: not manager.store.get("alice").get("reservations"))  # type: ignore[union-attr]
+        await litellm_logging_worker_idle()
         return results
 
     race_calls(server, manager, lambda count: asyncio.run(go(count)))
