@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import filelock
 import litellm
 import pytest
+from conftest import wait_until
 from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
 from litellm import completion  # imported before any guard exists: must still be guarded
 
@@ -23,22 +24,6 @@ IN_PRICE, OUT_PRICE = 1.5e-7, 6e-7
 SERVER_COST = PROMPT_TOKENS * IN_PRICE + COMPLETION_TOKENS * OUT_PRICE
 MESSAGES = [{"role": "user", "content": "hi"}]
 PROMPT_TOKENS_ESTIMATE = litellm.token_counter(model="gpt-4o-mini", messages=MESSAGES)
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI().start()
-    yield fake
-    fake.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """litellm runs sync success callbacks on its logging thread after the call returns."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 async def async_wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

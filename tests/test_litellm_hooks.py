@@ -11,14 +11,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import litellm
 import litellm.utils
 import pytest
+from conftest import wait_until
 from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
 
 from litellm_budget_plugin import BudgetExceededError, BudgetStore, FileStore, hooks
@@ -27,21 +26,6 @@ from litellm_budget_plugin.guard import BudgetGuard, GuardInstallError
 MODEL = "openai/gpt-4o-mini"
 SERVER_COST = PROMPT_TOKENS * 1.5e-7 + COMPLETION_TOKENS * 6e-7
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI().start()
-    yield fake
-    fake.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 def acall(server: FakeOpenAI, **kwargs: Any) -> Any:
@@ -91,6 +75,15 @@ def test_guard_refuses_to_start_on_an_old_litellm_and_changes_nothing(monkeypatc
     with pytest.raises(GuardInstallError, match=r"litellm 1\.79\.3 is too old"):
         BudgetGuard(manager)
     assert (litellm.utils.function_setup, litellm.utils.update_response_metadata) == before  # type: ignore[attr-defined]
+
+
+def test_litellm_without_package_metadata_is_refused_naming_where_it_came_from(monkeypatch) -> None:
+    def no_metadata(name: str) -> str:
+        raise hooks.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(hooks.metadata, "version", no_metadata)
+    with pytest.raises(GuardInstallError, match=r"cannot tell which litellm is installed .*litellm>=1\.80"):
+        hooks.litellm_version()
 
 
 # --- the start-up probe -------------------------------------------------------------------------
