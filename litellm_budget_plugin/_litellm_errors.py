@@ -21,6 +21,6 @@ class BudgetExceededError(BudgetRefusal, LiteLLMBudgetExceededError):
             current_cost=spend,
             max_budget=budget,
             message=self._refuse(user, spend, budget, estimate, reserved),
-            entity_type="user",
-            entity_id=user,
         )
+        self.entity_type = "user"  # litellm's own fields, which its constructor takes only from about 1.81 on
+        self.entity_id = user

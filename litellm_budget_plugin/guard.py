@@ -3,16 +3,16 @@
 ``litellm.callbacks.append(BudgetGuard(...))`` is the whole integration. Before a call that
 carries ``user=`` reaches the provider, the guard reserves the call's worst-case cost in the
 store (refusing with :class:`BudgetExceededError` when it does not fit); when the call succeeds
-it charges the actual cost in place of the hold, and on failure it releases the hold. A sync
-call is charged as litellm hands back its response (see
-:func:`_settling_update_response_metadata`), streams and async calls by litellm's success events.
+it charges the actual cost in place of the hold, and on failure it releases the hold. A call is
+charged as litellm hands back its response (see :mod:`.hooks`), a stream by litellm's success
+event when it ends.
 
 Async calls are stopped in litellm's ``async_pre_call_deployment_hook``. litellm gives
-callbacks no veto over sync calls, so the guard wraps ``litellm.utils.function_setup``, which
-litellm's ``@client`` wrapper looks up at call time for every sync entry point (also for
-functions imported before the guard existed, and for each sync Router attempt). That is
-private API: :func:`install_sync_hook` proves it is on the call path with a probe call and
-raises :class:`GuardInstallError` if not, so an upgrade never leaves calls silently unguarded.
+callbacks no veto over sync calls, so :func:`.hooks.install_sync_hook` wraps
+``litellm.utils.function_setup``, which litellm's ``@client`` wrapper looks up at call time for
+every sync entry point. That is private API: the hook is proved on the call path with a probe
+call, and :class:`GuardInstallError` raised if not, so an upgrade never leaves calls silently
+unguarded.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import litellm
-import litellm.utils
 from litellm.integrations.custom_logger import CustomLogger
-from litellm.types.utils import EmbeddingResponse, ModelResponse, TextCompletionResponse
 
 from . import budget, pricing
 from .budget import Mode, UserRecord
@@ -41,13 +39,13 @@ from .errors import (
     StoreError,
     UnknownUserError,
 )
+from .hooks import GuardInstallError as GuardInstallError  # raised by BudgetGuard(), imported from here
+from .hooks import install_sync_hook, off_the_loop
 from .manager import BudgetManager
 from .stores import BudgetStore, NewBudget, store_from_url
 
 logger = logging.getLogger(__name__)
 
-# The litellm versions whose internals (function_setup, the deployment hook) this is tested with.
-TESTED_LITELLM_VERSIONS = ">=1.110,<1.111"
 # The record that tracks litellm.max_budget, shared by every process using the store.
 GLOBAL_USER = "litellm.max_budget"
 DEFAULT_LEASE_SECONDS = 600.0
@@ -59,11 +57,6 @@ AlertHandler = Callable[[str, float, float], None]
 _CHAT_CALLS = frozenset({"completion", "acompletion"})
 _TEXT_CALLS = frozenset({"text_completion", "atext_completion"})
 _EMBEDDING_CALLS = frozenset({"embedding", "aembedding"})
-_ASYNC_FLAGS = ("acompletion", "aembedding", "atext_completion", "aimg_generation", "atranscription")
-
-
-class GuardInstallError(BudgetPluginError, RuntimeError):
-    """The sync-call hook is not on litellm's call path: calls would go unguarded."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +129,7 @@ class BudgetGuard(CustomLogger):
         self._holds: dict[str, list[_Hold]] = {}
         self._holds_lock = threading.Lock()
         self._global_budget_seen: float | None = None
-        install_sync_hook()
+        install_sync_hook(BudgetGuard)
 
     # -- admission -----------------------------------------------------------------------
 
@@ -284,148 +277,14 @@ class BudgetGuard(CustomLogger):
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        await asyncio.to_thread(self._settle, kwargs, response_obj, kwargs.get("response_cost"))
+        if kwargs.get("litellm_call_id") in self._holds:  # most calls were settled as they returned
+            await off_the_loop(self._settle, kwargs, response_obj, kwargs.get("response_cost"))
 
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        await asyncio.to_thread(self._release, kwargs)
+        await off_the_loop(self._release, kwargs)
 
 
 def _log_alert(user: str, spend: float, limit: float) -> None:
     logger.warning("user %r has spent $%.6f of a $%.6f budget", user, spend, limit)
-
-
-# --- the sync-call hook -----------------------------------------------------------------
-
-
-class _ProbeSeen(Exception):
-    """Raised by the hook for the start-up probe call: it proves the hook is on the path."""
-
-
-_PROBE_KEY = "__litellm_budget_plugin_probe__"
-_install_lock = threading.Lock()
-_installed = False
-
-
-def _guarded_function_setup(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def function_setup(original_function: str, rules_obj: Any, start_time: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original(original_function, rules_obj, start_time, *args, **kwargs)
-        if kwargs.get("is_async_call", True):
-            return result  # async calls are checked in async_pre_call_deployment_hook
-        _, call_kwargs = result
-        metadata = call_kwargs.get("metadata")
-        if isinstance(metadata, dict) and _PROBE_KEY in metadata:
-            raise _ProbeSeen
-        if any(call_kwargs.get(flag) is True for flag in _ASYNC_FLAGS):
-            return result
-        for callback in list(litellm.callbacks):
-            if isinstance(callback, BudgetGuard):
-                callback.check(original_function, call_kwargs, args)
-        return result
-
-    function_setup.__budget_guard__ = True  # type: ignore[attr-defined]
-    return function_setup
-
-
-_SETTLED_INLINE = (ModelResponse, EmbeddingResponse, TextCompletionResponse)
-
-
-def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Settle a finished sync call in the caller's thread, as litellm returns its response.
-
-    litellm's sync wrapper calls ``update_response_metadata`` (looked up at call time) once
-    the response is final and priced, just before it returns it. Charging there instead of in
-    ``log_success_event``, which litellm runs on its logging thread, means the spend is current
-    when ``completion()`` returns, and the logging thread never competes with the caller for
-    the store's lock. Streams are charged when they end, async calls by their async event. If
-    litellm stops calling this, the success event still settles the call (only later).
-    """
-
-    @functools.wraps(original)
-    def update_response_metadata(*args: Any, **kwargs: Any) -> Any:
-        outcome = original(*args, **kwargs)
-        result, call_kwargs = kwargs.get("result"), kwargs.get("kwargs")
-        # What log_success_event will be given: the call id, and the model without its provider.
-        details = getattr(kwargs.get("logging_obj"), "model_call_details", None)
-        if (
-            isinstance(result, _SETTLED_INLINE)
-            and isinstance(call_kwargs, dict)
-            and isinstance(details, dict)
-            and not call_kwargs.get("stream")
-            and not any(call_kwargs.get(flag) is True for flag in _ASYNC_FLAGS)
-            and not _in_event_loop()  # async calls: their async success event settles them off the loop
-        ):
-            for callback in list(litellm.callbacks):
-                if isinstance(callback, BudgetGuard):
-                    try:
-                        callback._settle(details, result, _hidden_cost(result))
-                    except Exception:  # the call was served: never fail it here
-                        logger.exception(
-                            "settling call %s failed; its hold expires with its lease", details.get("litellm_call_id")
-                        )
-        return outcome
-
-    update_response_metadata.__budget_guard__ = True  # type: ignore[attr-defined]
-    return update_response_metadata
-
-
-def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _hidden_cost(result: Any) -> object:
-    params = getattr(result, "_hidden_params", None)
-    if isinstance(params, Mapping):
-        return params.get("response_cost")
-    return getattr(params, "response_cost", None)
-
-
-def install_sync_hook() -> None:
-    """Put the guard's check on litellm's sync call path, once, and prove it is there.
-
-    :raises GuardInstallError: the hook is not reached by ``litellm.completion``.
-    """
-    global _installed
-    with _install_lock:
-        if _installed:
-            return
-        current = litellm.utils.function_setup
-        if not getattr(current, "__budget_guard__", False):
-            litellm.utils.function_setup = _guarded_function_setup(current)
-        # Not on litellm.utils' export list, but looked up there at call time all the same.
-        metadata_updater = litellm.utils.update_response_metadata  # type: ignore[attr-defined]
-        if not getattr(metadata_updater, "__budget_guard__", False):
-            litellm.utils.update_response_metadata = _settling_update_response_metadata(metadata_updater)  # type: ignore[attr-defined]
-        _probe()
-        _installed = True
-
-
-def _probe() -> None:
-    retries = litellm.num_retries  # litellm clears it on any failed sync completion
-    try:
-        litellm.completion(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "probe"}],
-            mock_response="probe",
-            metadata={_PROBE_KEY: True},
-        )
-    except _ProbeSeen:
-        return
-    finally:
-        litellm.num_retries = retries
-    raise GuardInstallError(
-        f"BudgetGuard could not hook litellm {_litellm_version()}'s sync calls "
-        f"(tested with litellm{TESTED_LITELLM_VERSIONS}); sync calls would not be checked"
-    )
-
-
-def _litellm_version() -> str:
-    from importlib.metadata import version
-
-    return version("litellm")

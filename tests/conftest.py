@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from fake_openai import FakeOpenAI
 from redis_server import RedisServer
 
 from litellm_budget_plugin.stores import BudgetStore, FileStore
@@ -150,3 +152,20 @@ def register() -> Iterator[Callable[[BudgetGuard], BudgetGuard]]:
     litellm.logging_callback_manager._reset_all_callbacks()
     litellm.max_budget = 0.0
     litellm._current_cost = 0
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    """A local OpenAI-compatible server that counts the requests it gets."""
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """For what litellm does after a call returns (success callbacks on its logging thread)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)

@@ -1,0 +1,266 @@
+"""The guard's place on litellm's call path: which litellm versions work, and how calls are hooked.
+
+litellm gives callbacks no veto over sync calls, so :func:`install_sync_hook` wraps
+``litellm.utils.function_setup``, which litellm's ``@client`` wrappers look up at call time for
+every entry point (also for functions imported before the guard existed, and for each sync
+Router attempt); and ``update_response_metadata``, which the wrappers call (also looked up at
+call time: a module global up to about 1.95, fetched from ``sys.modules`` later) with the final,
+priced response just before they return it. Both are private API that every release from
+:data:`MIN_LITELLM` on has in this shape: :func:`install_sync_hook` checks the version and proves
+the check is on the path with a probe call, raising :class:`GuardInstallError` if not, so no
+release is ever silently unguarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import logging
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from typing import Any, TypeVar
+
+import litellm
+import litellm.utils
+from litellm.types.utils import EmbeddingResponse, ModelResponse, TextCompletionResponse
+
+from .errors import BudgetPluginError
+from .stores.base import WritesAtOnce
+
+logger = logging.getLogger(__name__)
+
+# The oldest litellm whose internals this relies on; newer releases need no change unless the
+# probe says so. The releases CI tests are listed in .ci/litellm-matrix.
+MIN_LITELLM = (1, 80)
+SUPPORTED_LITELLM = "litellm>=1.80"
+
+# Flags litellm sets on the sync function an async entry point runs in a worker thread.
+ASYNC_FLAGS = ("acompletion", "aembedding", "atext_completion", "aimg_generation", "atranscription")
+_SETTLED_ON_RETURN = (ModelResponse, EmbeddingResponse, TextCompletionResponse)
+_COROUTINE_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+T = TypeVar("T")
+
+
+class GuardInstallError(BudgetPluginError, RuntimeError):
+    """The installed litellm cannot be guarded: too old, or the sync-call hook is not on its call path."""
+
+
+class _ProbeSeen(Exception):
+    """Raised by the hook for the start-up probe call: it proves the hook is on the path."""
+
+
+_PROBE_KEY = "__litellm_budget_plugin_probe__"
+_install_lock = threading.Lock()
+_installed = False
+_guard_type: type[Any] | None = None
+# Settlements an async call cannot make on the event loop (they write over the network or
+# take a file lock). Its threads are joined at interpreter exit, so no charge is lost when a
+# program ends its loop right after its last call.
+_settlers = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="budget-settle")
+
+
+def install_sync_hook(guard_type: type[Any]) -> None:
+    """Put ``guard_type``'s check on litellm's sync call path, once, and prove it is there.
+
+    Each callback in ``litellm.callbacks`` that is a ``guard_type`` then has ``check(name,
+    kwargs, args)`` called before a sync call, and ``_settle(details, response, cost)`` as a
+    sync or async call returns.
+
+    :raises GuardInstallError: litellm is older than :data:`MIN_LITELLM`, lacks
+        ``litellm.utils.function_setup``, or a probe completion does not reach the hook.
+        litellm is then left as it was.
+    """
+    global _installed, _guard_type
+    with _install_lock:
+        if _installed:
+            return
+        version = litellm_version()
+        check_litellm_version(version)
+        setup = getattr(litellm.utils, "function_setup", None)
+        if not callable(setup):
+            raise GuardInstallError(
+                f"litellm {version} has no litellm.utils.function_setup, where BudgetGuard checks "
+                f"sync calls; supported: {SUPPORTED_LITELLM} (see the README)"
+            )
+        updater = getattr(litellm.utils, "update_response_metadata", None)
+        _guard_type = guard_type
+        try:
+            _wrap("function_setup", setup, _guarded_function_setup)
+            if callable(updater):  # an optimisation: success events settle calls without it
+                _wrap("update_response_metadata", updater, _settling_update_response_metadata)
+            _probe(version)
+        except BaseException:
+            _unwrap("function_setup", setup)
+            if callable(updater):
+                _unwrap("update_response_metadata", updater)
+            raise
+        _installed = True
+
+
+def litellm_version() -> str:
+    try:
+        return metadata.version("litellm")
+    except metadata.PackageNotFoundError:
+        raise GuardInstallError(
+            f"cannot tell which litellm is installed (no package metadata for the litellm imported from "
+            f"{litellm.__file__}); BudgetGuard needs {SUPPORTED_LITELLM}"
+        ) from None
+
+
+def check_litellm_version(version: str) -> None:
+    """Raise GuardInstallError naming ``version`` unless it is at least :data:`MIN_LITELLM`."""
+    match = re.match(r"(\d+)\.(\d+)(?!\d)", version)
+    if match is None:
+        raise GuardInstallError(f"cannot read litellm's version {version!r}; BudgetGuard needs {SUPPORTED_LITELLM}")
+    if (int(match[1]), int(match[2])) < MIN_LITELLM:
+        raise GuardInstallError(
+            f"litellm {version} is too old for BudgetGuard, which supports {SUPPORTED_LITELLM}: "
+            f'pip install "litellm>={MIN_LITELLM[0]}.{MIN_LITELLM[1]}"'
+        )
+
+
+def _wrap(name: str, current: Callable[..., Any], wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    if not getattr(current, "__budget_guard__", False):
+        setattr(litellm.utils, name, wrapper(current))
+
+
+def _unwrap(name: str, original: Callable[..., Any]) -> None:
+    setattr(litellm.utils, name, original)
+
+
+def _guards() -> Iterator[Any]:
+    for callback in list(litellm.callbacks):
+        if _guard_type is not None and isinstance(callback, _guard_type):
+            yield callback
+
+
+def _called_from_coroutine() -> bool:
+    """Whether the function calling our wrapper is a coroutine: litellm's async wrapper.
+
+    Up to about 1.100 litellm's wrappers do not say whether a call is async (later ones pass
+    ``is_async_call`` to function_setup); the code calling us does.
+    """
+    return bool(sys._getframe(2).f_code.co_flags & _COROUTINE_CODE)
+
+
+def _guarded_function_setup(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def function_setup(original_function: str, rules_obj: Any, start_time: Any, *args: Any, **kwargs: Any) -> Any:
+        is_async = kwargs["is_async_call"] if "is_async_call" in kwargs else _called_from_coroutine()
+        result = original(original_function, rules_obj, start_time, *args, **kwargs)
+        if is_async:
+            return result  # async calls are checked in async_pre_call_deployment_hook
+        _, call_kwargs = result
+        metadata = call_kwargs.get("metadata")
+        if isinstance(metadata, dict) and _PROBE_KEY in metadata:
+            raise _ProbeSeen
+        if any(call_kwargs.get(flag) is True for flag in ASYNC_FLAGS):
+            return result
+        for guard in _guards():
+            guard.check(original_function, call_kwargs, args)
+        return result
+
+    function_setup.__budget_guard__ = True  # type: ignore[attr-defined]
+    return function_setup
+
+
+def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Settle a finished call as litellm hands back its response.
+
+    litellm's wrappers call ``update_response_metadata`` once the response is final and priced,
+    just before returning it. Settling there instead of in the success events, which litellm
+    runs on its logging thread or as a task after the call returns, means the spend is current
+    when ``completion()`` or ``await acompletion()`` returns, even if the program then ends its
+    event loop. Streams are charged by their success event when they end.
+    """
+
+    @functools.wraps(original)
+    def update_response_metadata(*args: Any, **kwargs: Any) -> Any:
+        outcome = original(*args, **kwargs)
+        result, call_kwargs = kwargs.get("result"), kwargs.get("kwargs")
+        # What the success event will be given: the call id, and the model without its provider.
+        details = getattr(kwargs.get("logging_obj"), "model_call_details", None)
+        if (
+            isinstance(result, _SETTLED_ON_RETURN)
+            and isinstance(call_kwargs, dict)
+            and isinstance(details, dict)
+            and not call_kwargs.get("stream")
+            and not any(call_kwargs.get(flag) is True for flag in ASYNC_FLAGS)
+        ):
+            on_event_loop = _called_from_coroutine()
+            for guard in _guards():
+                _settle_returned(guard, details, result, on_event_loop)
+        return outcome
+
+    update_response_metadata.__budget_guard__ = True  # type: ignore[attr-defined]
+    return update_response_metadata
+
+
+def _settle_returned(guard: Any, details: dict[str, Any], result: Any, on_event_loop: bool) -> None:
+    """Settle in the caller's thread, unless that is an event loop and settling would block it:
+    a store that writes at once, or litellm's global budget (charged at once), is then settled
+    by a worker thread (the call's holds are taken from the guard only once, whoever runs)."""
+    settle = functools.partial(_settle_quietly, guard, details, result, _hidden_cost(result))
+    if on_event_loop and (isinstance(guard.store, WritesAtOnce) or litellm.max_budget):
+        _settlers.submit(settle)
+    else:
+        settle()
+
+
+def _settle_quietly(guard: Any, details: dict[str, Any], result: Any, cost: object) -> None:
+    try:
+        guard._settle(details, result, cost)
+    except Exception:  # the call was served: never fail it here
+        logger.exception("settling call %s failed; its hold expires with its lease", details.get("litellm_call_id"))
+
+
+def _hidden_cost(result: Any) -> object:
+    params = getattr(result, "_hidden_params", None)
+    if isinstance(params, Mapping):
+        return params.get("response_cost")
+    return getattr(params, "response_cost", None)
+
+
+async def off_the_loop(function: Callable[..., T], *args: Any) -> T:
+    """``await asyncio.to_thread(function, *args)``, or run it here when the interpreter is exiting.
+
+    litellm runs async success events still queued at exit in a last event loop, when Python
+    refuses new threads; blocking then holds up nothing but the exit.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        future = loop.run_in_executor(None, functools.partial(function, *args))
+    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+        return function(*args)
+    return await future
+
+
+def _probe(version: str) -> None:
+    retries = litellm.num_retries  # litellm clears it on any failed sync completion
+    try:
+        litellm.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "probe"}],
+            mock_response="probe",
+            metadata={_PROBE_KEY: True},
+        )
+    except _ProbeSeen:
+        return
+    except Exception as exc:
+        raise GuardInstallError(
+            f"BudgetGuard's start-up probe (a mock litellm.completion) failed on litellm {version} before "
+            f"reaching the sync-call hook: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        litellm.num_retries = retries
+    raise GuardInstallError(
+        f"BudgetGuard could not hook litellm {version}'s sync calls: a probe completion never reached "
+        f"litellm.utils.function_setup, so sync calls would not be checked (supported: {SUPPORTED_LITELLM}; "
+        "a newer litellm may have moved it: see the README)"
+    )

@@ -1,0 +1,254 @@
+"""The litellm internals BudgetGuard relies on, proved on the installed litellm.
+
+CI runs this file on the oldest supported litellm, one from the middle and the newest
+(.ci/litellm-matrix). Each test names the hook it proves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import litellm
+import litellm.utils
+import pytest
+from conftest import wait_until
+from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
+
+from litellm_budget_plugin import BudgetExceededError, BudgetStore, FileStore, hooks
+from litellm_budget_plugin.guard import BudgetGuard, GuardInstallError
+
+MODEL = "openai/gpt-4o-mini"
+SERVER_COST = PROMPT_TOKENS * 1.5e-7 + COMPLETION_TOKENS * 6e-7
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def acall(server: FakeOpenAI, **kwargs: Any) -> Any:
+    return litellm.acompletion(model=MODEL, api_base=server.url, api_key="k", messages=MESSAGES, **kwargs)
+
+
+def call(server: FakeOpenAI, **kwargs: Any) -> Any:
+    return litellm.completion(model=MODEL, api_base=server.url, api_key="k", messages=MESSAGES, **kwargs)
+
+
+def estimate(max_tokens: int) -> float:
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=MESSAGES)
+    return prompt * 1.5e-7 + max_tokens * 6e-7
+
+
+# --- the version ----------------------------------------------------------------------------
+
+
+def test_installed_litellm_is_supported_and_both_hooks_are_installed(manager, register) -> None:
+    hooks.check_litellm_version(hooks.litellm_version())
+    register(BudgetGuard(manager))
+    assert getattr(litellm.utils.function_setup, "__budget_guard__", False)
+    assert getattr(litellm.utils.update_response_metadata, "__budget_guard__", False)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("version", ["1.80.0", "1.80.0rc1", "1.95.1", "1.110.2", "1.110.2.post1", "1.800", "2.0.0"])
+def test_supported_versions_pass_the_check(version: str) -> None:
+    hooks.check_litellm_version(version)
+
+
+@pytest.mark.parametrize("version", ["1.79.3", "1.8.0", "1.70.0", "0.99.0"])
+def test_older_litellm_is_refused_naming_its_version_and_the_range(version: str) -> None:
+    with pytest.raises(GuardInstallError, match=rf"litellm {version} is too old.*litellm>=1\.80"):
+        hooks.check_litellm_version(version)
+
+
+@pytest.mark.parametrize("version", ["", "latest", "v1.80", "1"])
+def test_unreadable_version_is_refused_naming_it(version: str) -> None:
+    with pytest.raises(GuardInstallError, match=rf"cannot read litellm's version '{version}'"):
+        hooks.check_litellm_version(version)
+
+
+def test_guard_refuses_to_start_on_an_old_litellm_and_changes_nothing(monkeypatch, manager) -> None:
+    monkeypatch.setattr(hooks, "_installed", False)
+    monkeypatch.setattr(hooks.metadata, "version", lambda name: "1.79.3")
+    before = litellm.utils.function_setup, litellm.utils.update_response_metadata  # type: ignore[attr-defined]
+    with pytest.raises(GuardInstallError, match=r"litellm 1\.79\.3 is too old"):
+        BudgetGuard(manager)
+    assert (litellm.utils.function_setup, litellm.utils.update_response_metadata) == before  # type: ignore[attr-defined]
+
+
+def test_litellm_without_package_metadata_is_refused_naming_where_it_came_from(monkeypatch) -> None:
+    def no_metadata(name: str) -> str:
+        raise hooks.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(hooks.metadata, "version", no_metadata)
+    with pytest.raises(GuardInstallError, match=r"cannot tell which litellm is installed .*litellm>=1\.80"):
+        hooks.litellm_version()
+
+
+# --- the start-up probe -------------------------------------------------------------------------
+
+
+def test_guard_refuses_to_start_when_sync_hook_is_off_the_call_path(monkeypatch, manager) -> None:
+    def bypass(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs)
+
+    BudgetGuard(manager)  # installed once
+    original = litellm.utils.function_setup.__wrapped__
+    bypass.__budget_guard__ = True  # type: ignore[attr-defined]  # looks installed, is not
+    monkeypatch.setattr(litellm.utils, "function_setup", bypass)
+    monkeypatch.setattr(hooks, "_installed", False)
+    with pytest.raises(GuardInstallError, match=r"never reached litellm\.utils\.function_setup.*litellm>=1\.80"):
+        BudgetGuard(manager)
+    assert litellm.utils.function_setup is bypass  # left as it was
+
+
+def test_probe_that_fails_otherwise_names_the_failure(monkeypatch, manager) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("litellm_params")
+
+    broken.__budget_guard__ = True  # type: ignore[attr-defined]
+    monkeypatch.setattr(litellm.utils, "function_setup", broken)
+    monkeypatch.setattr(hooks, "_installed", False)
+    with pytest.raises(GuardInstallError, match=r"probe .* failed .* before reaching .*: KeyError: 'litellm_params'"):
+        BudgetGuard(manager)
+
+
+def test_litellm_without_function_setup_is_refused(monkeypatch, manager) -> None:
+    monkeypatch.delattr(litellm.utils, "function_setup")
+    monkeypatch.setattr(hooks, "_installed", False)
+    with pytest.raises(GuardInstallError, match=r"has no litellm\.utils\.function_setup"):
+        BudgetGuard(manager)
+
+
+# --- function_setup: sync calls stopped before the provider ------------------------------------
+
+
+def test_sync_call_made_inside_a_coroutine_is_still_checked(server, manager, register) -> None:
+    """function_setup tells sync from async calls by its caller (litellm's sync or async wrapper),
+    not by the thread running an event loop."""
+    manager.create_budget(1e-6, "alice")
+    register(BudgetGuard(manager))
+
+    async def go() -> None:
+        call(server, user="alice", max_tokens=100)
+
+    with pytest.raises(BudgetExceededError):
+        asyncio.run(go())
+    assert server.count == 0
+
+
+def test_async_call_is_held_once(server, manager, register) -> None:
+    """An async call is checked in the deployment hook only: a second hold from function_setup
+    would not fit in a budget of 1.5 estimates."""
+    manager.create_budget(1.5 * estimate(100), "alice")
+    register(BudgetGuard(manager))
+
+    async def go() -> None:
+        await acall(server, user="alice", max_tokens=100)
+
+    asyncio.run(go())
+    assert server.count == 1
+
+
+# --- update_response_metadata: charged as the call returns -------------------------------------
+
+
+def test_sync_call_is_charged_when_completion_returns(server, manager, register) -> None:
+    register(BudgetGuard(manager))
+    manager.create_budget(1.0, "alice")
+    call(server, user="alice")
+    assert manager.get_current_cost("alice") == pytest.approx(SERVER_COST)  # no waiting
+    assert not manager.store.get("alice").get("reservations")  # type: ignore[union-attr]
+
+
+def test_async_call_is_charged_when_acompletion_returns(server, manager, register) -> None:
+    register(BudgetGuard(manager))
+    manager.create_budget(1.0, "alice")
+
+    async def go() -> None:
+        await acall(server, user="alice")
+        assert manager.get_current_cost("alice") == pytest.approx(SERVER_COST)  # no waiting
+
+    asyncio.run(go())
+    assert not manager.store.get("alice").get("reservations")  # type: ignore[union-attr]
+
+
+def test_async_call_on_a_store_that_writes_at_once_is_charged_off_the_event_loop(
+    server, http_store_factory, register
+) -> None:
+    store: BudgetStore = http_store_factory()
+    register(BudgetGuard(store))
+    loop_thread: list[threading.Thread] = []
+    charged_in: list[threading.Thread] = []
+    charge = store.charge
+
+    def charge_noting_thread(*args: Any, **kwargs: Any) -> Any:
+        charged_in.append(threading.current_thread())
+        return charge(*args, **kwargs)
+
+    store.charge = charge_noting_thread  # type: ignore[method-assign]
+
+    async def go() -> None:
+        loop_thread.append(threading.current_thread())
+        await acall(server, user="alice")
+
+    asyncio.run(go())
+    wait_until(lambda: store.get("alice")["current_cost"] > 0)  # type: ignore[index]
+    assert store.get("alice")["current_cost"] == pytest.approx(SERVER_COST)  # type: ignore[index]
+    assert charged_in and loop_thread[0] not in charged_in
+
+
+# --- a program that ends its event loop right after its call ------------------------------------
+
+TWO_ASYNC_CALLS = """
+import asyncio, os, sys
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+from litellm_budget_plugin.guard import BudgetGuard
+
+class SuccessEvents(CustomLogger):
+    seen = 0
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        SuccessEvents.seen += 1
+
+litellm.callbacks.extend([BudgetGuard(sys.argv[1]), SuccessEvents()])
+
+async def call():
+    response = await litellm.acompletion(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], mock_response="hello", user="alice"
+    )
+    return response._hidden_params["response_cost"]
+
+async def main():
+    first = await call()
+    for _ in range(1000):  # the first call's success event comes, and must not charge it again
+        if SuccessEvents.seen:
+            break
+        await asyncio.sleep(0.01)
+    second = await call()  # the program ends right after this one
+    print(SuccessEvents.seen, first + second)
+
+asyncio.run(main())
+"""
+
+
+def test_asyncio_run_ending_right_after_acompletion_is_charged_once_and_exits_cleanly(tmp_path: Path) -> None:
+    script = tmp_path / "two_calls.py"
+    script.write_text(TWO_ASYNC_CALLS)
+    path = tmp_path / "user_cost.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "RuntimeError" not in out.stderr, out.stderr
+    events, cost = out.stdout.split()
+    assert events == "1" and float(cost) > 0
+    store = FileStore(path)
+    try:
+        record = store.get("alice")
+        assert record is not None
+        assert record["current_cost"] == pytest.approx(float(cost))  # both calls, each once
+        assert not record.get("reservations")  # no hold left to expire
+    finally:
+        store.close()
