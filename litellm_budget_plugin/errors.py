@@ -25,16 +25,19 @@ from litellm.exceptions import BudgetExceededError as LiteLLMBudgetExceededError
 class BudgetExceededError(LiteLLMBudgetExceededError):
     """A call would take ``user`` past ``budget``; litellm's own handlers still catch it."""
 
-    def __init__(self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0) -> None:
+    def __init__(
+        self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0, hint: str = ""
+    ) -> None:
         self.user = user
         self.spend = spend
         self.budget = budget
         self.estimate = estimate
         self.reserved = reserved
+        self.hint = hint  # why, and what to do: appended to the message after a comma
         held = f", held by calls in flight ${reserved:.6f}" if reserved else ""
         message = (
             f"Budget exceeded for user {user!r}: spent ${spend:.6f} of ${budget:.6f}{held}; "
-            f"this call is estimated at ${estimate:.6f}"
+            f"this call is estimated at ${estimate:.6f}{', ' + hint if hint else ''}"
         )
         super().__init__(
             current_cost=spend,
@@ -45,7 +48,7 @@ class BudgetExceededError(LiteLLMBudgetExceededError):
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.user, self.spend, self.budget, self.estimate, self.reserved))
+        return (type(self), (self.user, self.spend, self.budget, self.estimate, self.reserved, self.hint))
 
 
 class BudgetPluginError(Exception):

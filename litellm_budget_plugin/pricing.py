@@ -141,10 +141,21 @@ def estimate_cost(
     """Worst-case cost of a call: its prompt at the input price plus ``n`` x output tokens."""
     entry = prices(model)
     prompt_tokens = count_message_tokens(messages, model) if messages is not None else _content_tokens(prompt, model)
-    cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0) + output_tokens * max(n, 1) * float(
-        entry.get("output_cost_per_token") or 0.0
-    )
+    cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0) + _output_cost(entry, output_tokens, n)
     return cost if math.isfinite(cost) else math.inf
+
+
+def output_cost(model: str, output_tokens: int, n: int = 1) -> float:
+    """The part of :func:`estimate_cost` that pays for output: the rest is the prompt.
+
+    Worked out only to explain a refusal, so the estimate itself stays one lookup.
+    """
+    cost = _output_cost(prices(model), output_tokens, n)
+    return cost if math.isfinite(cost) else math.inf
+
+
+def _output_cost(entry: Mapping[str, Any], output_tokens: int, n: int) -> float:
+    return output_tokens * max(n, 1) * float(entry.get("output_cost_per_token") or 0.0)
 
 
 def response_cost(response: Any, model: str | None = None) -> float:
