@@ -6,7 +6,7 @@ of several rounds, and each ratio compares numbers measured in the same run.
 1. Overhead: ``litellm.completion(mock_response=...)`` with the guard registered vs bare
    litellm, with 1,000 users in the store (file store, the default): calls for one user, whose
    lease admits most calls without a write, and calls for each of the 1,000 users in turn, each
-   of which writes its hold.
+   of which writes its hold. Then the same with ``acompletion``, 100 tasks calling at once.
 2. Admission: 32 concurrent calls (threads, then asyncio tasks) on a budget that covers 10
    worst cases, each call in flight for 0.3 s (``mock_delay``). The guard in strict mode vs
    the seed's check-then-call pattern with LiteLLM's own BudgetManager.
@@ -39,6 +39,7 @@ MESSAGES = [{"role": "user", "content": "Hello, how are you today?"}]
 MODEL = "gpt-4o-mini"
 ROUNDS = 7
 CALLS_PER_ROUND = 300
+CONCURRENT_TASKS = 100
 
 
 def time_calls(users: list[str] | None) -> float:
@@ -55,31 +56,57 @@ def time_calls(users: list[str] | None) -> float:
     return statistics.median(per_call)
 
 
+def time_async_calls(users: list[str] | None) -> float:
+    """Median per-call seconds over ROUNDS rounds of CALLS_PER_ROUND ``acompletion`` calls,
+    made by CONCURRENT_TASKS tasks at once, for ``users`` in turn."""
+    turns = itertools.cycle(users or [None])
+
+    async def task(calls: int) -> None:
+        for _ in range(calls):
+            user = next(turns)
+            extra: dict[str, Any] = {"user": user} if user else {}
+            await litellm.acompletion(
+                model=MODEL, messages=MESSAGES, mock_response="Fine, thanks!", max_tokens=50, **extra
+            )
+
+    async def rounds() -> list[float]:
+        per_call = []
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            tasks = (task(CALLS_PER_ROUND // CONCURRENT_TASKS) for _ in range(CONCURRENT_TASKS))
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+            per_call.append((time.perf_counter() - start) / CALLS_PER_ROUND)
+        return per_call
+
+    return statistics.median(asyncio.run(rounds()))
+
+
 def overhead(folder: Path) -> None:
     manager = BudgetManager("bench", store=folder / "overhead.json")
     for i in range(1000):
         manager.create_budget(1_000.0, f"user-{i}")
-    time_calls(None)  # warm up litellm
-    bare, guarded, spread = [], [], []
     guard = BudgetGuard(manager)
     everyone = [f"user-{i}" for i in range(1000)]
-    for _ in range(3):  # interleave, so drift in machine load hits all three
+    for name, timer in (("completion", time_calls), ("acompletion, 100 tasks at once", time_async_calls)):
+        timer(None)  # warm up litellm
+        bare, guarded, spread = [], [], []
+        for _ in range(3):  # interleave, so drift in machine load hits all three
+            litellm.logging_callback_manager._reset_all_callbacks()
+            bare.append(timer(None))
+            litellm.callbacks.append(guard)
+            guarded.append(timer(["user-500"]))
+            spread.append(timer(everyone))
         litellm.logging_callback_manager._reset_all_callbacks()
-        bare.append(time_calls(None))
-        litellm.callbacks.append(guard)
-        guarded.append(time_calls(["user-500"]))
-        spread.append(time_calls(everyone))
-    litellm.logging_callback_manager._reset_all_callbacks()
-    time.sleep(1)  # let litellm's logging thread drain
-    b, g, r = statistics.median(bare), statistics.median(guarded), statistics.median(spread)
+        time.sleep(1)  # let litellm's logging thread drain
+        b, g, r = statistics.median(bare), statistics.median(guarded), statistics.median(spread)
+        print(f"\n## Guard overhead: {name}(mock_response=...), 1,000 users in the store")
+        print("| setup | median per call | ratio |")
+        print("|---|---|---|")
+        print(f"| bare litellm | {b * 1e3:.3f} ms | 1.00x |")
+        print(f"| with BudgetGuard (file store), one user calling | {g * 1e3:.3f} ms | {g / b:.2f}x |")
+        print(f"| with BudgetGuard, the 1,000 users in turn | {r * 1e3:.3f} ms | {r / b:.2f}x |")
     alone = store_work_per_call(manager)
-    print("\n## Guard overhead: completion(mock_response=...), 1,000 users in the store")
-    print("| setup | median per call | ratio |")
-    print("|---|---|---|")
-    print(f"| bare litellm | {b * 1e3:.3f} ms | 1.00x |")
-    print(f"| with BudgetGuard (file store), one user calling | {g * 1e3:.3f} ms | {g / b:.2f}x |")
-    print(f"| with BudgetGuard, the 1,000 users in turn (no lease to admit from) | {r * 1e3:.3f} ms | {r / b:.2f}x |")
-    print(f"| the guard's store work alone (admit + charge_later), outside litellm | {alone * 1e3:.3f} ms | |")
+    print(f"\nThe guard's store work alone (admit + charge_later), outside litellm: {alone * 1e3:.3f} ms a call")
 
 
 def store_work_per_call(manager: BudgetManager) -> float:

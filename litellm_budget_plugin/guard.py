@@ -42,7 +42,7 @@ from .errors import (
     UnknownUserError,
 )
 from .manager import BudgetManager
-from .stores import BudgetStore, NewBudget, store_from_url
+from .stores import BudgetStore, FileStore, NewBudget, store_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class BudgetGuard(CustomLogger):
     ) -> None:
         super().__init__()
         self.store = _store_of(budgets, project)
+        self._charges_in_memory = isinstance(self.store, FileStore)  # see _settles_in_memory
         self.mode = budget.check_mode(mode)
         if unknown_users not in ("track", "deny", "create"):
             raise ConfigurationError(f"unknown_users must be track, deny or create, got {unknown_users!r}")
@@ -326,8 +327,13 @@ class BudgetGuard(CustomLogger):
     # -- litellm's callback interface (parameter names are litellm's: it calls by keyword) --
 
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
-        name = getattr(call_type, "value", call_type)
-        await asyncio.to_thread(self.check, str(name), kwargs)
+        name = str(getattr(call_type, "value", call_type))
+        if (kwargs.get("user") or self.anonymous_user) is None and (
+            self.global_budget == "process" or not litellm.max_budget
+        ):
+            self.check(name, kwargs)  # no store operation: no thread hop either
+        else:
+            await asyncio.to_thread(self.check, name, kwargs)
         return None
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
@@ -339,7 +345,20 @@ class BudgetGuard(CustomLogger):
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        await asyncio.to_thread(self._settle, kwargs, response_obj, kwargs.get("response_cost"))
+        if self._settles_in_memory(kwargs.get("litellm_call_id")):
+            self._settle(kwargs, response_obj, kwargs.get("response_cost"))
+        else:
+            await asyncio.to_thread(self._settle, kwargs, response_obj, kwargs.get("response_cost"))
+
+    def _settles_in_memory(self, call_id: object) -> bool:
+        """Whether settling the call only changes memory, so the event loop can do it at once
+        instead of paying a thread hop: a file store takes charges in memory (charge_later) and
+        its flusher writes them; the process budget is memory."""
+        with self._holds_lock:
+            holds = self._holds.get(call_id, ()) if isinstance(call_id, str) else ()
+        return all(
+            self.global_budget == "process" if hold.user == GLOBAL_USER else self._charges_in_memory for hold in holds
+        )
 
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
