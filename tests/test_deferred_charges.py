@@ -666,20 +666,35 @@ def test_a_multiprocessing_child_applies_its_deferred_charges_before_it_ends(pat
     assert FileStore(path).get("alice")["current_cost"] == 0.25  # type: ignore[index]
 
 
-def test_async_calls_are_never_charged_on_the_event_loop(path: Path) -> None:
-    """The inline settlement is for sync calls; an async call's store work runs off the loop."""
+def test_async_calls_never_touch_the_store_file_on_the_event_loop(path: Path) -> None:
+    """The event loop may hand a charge to the store's memory (charge_later), but every read or
+    write of the file (RecordStore's _read/_update) runs off the loop."""
     import asyncio
 
-    loops: list[bool] = []
+    def on_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
 
-    class Observed(FileStore):  # the real store, noting where each charge comes from
+    loops: list[bool] = []
+    file_work_on_loop: list[str] = []
+
+    class Observed(FileStore):  # the real store, noting where each operation comes from
         def charge_later(self, *args: Any, **kwargs: Any) -> None:
-            try:
-                asyncio.get_running_loop()
-                loops.append(True)
-            except RuntimeError:
-                loops.append(False)
+            loops.append(on_loop())
             super().charge_later(*args, **kwargs)
+
+        def _read(self, fn: Any) -> Any:
+            if on_loop():
+                file_work_on_loop.append("read")
+            return super()._read(fn)
+
+        def _update(self, *args: Any, **kwargs: Any) -> Any:
+            if on_loop():
+                file_work_on_loop.append("update")
+            return super()._update(*args, **kwargs)
 
     store = Observed(path)
     store.set_budget("alice", 1.0)
@@ -699,7 +714,7 @@ def test_async_calls_are_never_charged_on_the_event_loop(path: Path) -> None:
         asyncio.run(go())
     finally:
         litellm.callbacks.remove(guard)
-    assert loops == [False]
+    assert len(loops) == 1 and file_work_on_loop == []
     store.flush()
     assert store.get("alice")["current_cost"] > 0  # type: ignore[index]
     store.close()
