@@ -42,15 +42,13 @@ from .errors import (
     UnknownUserError,
 )
 from .manager import BudgetManager
+from .process_budget import GLOBAL_USER, ProcessBudget
 from .stores import BudgetStore, FileStore, NewBudget, store_from_url
 
 logger = logging.getLogger(__name__)
 
 # The litellm versions whose internals (function_setup, the deployment hook) this is tested with.
 TESTED_LITELLM_VERSIONS = ">=1.110,<1.111"
-# The name litellm.max_budget goes by: in refusals, and as the store record of a store-wide
-# global budget (global_budget="store"), shared by every process using the store.
-GLOBAL_USER = "litellm.max_budget"
 DEFAULT_LEASE_SECONDS = 600.0
 
 UnknownUsers = Literal["track", "deny", "create"]
@@ -152,7 +150,7 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError('global_duration= needs global_budget="store": a process\'s budget has no window')
         self.global_budget = global_budget
         self.global_duration = budget.parse_duration(global_duration)
-        self._process_budget = _ProcessBudget()
+        self._process_budget = ProcessBudget()
         self._holds: dict[str, list[_Hold]] = {}
         self._holds_lock = threading.Lock()
         self._global_budget_seen: float | None = None
@@ -364,33 +362,6 @@ class BudgetGuard(CustomLogger):
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         await asyncio.to_thread(self._release, kwargs)
-
-
-class _ProcessBudget:
-    """litellm.max_budget as litellm documents it: a budget for this process's spend, which is
-    ``litellm._current_cost``. Calls in flight hold their estimate until they end."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held = 0.0
-        self._in_flight = 0
-
-    def hold(self, limit: float, estimate: float) -> None:
-        with self._lock:
-            spend = float(litellm._current_cost or 0.0)
-            if not budget.admits(spend, self._held, estimate, limit, "soft"):
-                hint = "litellm.max_budget limits this process's spend, litellm._current_cost"
-                raise BudgetExceededError(GLOBAL_USER, spend, limit, estimate, self._held, hint=hint)
-            self._held += estimate
-            self._in_flight += 1
-
-    def end(self, held: float, cost: float = 0.0) -> None:
-        """A call held ``held`` and ended, costing ``cost`` (0 if it failed)."""
-        with self._lock:
-            self._in_flight -= 1
-            self._held = max(0.0, self._held - held) if self._in_flight else 0.0  # no rounding left over
-            if cost:
-                litellm._current_cost = float(litellm._current_cost or 0.0) + cost
 
 
 def _store_of(budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | None, project: str | None) -> BudgetStore:
