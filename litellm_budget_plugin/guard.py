@@ -240,7 +240,7 @@ class BudgetGuard(CustomLogger):
         """Hold the call's estimate against litellm.max_budget, with litellm's own (soft) rule:
         a call starts while spend and holds are under the budget."""
         if self.global_budget == "process":
-            self._process_budget.hold(limit, estimate)
+            self._process_budget.hold(call_id, limit, estimate, self.lease_seconds)
             return
         if limit != self._global_budget_seen:
             self.store.set_budget(GLOBAL_USER, limit, self.global_duration)
@@ -249,7 +249,7 @@ class BudgetGuard(CustomLogger):
 
     def _release_hold(self, hold: _Hold) -> None:
         if hold.user == GLOBAL_USER and self.global_budget == "process":
-            self._process_budget.end(hold.amount)
+            self._process_budget.end(hold.call_id)
         else:
             self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
 
@@ -266,7 +266,7 @@ class BudgetGuard(CustomLogger):
         cost = self._actual_cost(call_id, reported_cost, response_obj, model, holds[0].amount)
         for hold in holds:
             if hold.user == GLOBAL_USER and self.global_budget == "process":
-                self._process_budget.end(hold.amount, cost)
+                self._process_budget.end(hold.call_id, cost)
                 continue
             if hold.user == GLOBAL_USER:  # litellm._current_cost must be current when the call returns
                 record = self._quietly(

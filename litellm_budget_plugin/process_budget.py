@@ -4,6 +4,7 @@ spend, ``litellm._current_cost``, which starts at 0 in every process and is neve
 from __future__ import annotations
 
 import threading
+import time
 
 import litellm
 
@@ -17,26 +18,27 @@ GLOBAL_USER = "litellm.max_budget"
 
 class ProcessBudget:
     """The spend of this process against ``litellm.max_budget``, with litellm's own (soft) rule:
-    a call starts while spend and the estimates of calls in flight are under the budget."""
+    a call starts while spend and the estimates of calls in flight are under the budget. A call
+    that never reports back (an abandoned stream) stops holding after its ``ttl``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held = 0.0
-        self._in_flight = 0
+        self._holds: dict[str, tuple[float, float]] = {}  # call id -> (estimate, expires at)
 
-    def hold(self, limit: float, estimate: float) -> None:
+    def hold(self, call_id: str, limit: float, estimate: float, ttl: float) -> None:
+        now = time.time()
         with self._lock:
+            self._holds = {call: held for call, held in self._holds.items() if held[1] > now and call != call_id}
+            held = sum(amount for amount, _ in self._holds.values())
             spend = float(litellm._current_cost or 0.0)
-            if not budget.admits(spend, self._held, estimate, limit, "soft"):
+            if not budget.admits(spend, held, estimate, limit, "soft"):
                 hint = "litellm.max_budget limits this process's spend (litellm._current_cost): raise it to go on"
-                raise BudgetExceededError(GLOBAL_USER, spend, limit, estimate, self._held, hint=hint)
-            self._held += estimate
-            self._in_flight += 1
+                raise BudgetExceededError(GLOBAL_USER, spend, limit, estimate, held, hint=hint)
+            self._holds[call_id] = (estimate, now + ttl)
 
-    def end(self, held: float, cost: float = 0.0) -> None:
-        """A call held ``held`` and ended, costing ``cost`` (0 if it failed)."""
+    def end(self, call_id: str, cost: float = 0.0) -> None:
+        """The call ended, costing ``cost`` (0 if it failed): litellm._current_cost includes it."""
         with self._lock:
-            self._in_flight -= 1
-            self._held = max(0.0, self._held - held) if self._in_flight else 0.0  # no rounding left over
+            self._holds.pop(call_id, None)
             if cost:
                 litellm._current_cost = float(litellm._current_cost or 0.0) + cost

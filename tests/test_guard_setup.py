@@ -190,3 +190,17 @@ def test_global_duration_needs_a_store_wide_budget(manager) -> None:
         BudgetGuard(manager, global_duration="daily")
     with pytest.raises(ConfigurationError, match="global_budget"):
         BudgetGuard(manager, global_budget="machine")  # type: ignore[arg-type]
+
+
+def test_process_budget_hold_of_a_call_that_never_reports_back_expires(monkeypatch, register) -> None:
+    from litellm_budget_plugin.process_budget import ProcessBudget
+
+    process = ProcessBudget()
+    process.hold("abandoned-stream", limit=0.01, estimate=0.02, ttl=30)
+    with pytest.raises(BudgetExceededError, match="this process's spend"):
+        process.hold("next", limit=0.01, estimate=0.001, ttl=30)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 31)
+    process.hold("next", limit=0.01, estimate=0.001, ttl=30)
+    process.end("next", cost=0.0005)
+    assert litellm._current_cost == pytest.approx(0.0005)
