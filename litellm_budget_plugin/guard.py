@@ -119,8 +119,12 @@ class BudgetGuard(CustomLogger):
         global_duration: str | float | None = None,
     ) -> None:
         super().__init__()
-        self.store = _store_of(budgets, project)
-        self._charges_in_memory = isinstance(self.store, FileStore)  # see _settles_in_memory
+        if global_budget not in ("process", "store"):
+            raise ConfigurationError(f"global_budget must be process or store, got {global_budget!r}")
+        if global_duration is not None and global_budget != "store":
+            raise ConfigurationError('global_duration= needs global_budget="store": a process\'s budget has no window')
+        self.global_budget = global_budget
+        self.global_duration = budget.parse_duration(global_duration)
         self.mode = budget.check_mode(mode)
         if unknown_users not in ("track", "deny", "create"):
             raise ConfigurationError(f"unknown_users must be track, deny or create, got {unknown_users!r}")
@@ -144,12 +148,8 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
         self.alert_threshold = alert_threshold
         self.on_alert = on_alert or _log_alert
-        if global_budget not in ("process", "store"):
-            raise ConfigurationError(f"global_budget must be process or store, got {global_budget!r}")
-        if global_duration is not None and global_budget != "store":
-            raise ConfigurationError('global_duration= needs global_budget="store": a process\'s budget has no window')
-        self.global_budget = global_budget
-        self.global_duration = budget.parse_duration(global_duration)
+        self.store = _store_of(budgets, project)  # opened once the other arguments are checked
+        self._charges_in_memory = isinstance(self.store, FileStore)  # see _settles_in_memory
         self._process_budget = ProcessBudget()
         self._holds: dict[str, list[_Hold]] = {}
         self._holds_lock = threading.Lock()

@@ -185,9 +185,14 @@ def test_process_budget_holds_calls_in_flight_and_frees_them(tmp_path, register)
     store.close()
 
 
-def test_global_duration_needs_a_store_wide_budget(manager) -> None:
+def test_global_duration_needs_a_store_wide_budget(manager, tmp_path) -> None:
     with pytest.raises(ConfigurationError, match='global_budget="store"'):
         BudgetGuard(manager, global_duration="daily")
+    folder = tmp_path / "untouched"
+    folder.mkdir()
+    with pytest.raises(ConfigurationError, match="mode"):
+        BudgetGuard(folder / "user_cost.json", mode="lenient")  # type: ignore[arg-type]
+    assert list(folder.iterdir()) == []  # bad arguments open no store
     with pytest.raises(ConfigurationError, match="global_budget"):
         BudgetGuard(manager, global_budget="machine")  # type: ignore[arg-type]
 
