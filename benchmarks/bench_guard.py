@@ -6,7 +6,7 @@ of several rounds, and each ratio compares numbers measured in the same run.
 1. Overhead: ``litellm.completion(mock_response=...)`` with the guard registered vs bare
    litellm, with 1,000 users in the store (file store, the default): calls for one user, whose
    lease admits most calls without a write, and calls for each of the 1,000 users in turn, each
-   of which writes its hold.
+   of which writes its hold. Then the same with ``acompletion``, 100 tasks calling at once.
 2. Admission: 32 concurrent calls (threads, then asyncio tasks) on a budget that covers 10
    worst cases, each call in flight for 0.3 s (``mock_delay``). The guard in strict mode vs
    the seed's check-then-call pattern with LiteLLM's own BudgetManager.
@@ -38,48 +38,82 @@ from litellm_budget_plugin.guard import BudgetGuard
 MESSAGES = [{"role": "user", "content": "Hello, how are you today?"}]
 MODEL = "gpt-4o-mini"
 ROUNDS = 7
+REPETITIONS = 15  # rounds of each setup in the overhead tables
 CALLS_PER_ROUND = 300
+CONCURRENT_TASKS = 100
 
 
 def time_calls(users: list[str] | None) -> float:
-    """Median per-call seconds over ROUNDS rounds of CALLS_PER_ROUND calls, for ``users`` in turn."""
+    """Per-call seconds of one round of CALLS_PER_ROUND calls, for ``users`` in turn."""
     turns = itertools.cycle(users or [None])
-    per_call = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(CALLS_PER_ROUND):
+    start = time.perf_counter()
+    for _ in range(CALLS_PER_ROUND):
+        user = next(turns)
+        extra: dict[str, Any] = {"user": user} if user else {}
+        litellm.completion(model=MODEL, messages=MESSAGES, mock_response="Fine, thanks!", max_tokens=50, **extra)
+    return (time.perf_counter() - start) / CALLS_PER_ROUND
+
+
+def time_async_calls(users: list[str] | None) -> float:
+    """Per-call seconds of one round of CALLS_PER_ROUND ``acompletion`` calls, made by
+    CONCURRENT_TASKS tasks at once, for ``users`` in turn. The round ends when litellm's logging
+    worker has run every success event too (the guard settles async calls there)."""
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    turns = itertools.cycle(users or [None])
+
+    async def task(calls: int) -> None:
+        for _ in range(calls):
             user = next(turns)
             extra: dict[str, Any] = {"user": user} if user else {}
-            litellm.completion(model=MODEL, messages=MESSAGES, mock_response="Fine, thanks!", max_tokens=50, **extra)
-        per_call.append((time.perf_counter() - start) / CALLS_PER_ROUND)
-    return statistics.median(per_call)
+            await litellm.acompletion(
+                model=MODEL, messages=MESSAGES, mock_response="Fine, thanks!", max_tokens=50, **extra
+            )
+
+    async def round_() -> float:
+        start = time.perf_counter()
+        tasks = (task(CALLS_PER_ROUND // CONCURRENT_TASKS) for _ in range(CONCURRENT_TASKS))
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=120)
+        return (time.perf_counter() - start) / CALLS_PER_ROUND
+
+    return asyncio.run(round_())
 
 
 def overhead(folder: Path) -> None:
+    """Rounds of bare, one-user and 1,000-user calls take turns, in a rotating order, so that
+    drift in the machine's load hits all three; each ratio is the median of the ratios of
+    rounds measured next to each other."""
     manager = BudgetManager("bench", store=folder / "overhead.json")
     for i in range(1000):
         manager.create_budget(1_000.0, f"user-{i}")
-    time_calls(None)  # warm up litellm
-    bare, guarded, spread = [], [], []
     guard = BudgetGuard(manager)
-    everyone = [f"user-{i}" for i in range(1000)]
-    for _ in range(3):  # interleave, so drift in machine load hits all three
+    setups: dict[str, list[str] | None] = {
+        "bare litellm": None,
+        "with BudgetGuard (file store), one user calling": ["user-500"],
+        "with BudgetGuard, the 1,000 users in turn": [f"user-{i}" for i in range(1000)],
+    }
+    names = list(setups)
+    for kind, timer in (("completion", time_calls), ("acompletion", time_async_calls)):
+        timer(None)  # warm up litellm
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for repetition in range(REPETITIONS):
+            for name in names[repetition % 3 :] + names[: repetition % 3]:
+                litellm.logging_callback_manager._reset_all_callbacks()
+                if setups[name] is not None:
+                    litellm.callbacks.append(guard)
+                times[name].append(timer(setups[name]))
         litellm.logging_callback_manager._reset_all_callbacks()
-        bare.append(time_calls(None))
-        litellm.callbacks.append(guard)
-        guarded.append(time_calls(["user-500"]))
-        spread.append(time_calls(everyone))
-    litellm.logging_callback_manager._reset_all_callbacks()
-    time.sleep(1)  # let litellm's logging thread drain
-    b, g, r = statistics.median(bare), statistics.median(guarded), statistics.median(spread)
+        time.sleep(1)  # let litellm's logging thread drain
+        tasks = f", {CONCURRENT_TASKS} tasks at once" if timer is time_async_calls else ""
+        print(f"\n## Guard overhead: {kind}(mock_response=...){tasks}, 1,000 users in the store")
+        print("| setup | median per call | ratio (median of paired rounds) |")
+        print("|---|---|---|")
+        for name in names:
+            ratio = statistics.median(t / b for t, b in zip(times[name], times["bare litellm"], strict=True))
+            print(f"| {name} | {statistics.median(times[name]) * 1e3:.3f} ms | {ratio:.2f}x |")
     alone = store_work_per_call(manager)
-    print("\n## Guard overhead: completion(mock_response=...), 1,000 users in the store")
-    print("| setup | median per call | ratio |")
-    print("|---|---|---|")
-    print(f"| bare litellm | {b * 1e3:.3f} ms | 1.00x |")
-    print(f"| with BudgetGuard (file store), one user calling | {g * 1e3:.3f} ms | {g / b:.2f}x |")
-    print(f"| with BudgetGuard, the 1,000 users in turn (no lease to admit from) | {r * 1e3:.3f} ms | {r / b:.2f}x |")
-    print(f"| the guard's store work alone (admit + charge_later), outside litellm | {alone * 1e3:.3f} ms | |")
+    print(f"\nThe guard's store work alone (admit + charge_later), outside litellm: {alone * 1e3:.3f} ms a call")
 
 
 def store_work_per_call(manager: BudgetManager) -> float:

@@ -15,12 +15,14 @@ class BudgetExceededError(BudgetRefusal, LiteLLMBudgetExceededError):
 
     __module__ = "litellm_budget_plugin.errors"  # its public home; pickle finds it there
 
-    def __init__(self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0) -> None:
+    def __init__(
+        self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0, hint: str = ""
+    ) -> None:
         LiteLLMBudgetExceededError.__init__(
             self,
             current_cost=spend,
             max_budget=budget,
-            message=self._refuse(user, spend, budget, estimate, reserved),
+            message=self._refuse(user, spend, budget, estimate, reserved, hint),
         )
         self.entity_type = "user"  # litellm's own fields, which its constructor takes only from about 1.81 on
         self.entity_id = user

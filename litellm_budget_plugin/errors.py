@@ -37,25 +37,28 @@ if TYPE_CHECKING:
 class BudgetRefusal(Exception):
     """A call would take ``user`` past ``budget``: the refusal without litellm's error type."""
 
-    def __init__(self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0) -> None:
-        super().__init__(self._refuse(user, spend, budget, estimate, reserved))
+    def __init__(
+        self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0, hint: str = ""
+    ) -> None:
+        super().__init__(self._refuse(user, spend, budget, estimate, reserved, hint))
 
-    def _refuse(self, user: str, spend: float, budget: float, estimate: float, reserved: float) -> str:
+    def _refuse(self, user: str, spend: float, budget: float, estimate: float, reserved: float, hint: str) -> str:
         """Keep the refusal's figures and return its message (one place for both classes)."""
         self.user = user
         self.spend = spend
         self.budget = budget
         self.estimate = estimate
         self.reserved = reserved
+        self.hint = hint  # why, and what to do: appended to the message after a comma
         held = f", held by calls in flight ${reserved:.6f}" if reserved else ""
         self.message = (
             f"Budget exceeded for user {user!r}: spent ${spend:.6f} of ${budget:.6f}{held}; "
-            f"this call is estimated at ${estimate:.6f}"
+            f"this call is estimated at ${estimate:.6f}{', ' + hint if hint else ''}"
         )
         return self.message
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.user, self.spend, self.budget, self.estimate, self.reserved))
+        return (type(self), (self.user, self.spend, self.budget, self.estimate, self.reserved, self.hint))
 
 
 def over_budget(user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0) -> BudgetRefusal:

@@ -42,21 +42,22 @@ from .errors import (
 from .hooks import GuardInstallError as GuardInstallError  # raised by BudgetGuard(), imported from here
 from .hooks import install_sync_hook, off_the_loop
 from .manager import BudgetManager
-from .stores import BudgetStore, NewBudget, store_from_url
+from .process_budget import GLOBAL_USER, ProcessBudget
+from .stores import BudgetStore, FileStore, NewBudget, store_from_url
 
 logger = logging.getLogger(__name__)
 
-# The record that tracks litellm.max_budget, shared by every process using the store.
-GLOBAL_USER = "litellm.max_budget"
 DEFAULT_LEASE_SECONDS = 600.0
 
 UnknownUsers = Literal["track", "deny", "create"]
 StoreFailure = Literal["closed", "open"]
+GlobalBudget = Literal["process", "store"]
 AlertHandler = Callable[[str, float, float], None]
 
 _CHAT_CALLS = frozenset({"completion", "acompletion"})
 _TEXT_CALLS = frozenset({"text_completion", "atext_completion"})
 _EMBEDDING_CALLS = frozenset({"embedding", "aembedding"})
+_OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class BudgetGuard(CustomLogger):
 
     :param budgets: a :class:`BudgetManager`, a store, a path or URL, or None for the default
         store (``$LITELLM_BUDGET_STORE`` or ``user_cost.json``).
+    :param project: the project of a server or Redis URL (default ``"default"``); a file holds
+        one project. With a manager or store object it must match the project it already has.
     :param mode: ``"strict"`` admits a call only if spend + holds + its estimate fit the
         budget; ``"soft"`` (LiteLLM's rule) admits while spend + holds are under it.
     :param unknown_users: a user with no budget is ``"track"``-ed without a limit, ``"deny"``-ed,
@@ -84,12 +87,17 @@ class BudgetGuard(CustomLogger):
         process, an abandoned stream).
     :param alert_threshold: fraction of a budget whose crossing calls ``on_alert(user, spend,
         budget)`` (default: a warning in the log).
+    :param global_budget: what ``litellm.max_budget`` limits: ``"process"`` (litellm's meaning:
+        this process's spend, ``litellm._current_cost``, which starts at 0 in each process) or
+        ``"store"`` (the spend of every process sharing the store, in the record
+        ``litellm.max_budget``, over ``global_duration`` windows, e.g. ``"daily"``).
     """
 
     def __init__(
         self,
         budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | None = None,
         *,
+        project: str | None = None,
         mode: Mode = "strict",
         unknown_users: UnknownUsers = "track",
         default_budget: float | None = None,
@@ -100,9 +108,16 @@ class BudgetGuard(CustomLogger):
         output_token_cap: int = pricing.DEFAULT_OUTPUT_TOKEN_CAP,
         alert_threshold: float | None = None,
         on_alert: AlertHandler | None = None,
+        global_budget: GlobalBudget = "process",
+        global_duration: str | float | None = None,
     ) -> None:
         super().__init__()
-        self.store: BudgetStore = budgets.store if isinstance(budgets, BudgetManager) else store_from_url(budgets)
+        if global_budget not in ("process", "store"):
+            raise ConfigurationError(f"global_budget must be process or store, got {global_budget!r}")
+        if global_duration is not None and global_budget != "store":
+            raise ConfigurationError('global_duration= needs global_budget="store": a process\'s budget has no window')
+        self.global_budget = global_budget
+        self.global_duration = budget.parse_duration(global_duration)
         self.mode = budget.check_mode(mode)
         if unknown_users not in ("track", "deny", "create"):
             raise ConfigurationError(f"unknown_users must be track, deny or create, got {unknown_users!r}")
@@ -126,6 +141,9 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
         self.alert_threshold = alert_threshold
         self.on_alert = on_alert or _log_alert
+        self.store = _store_of(budgets, project)  # opened once the other arguments are checked
+        self._charges_in_memory = isinstance(self.store, FileStore)  # see _settles_in_memory
+        self._process_budget = ProcessBudget()
         self._holds: dict[str, list[_Hold]] = {}
         self._holds_lock = threading.Lock()
         self._global_budget_seen: float | None = None
@@ -150,19 +168,19 @@ class BudgetGuard(CustomLogger):
         holds: list[_Hold] = []
         try:
             if global_budget is not None:
-                self._sync_global_budget(float(global_budget))
-                # litellm's own rule for its global budget: stop once spend reaches it.
-                self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft")
+                self._hold_global(float(global_budget), call_id, estimate)
                 holds.append(_Hold(GLOBAL_USER, call_id, estimate))
             if user is not None:
                 self._reserve_for(budget.check_user(user), call_id, estimate)
                 holds.append(_Hold(user, call_id, estimate))
         except BaseException as exc:
             for hold in holds:  # one refusal undoes the other hold
-                self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
+                self._release_hold(hold)
             if isinstance(exc, StoreError) and self.on_store_error == "open":
                 logger.warning("budget store unusable, letting call %s through untracked: %s", call_id, exc)
                 return
+            if isinstance(exc, BudgetExceededError) and not exc.hint:
+                raise self._explained(exc, call_type, model, kwargs, estimate) from None
             raise
         with self._holds_lock:
             self._holds[call_id] = holds
@@ -174,7 +192,28 @@ class BudgetGuard(CustomLogger):
             else:
                 self.store.reserve(user, call_id, estimate, self.lease_seconds, self.mode, self._default)
         except UnknownUserError:
-            raise BudgetExceededError(user, 0.0, 0.0, estimate) from None
+            hint = f'user {user!r} has no budget and unknown_users="deny": give it one with create_budget'
+            raise BudgetExceededError(user, 0.0, 0.0, estimate, hint=hint) from None
+
+    def _explained(
+        self, refusal: BudgetExceededError, call_type: str, model: str, kwargs: Mapping[str, Any], estimate: float
+    ) -> BudgetExceededError:
+        """The refusal, saying so when most of the estimate is output tokens the caller never asked for."""
+        if call_type not in _CHAT_CALLS | _TEXT_CALLS or any(kwargs.get(key) is not None for key in _OUTPUT_LIMITS):
+            return refusal
+        tokens = pricing.output_token_limit(kwargs, model, self.output_token_cap)
+        choices = kwargs.get("n") or 1
+        assumed = pricing.output_cost(model, tokens, choices)
+        if assumed <= estimate / 2:
+            return refusal
+        per_choice = f" for each of {choices} choices" if choices > 1 else ""
+        hint = (
+            f"of which ${assumed:.6f} is {tokens:,} assumed output tokens{per_choice} (no max_tokens given): "
+            "pass max_tokens= to hold less"
+        )
+        return BudgetExceededError(
+            refusal.user, refusal.spend, refusal.budget, refusal.estimate, refusal.reserved, hint=hint
+        )
 
     def _estimate(self, call_type: str, model: str, kwargs: Mapping[str, Any], args: tuple[Any, ...]) -> float:
         if call_type in _CHAT_CALLS:
@@ -190,10 +229,22 @@ class BudgetGuard(CustomLogger):
             return pricing.estimate_cost(model, prompt=kwargs.get("input"))
         return 0.0  # other call types are charged their actual cost, with nothing held
 
-    def _sync_global_budget(self, amount: float) -> None:
-        if amount != self._global_budget_seen:
-            self.store.set_budget(GLOBAL_USER, amount)
-            self._global_budget_seen = amount
+    def _hold_global(self, limit: float, call_id: str, estimate: float) -> None:
+        """Hold the call's estimate against litellm.max_budget, with litellm's own (soft) rule:
+        a call starts while spend and holds are under the budget."""
+        if self.global_budget == "process":
+            self._process_budget.hold(call_id, limit, estimate, self.lease_seconds)
+            return
+        if limit != self._global_budget_seen:
+            self.store.set_budget(GLOBAL_USER, limit, self.global_duration)
+            self._global_budget_seen = limit
+        self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft")
+
+    def _release_hold(self, hold: _Hold) -> None:
+        if hold.user == GLOBAL_USER and self.global_budget == "process":
+            self._process_budget.end(hold.call_id)
+        else:
+            self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
 
     # -- outcome -------------------------------------------------------------------------
 
@@ -207,6 +258,9 @@ class BudgetGuard(CustomLogger):
         model = str(kwargs.get("model") or "")
         cost = self._actual_cost(call_id, reported_cost, response_obj, model, holds[0].amount)
         for hold in holds:
+            if hold.user == GLOBAL_USER and self.global_budget == "process":
+                self._process_budget.end(hold.call_id, cost)
+                continue
             if hold.user == GLOBAL_USER:  # litellm._current_cost must be current when the call returns
                 record = self._quietly(
                     functools.partial(self.store.charge, GLOBAL_USER, cost, model, call_id=hold.call_id)
@@ -232,7 +286,7 @@ class BudgetGuard(CustomLogger):
         with self._holds_lock:
             holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
         for hold in holds or []:
-            self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
+            self._release_hold(hold)
 
     @staticmethod
     def _actual_cost(call_id: object, reported: object, response_obj: Any, model: str, held: float) -> float:
@@ -264,8 +318,13 @@ class BudgetGuard(CustomLogger):
     # -- litellm's callback interface (parameter names are litellm's: it calls by keyword) --
 
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
-        name = getattr(call_type, "value", call_type)
-        await asyncio.to_thread(self.check, str(name), kwargs)
+        name = str(getattr(call_type, "value", call_type))
+        if (kwargs.get("user") or self.anonymous_user) is None and (
+            self.global_budget == "process" or not litellm.max_budget
+        ):
+            self.check(name, kwargs)  # no store operation: no thread hop either
+        else:
+            await asyncio.to_thread(self.check, name, kwargs)
         return None
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
@@ -277,13 +336,47 @@ class BudgetGuard(CustomLogger):
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        if kwargs.get("litellm_call_id") in self._holds:  # most calls were settled as they returned
+        call_id = kwargs.get("litellm_call_id")
+        if call_id not in self._holds:
+            return  # most async calls were settled as they returned (hooks.py)
+        if self._settles_in_memory(call_id):
+            self._settle(kwargs, response_obj, kwargs.get("response_cost"))
+        else:
             await off_the_loop(self._settle, kwargs, response_obj, kwargs.get("response_cost"))
+
+    def _settles_in_memory(self, call_id: object) -> bool:
+        """Whether settling the call only changes memory, so the event loop can do it at once
+        instead of paying a thread hop: a file store takes charges in memory (charge_later) and
+        its flusher writes them; the process budget is memory."""
+        with self._holds_lock:
+            holds = self._holds.get(call_id, ()) if isinstance(call_id, str) else ()
+        return all(
+            self.global_budget == "process" if hold.user == GLOBAL_USER else self._charges_in_memory for hold in holds
+        )
 
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         await off_the_loop(self._release, kwargs)
+
+
+def _store_of(budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | None, project: str | None) -> BudgetStore:
+    """The store a guard uses; ``project`` opens a URL's project, and must agree with an object's."""
+    if project is not None and (not isinstance(project, str) or not project):
+        raise ConfigurationError(f"project must be a non-empty string, got {project!r}")
+    named: str | None
+    if isinstance(budgets, BudgetManager):
+        store, named = budgets.store, budgets.project_name
+    elif isinstance(budgets, BudgetStore):
+        store, named = budgets, getattr(budgets, "project_name", None) or getattr(budgets, "project", None)
+    else:
+        return store_from_url(budgets, project=project)  # a file store ignores it: a file holds one project
+    if project is not None and named is not None and project != named:
+        raise ConfigurationError(
+            f"BudgetGuard(project={project!r}) was given {budgets!r} of project {named!r}: "
+            "leave project= out, or pass a path or URL"
+        )
+    return store
 
 
 def _log_alert(user: str, spend: float, limit: float) -> None:

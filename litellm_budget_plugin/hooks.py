@@ -30,7 +30,6 @@ import litellm.utils
 from litellm.types.utils import EmbeddingResponse, ModelResponse, TextCompletionResponse
 
 from .errors import BudgetPluginError
-from .stores.base import WritesAtOnce
 
 logger = logging.getLogger(__name__)
 
@@ -203,11 +202,11 @@ def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable
 
 
 def _settle_returned(guard: Any, details: dict[str, Any], result: Any, on_event_loop: bool) -> None:
-    """Settle in the caller's thread, unless that is an event loop and settling would block it:
-    a store that writes at once, or litellm's global budget (charged at once), is then settled
-    by a worker thread (the call's holds are taken from the guard only once, whoever runs)."""
+    """Settle in the caller's thread, unless that is an event loop and settling would block it
+    (a store that writes at once, a store-wide global budget): a worker thread settles it then
+    (the call's holds are taken from the guard only once, whoever runs)."""
     settle = functools.partial(_settle_quietly, guard, details, result, _hidden_cost(result))
-    if on_event_loop and (isinstance(guard.store, WritesAtOnce) or litellm.max_budget):
+    if on_event_loop and not guard._settles_in_memory(details.get("litellm_call_id")):
         _settlers.submit(settle)
     else:
         settle()

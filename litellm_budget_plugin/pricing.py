@@ -44,10 +44,13 @@ def _count_cached(text: str, encoding_name: str) -> int:
     return len(tiktoken.get_encoding(encoding_name).encode(text, disallowed_special=()))
 
 
+_CACHED_TEXT_LENGTH = 4096
+
+
 def count_text_tokens(text: str, model: str) -> int:
     """Tokens of one string; short repeated strings (system prompts) are cached."""
     name = encoding_for(model).name
-    if len(text) <= 4096:
+    if len(text) <= _CACHED_TEXT_LENGTH:
         return _count_cached(text, name)
     return len(encoding_for(model).encode(text, disallowed_special=()))
 
@@ -73,13 +76,17 @@ def _content_tokens(content: object, model: str) -> int:
 
 
 def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str) -> int:
+    encoding = encoding_for(model).name
     total = _TOKENS_PER_REQUEST
     for message in messages:
         if not isinstance(message, Mapping):
             raise ConfigurationError(f"each message must be a mapping, got {type(message).__name__}")
         total += _TOKENS_PER_MESSAGE
         for key, value in message.items():
-            total += _content_tokens(value, model)
+            if isinstance(value, str) and len(value) <= _CACHED_TEXT_LENGTH:  # most values: one cache lookup
+                total += _count_cached(value, encoding)
+            else:
+                total += _content_tokens(value, model)
             if key == "name":
                 total += _TOKENS_PER_NAME
     return total
@@ -141,10 +148,21 @@ def estimate_cost(
     """Worst-case cost of a call: its prompt at the input price plus ``n`` x output tokens."""
     entry = prices(model)
     prompt_tokens = count_message_tokens(messages, model) if messages is not None else _content_tokens(prompt, model)
-    cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0) + output_tokens * max(n, 1) * float(
-        entry.get("output_cost_per_token") or 0.0
-    )
+    cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0) + _output_cost(entry, output_tokens, n)
     return cost if math.isfinite(cost) else math.inf
+
+
+def output_cost(model: str, output_tokens: int, n: int = 1) -> float:
+    """The part of :func:`estimate_cost` that pays for output: the rest is the prompt.
+
+    Worked out only to explain a refusal, so the estimate itself stays one lookup.
+    """
+    cost = _output_cost(prices(model), output_tokens, n)
+    return cost if math.isfinite(cost) else math.inf
+
+
+def _output_cost(entry: Mapping[str, Any], output_tokens: int, n: int) -> float:
+    return output_tokens * max(n, 1) * float(entry.get("output_cost_per_token") or 0.0)
 
 
 def response_cost(response: Any, model: str | None = None) -> float:

@@ -435,20 +435,26 @@ def test_seed_quick_start_global_budget_raises(manager, register) -> None:
     register(BudgetGuard(manager))
     litellm.max_budget = 0.001
     messages = [{"role": "user", "content": "Hey, how's it going"}]
-    completion(model="gpt-4", messages=messages, mock_response="It's going well, thanks for asking! " * 3)
-    wait_until(lambda: litellm._current_cost > 0)
-    assert litellm._current_cost == pytest.approx(manager.get_current_cost(GLOBAL_USER))
+    response = completion(model="gpt-4", messages=messages, mock_response="It's going well, thanks for asking! " * 3)
+    # this process's spend, current when the call returns, and not written to the store
+    assert litellm._current_cost == pytest.approx(response._hidden_params["response_cost"])
+    assert not manager.is_valid_user(GLOBAL_USER)
     with pytest.raises(litellm.BudgetExceededError):
         completion(model="gpt-4", messages=messages, mock_response="again")
 
 
-def test_global_budget_is_shared_through_the_store(tmp_path, register) -> None:
+def test_store_wide_global_budget_is_shared_through_the_store(tmp_path, register) -> None:
     path = tmp_path / "user_cost.json"
-    register(BudgetGuard(path))
+    register(BudgetGuard(path, global_budget="store", global_duration="daily"))
     litellm.max_budget = 0.001
+    response = completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="hi")
     other = FileStore(path)  # another process's view of the same store
-    other.set_budget(GLOBAL_USER, 0.001)
+    record = other.get(GLOBAL_USER)
+    assert record is not None and record["total_budget"] == 0.001 and record["duration"] == 1.0
+    assert litellm._current_cost == pytest.approx(record["current_cost"])
+    assert record["current_cost"] == pytest.approx(response._hidden_params["response_cost"])
     other.charge(GLOBAL_USER, 0.002, "gpt-4")
+    other.close()
     with pytest.raises(litellm.BudgetExceededError):
         completion(model="gpt-4", messages=MESSAGES, mock_response="hi")
 
