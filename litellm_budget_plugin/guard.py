@@ -31,6 +31,7 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import budget, pricing
+from ._process_budget import GLOBAL_USER, ProcessBudget
 from .budget import Mode, UserRecord
 from .errors import (
     BudgetExceededError,
@@ -42,7 +43,6 @@ from .errors import (
 from .hooks import GuardInstallError as GuardInstallError  # raised by BudgetGuard(), imported from here
 from .hooks import install_sync_hook, off_the_loop
 from .manager import BudgetManager
-from .process_budget import GLOBAL_USER, ProcessBudget
 from .stores import BudgetStore, FileStore, NewBudget, store_from_url
 
 logger = logging.getLogger(__name__)

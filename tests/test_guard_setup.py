@@ -198,7 +198,7 @@ def test_global_duration_needs_a_store_wide_budget(manager, tmp_path) -> None:
 
 
 def test_process_budget_hold_of_a_call_that_never_reports_back_expires(monkeypatch, register) -> None:
-    from litellm_budget_plugin.process_budget import ProcessBudget
+    from litellm_budget_plugin._process_budget import ProcessBudget
 
     process = ProcessBudget()
     process.hold("abandoned-stream", limit=0.01, estimate=0.02, ttl=30)
