@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
@@ -160,12 +159,3 @@ def server() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI().start()
     yield fake
     fake.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """For what litellm does after a call returns (success callbacks on its logging thread)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)

@@ -18,7 +18,7 @@ from typing import Any
 
 import litellm
 import pytest
-from test_guard import wait_until
+from waiting import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, FileStore
 from litellm_budget_plugin import budget as budget_module

@@ -12,9 +12,9 @@ from typing import Any
 import filelock
 import litellm
 import pytest
-from conftest import wait_until
 from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
 from litellm import completion  # imported before any guard exists: must still be guarded
+from waiting import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, BudgetManager, FileStore, StoreLockTimeout
 from litellm_budget_plugin.guard import GLOBAL_USER, BudgetGuard

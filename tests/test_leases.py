@@ -20,7 +20,7 @@ import filelock
 import litellm
 import pytest
 from test_deferred_charges import Clock, lines_for
-from test_guard import wait_until
+from waiting import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, FileStore
 from litellm_budget_plugin.budget import LEASE_SPARE_CALLS

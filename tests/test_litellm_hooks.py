@@ -17,8 +17,8 @@ from typing import Any
 import litellm
 import litellm.utils
 import pytest
-from conftest import wait_until
 from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
+from waiting import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, BudgetStore, FileStore, hooks
 from litellm_budget_plugin.guard import BudgetGuard, GuardInstallError

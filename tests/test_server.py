@@ -22,7 +22,7 @@ import httpx
 import litellm
 import pytest
 from server_thread import ServerThread, directory_stores
-from test_guard import wait_until
+from waiting import wait_until
 
 from litellm_budget_plugin import (
     BudgetExceededError,
