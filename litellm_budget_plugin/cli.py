@@ -105,7 +105,7 @@ def main() -> None:
 # A negative AMOUNT ("-5") is an argument, so that its own error shows, not "No such option".
 @main.command(name="set", epilog=EPILOG, context_settings={"ignore_unknown_options": True})
 @click.argument("user")
-@click.argument("amount", type=float)
+@click.argument("amount")
 @click.option(
     "--duration",
     metavar="DURATION",
@@ -114,12 +114,13 @@ def main() -> None:
 @_store_options
 @_exit_codes
 def set_command(
-    user: str, amount: float, duration: str | None, store: str | None, project: str, api_key: str | None
+    user: str, amount: str, duration: str | None, store: str | None, project: str, api_key: str | None
 ) -> None:
     """Give USER a budget of AMOUNT dollars (a known user keeps what it has spent)."""
+    total = _amount(amount)
     target = open_store(store, project, api_key)
     try:
-        record = target.set_budget(user, amount, duration)
+        record = target.set_budget(user, total, duration)
     finally:
         target.close()
     window = "" if duration is None else f" {_window(duration)}"
@@ -267,6 +268,18 @@ def _window(duration: str) -> str:
     """A window as the user wrote it ("daily", "per 1h"): the store keeps days, 0.0416667 of them."""
     text = duration.strip()
     return text if text in budget.NAMED_DURATIONS_DAYS else f"per {text}"
+
+
+def _amount(text: str) -> float:
+    """AMOUNT as written: ``10`` stays the whole number 10 in the store, as LiteLLM writes it."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigurationError(f"AMOUNT must be a number of dollars, got {text!r}") from None
 
 
 def _used(record: budget.UserRecord) -> str:

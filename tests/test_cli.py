@@ -183,7 +183,21 @@ def test_durations_are_echoed_as_written(store_path: Path) -> None:
         result = run("set", "alice", "3", "--duration", duration, "--store", str(store_path))
         assert result.output == f"alice: budget $3.00 {shown}, spent $0.00\n"
     assert records(store_path)["alice"]["duration"] == 14.0
+    # Without --duration the budget never resets (the help says so), and the echo shows none.
     assert run("set", "alice", "3", "--store", str(store_path)).output == "alice: budget $3.00, spent $0.00\n"
+    assert "duration" not in records(store_path)["alice"]
+
+
+def test_amounts_are_kept_as_written(store_path: Path) -> None:
+    assert run("set", "alice", "10", "--store", str(store_path)).exit_code == EXIT_OK
+    assert run("set", "bob", "2.5", "--store", str(store_path)).exit_code == EXIT_OK
+    text = Path(store_path).read_text()
+    assert '"total_budget": 10,' in text or '"total_budget": 10}' in text, text
+    assert isinstance(records(store_path)["alice"]["total_budget"], int)
+    assert records(store_path)["bob"]["total_budget"] == 2.5
+    result = run("set", "carol", "ten", "--store", str(store_path))
+    assert result.exit_code == EXIT_USAGE and "AMOUNT must be a number" in result.stderr and "'ten'" in result.stderr
+    assert "carol" not in records(store_path)
 
 
 def test_empty_show_names_the_store_and_project(tmp_path: Path, store_path: Path) -> None:
