@@ -42,7 +42,7 @@ def test_store_wide_budget_admits_again_once_its_window_resets(tmp_path: Path, r
     litellm.max_budget = 1e-5
     first = mock_call(max_tokens=5)  # $0.0000135: over the budget once charged
     assert litellm._current_cost == pytest.approx(cost_of(first))
-    with pytest.raises(BudgetExceededError, match="litellm.max_budget"):
+    with pytest.raises(BudgetExceededError, match=r"litellm\.max_budget"):
         mock_call(max_tokens=5)
     now[0] += HOUR
     second = mock_call(max_tokens=5)  # a new window: litellm's own check must let it through
@@ -117,7 +117,7 @@ def test_store_down_in_open_mode_still_counts_calls_against_the_process_budget(r
     guard = register(BudgetGuard("http://127.0.0.1:9/", on_store_error="open"))
     litellm.max_budget = 2e-5
     served = []
-    with pytest.raises(BudgetExceededError, match="litellm.max_budget"):
+    with pytest.raises(BudgetExceededError, match=r"litellm\.max_budget"):
         for _ in range(5):
             served.append(cost_of(mock_call(user="alice", max_tokens=5)))
     assert len(served) == 2  # $0.0000135 each: the third starts over the budget
