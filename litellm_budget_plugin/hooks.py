@@ -292,7 +292,8 @@ async def off_the_loop(function: Callable[..., T], *args: Any) -> T:
 
 def _probe(version: str) -> None:
     """Make a mock completion that passes the wrapped function_setup (unchecked) and is stopped
-    by the wrapped update_response_metadata, before litellm logs it anywhere ("no-log")."""
+    by the wrapped update_response_metadata, before litellm logs it anywhere ("no-log"), and
+    outside litellm's cache."""
     global _settles_on_return
     _probe_reached.clear()
     retries = litellm.num_retries  # litellm clears it on any failed sync completion
@@ -303,6 +304,8 @@ def _probe(version: str) -> None:
             messages=[{"role": "user", "content": "probe"}],
             mock_response="probe",
             metadata={_PROBE_KEY: True},
+            caching=False,  # nor looked up in nor added to litellm.cache, if the app has one
+            cache={"no-cache": True, "no-store": True},
             **{"no-log": True},
         )
     except _ProbeSeen:

@@ -150,6 +150,16 @@ def test_probe_passes_both_hooks_and_is_reported_to_no_callback(monkeypatch, ser
     assert seen.calls == [response._hidden_params["litellm_call_id"]]  # this call's event, none of the probe
 
 
+def test_probe_leaves_the_apps_litellm_cache_empty(monkeypatch, manager) -> None:
+    BudgetGuard(manager)  # installed once
+    cache = litellm.Cache(type="local")
+    monkeypatch.setattr(litellm, "cache", cache)
+    monkeypatch.setattr(hooks, "_installed", False)
+    BudgetGuard(manager)  # probes again, with a cache there
+    assert hooks.settles_on_return()
+    assert cache.cache.cache_dict == {}  # type: ignore[union-attr]
+
+
 def test_update_response_metadata_off_the_path_warns_and_success_events_still_charge(
     monkeypatch, caplog, server, manager, register
 ) -> None:
