@@ -82,7 +82,8 @@ class BudgetGuard(CustomLogger):
         or given ``default_budget``/``default_duration`` on first sight (``"create"``).
     :param anonymous_user: charge calls without ``user=`` to this user (default: untracked).
     :param on_store_error: ``"closed"`` refuses calls while the store cannot be used;
-        ``"open"`` lets them through untracked, logging each.
+        ``"open"`` lets them through untracked by the store, logging each (the per-process
+        ``litellm.max_budget``, in memory, still counts them).
     :param lease_seconds: how long a hold lasts if its call never reports back (a crashed
         process, an abandoned stream).
     :param output_token_cap: the most output tokens held for a call without ``max_tokens``
@@ -369,7 +370,7 @@ class BudgetGuard(CustomLogger):
         with self._holds_lock:
             holds = self._holds.get(call_id, ()) if isinstance(call_id, str) else ()
         return all(
-            self._held_in_memory(hold) or (hold.user != GLOBAL_USER and self._charges_in_memory) for hold in holds
+            self.global_budget == "process" if hold.user == GLOBAL_USER else self._charges_in_memory for hold in holds
         )
 
     async def async_log_failure_event(
