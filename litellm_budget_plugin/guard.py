@@ -31,7 +31,7 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import budget, pricing
-from ._process_budget import GLOBAL_USER, ProcessBudget
+from ._process_budget import GLOBAL_USER, PROCESS_BUDGET, StoreSpendShown
 from .budget import Mode, UserRecord
 from .errors import (
     BudgetExceededError,
@@ -82,9 +82,12 @@ class BudgetGuard(CustomLogger):
         or given ``default_budget``/``default_duration`` on first sight (``"create"``).
     :param anonymous_user: charge calls without ``user=`` to this user (default: untracked).
     :param on_store_error: ``"closed"`` refuses calls while the store cannot be used;
-        ``"open"`` lets them through untracked, logging each.
+        ``"open"`` lets them through untracked by the store, logging each (the per-process
+        ``litellm.max_budget``, in memory, still counts them).
     :param lease_seconds: how long a hold lasts if its call never reports back (a crashed
         process, an abandoned stream).
+    :param output_token_cap: the most output tokens held for a call without ``max_tokens``
+        (its model's output limit if lower): 1 to 10,000,000.
     :param alert_threshold: fraction of a budget whose crossing calls ``on_alert(user, spend,
         budget)`` (default: a warning in the log).
     :param global_budget: what ``litellm.max_budget`` limits: ``"process"`` (litellm's meaning:
@@ -136,14 +139,15 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError(f"on_store_error must be closed or open, got {on_store_error!r}")
         self.on_store_error = on_store_error
         self.lease_seconds = budget.check_amount("lease_seconds", lease_seconds)
-        self.output_token_cap = output_token_cap
+        self.output_token_cap = _check_output_token_cap(output_token_cap)
         if alert_threshold is not None and not 0 < budget.check_amount("alert_threshold", alert_threshold) <= 1:
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
         self.alert_threshold = alert_threshold
         self.on_alert = on_alert or _log_alert
         self.store = _store_of(budgets, project)  # opened once the other arguments are checked
         self._charges_in_memory = isinstance(self.store, FileStore)  # see _settles_in_memory
-        self._process_budget = ProcessBudget()
+        self._process_budget = PROCESS_BUDGET  # litellm._current_cost is the process's, not a guard's
+        self._store_spend = StoreSpendShown()
         self._holds: dict[str, list[_Hold]] = {}
         self._holds_lock = threading.Lock()
         self._global_budget_seen: float | None = None
@@ -174,10 +178,16 @@ class BudgetGuard(CustomLogger):
                 self._reserve_for(budget.check_user(user), call_id, estimate)
                 holds.append(_Hold(user, call_id, estimate))
         except BaseException as exc:
+            store_down = isinstance(exc, StoreError) and self.on_store_error == "open"
+            kept = [hold for hold in holds if store_down and self._held_in_memory(hold)]
             for hold in holds:  # one refusal undoes the other hold
-                self._release_hold(hold)
-            if isinstance(exc, StoreError) and self.on_store_error == "open":
+                if hold not in kept:
+                    self._release_hold(hold)
+            if store_down:  # the process budget still counts the call
                 logger.warning("budget store unusable, letting call %s through untracked: %s", call_id, exc)
+                if kept:
+                    with self._holds_lock:
+                        self._holds[call_id] = kept
                 return
             if isinstance(exc, BudgetExceededError) and not exc.hint:
                 raise self._explained(exc, call_type, model, kwargs, estimate) from None
@@ -238,10 +248,14 @@ class BudgetGuard(CustomLogger):
         if limit != self._global_budget_seen:
             self.store.set_budget(GLOBAL_USER, limit, self.global_duration)
             self._global_budget_seen = limit
-        self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft")
+        record = self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft")
+        self._store_spend.show(record, admitted=True)  # the record is in its current window
+
+    def _held_in_memory(self, hold: _Hold) -> bool:
+        return hold.user == GLOBAL_USER and self.global_budget == "process"
 
     def _release_hold(self, hold: _Hold) -> None:
-        if hold.user == GLOBAL_USER and self.global_budget == "process":
+        if self._held_in_memory(hold):
             self._process_budget.end(hold.call_id)
         else:
             self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
@@ -258,15 +272,20 @@ class BudgetGuard(CustomLogger):
         model = str(kwargs.get("model") or "")
         cost = self._actual_cost(call_id, reported_cost, response_obj, model, holds[0].amount)
         for hold in holds:
-            if hold.user == GLOBAL_USER and self.global_budget == "process":
+            if self._held_in_memory(hold):
                 self._process_budget.end(hold.call_id, cost)
                 continue
-            if hold.user == GLOBAL_USER:  # litellm._current_cost must be current when the call returns
+            if hold.user == GLOBAL_USER:
+                # Written at once, for litellm._current_cost to follow the record. A sync call
+                # is charged before completion() returns; an async one by a worker thread a
+                # moment after its await returns (hooks._settle_returned: the event loop must
+                # not wait on the store), which can finish out of order: StoreSpendShown keeps
+                # the newest record. Those threads are joined at interpreter exit.
                 record = self._quietly(
                     functools.partial(self.store.charge, GLOBAL_USER, cost, model, call_id=hold.call_id)
                 )
                 if record is not None:
-                    litellm._current_cost = record["current_cost"]
+                    self._store_spend.show(record)
                 continue
             alert = None if self.alert_threshold is None else functools.partial(self._maybe_alert, hold.user, cost=cost)
             self._quietly(
@@ -377,6 +396,18 @@ def _store_of(budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | No
             "leave project= out, or pass a path or URL"
         )
     return store
+
+
+_MAX_OUTPUT_TOKEN_CAP = 10_000_000
+
+
+def _check_output_token_cap(cap: object) -> int:
+    """The cap on output tokens assumed for a call without max_tokens: a positive int, not a price."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= _MAX_OUTPUT_TOKEN_CAP:
+        raise ConfigurationError(
+            f"output_token_cap must be a whole number of tokens from 1 to {_MAX_OUTPUT_TOKEN_CAP:,}, got {cap!r}"
+        )
+    return cap
 
 
 def _log_alert(user: str, spend: float, limit: float) -> None:

@@ -8,7 +8,8 @@ call time: a module global up to about 1.95, fetched from ``sys.modules`` later)
 priced response just before they return it. Both are private API that every release from
 :data:`MIN_LITELLM` on has in this shape: :func:`install_sync_hook` checks the version and proves
 the check is on the path with a probe call, raising :class:`GuardInstallError` if not, so no
-release is ever silently unguarded.
+release is ever silently unguarded. The same probe shows whether ``update_response_metadata`` is
+on the path too; if not, a warning says so and success events settle calls (a moment later).
 """
 
 from __future__ import annotations
@@ -57,10 +58,13 @@ class _ProbeSeen(Exception):
 _PROBE_KEY = "__litellm_budget_plugin_probe__"
 _install_lock = threading.Lock()
 _installed = False
+_probe_reached: set[str] = set()  # which wrapped functions the start-up probe call passed through
+_settles_on_return = False
 _guard_type: type[Any] | None = None
-# Settlements an async call cannot make on the event loop (they write over the network or
-# take a file lock). Its threads are joined at interpreter exit, so no charge is lost when a
-# program ends its loop right after its last call.
+# Settlements an async call cannot make on the event loop (a server or Redis store, a
+# store-wide global budget: they write over the network or take a file lock). They land a moment
+# after the call's await returns; the threads are joined at interpreter exit, so no charge is
+# lost when a program ends its loop right after its last call.
 _settlers = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="budget-settle")
 
 
@@ -102,6 +106,12 @@ def install_sync_hook(guard_type: type[Any]) -> None:
         _installed = True
 
 
+def settles_on_return() -> bool:
+    """Whether the start-up probe saw litellm hand its response to the wrapped
+    ``update_response_metadata``: calls are then charged as they return, else by success events."""
+    return _settles_on_return
+
+
 def litellm_version() -> str:
     try:
         return metadata.version("litellm")
@@ -139,26 +149,60 @@ def _guards() -> Iterator[Any]:
             yield callback
 
 
-def _called_from_coroutine() -> bool:
-    """Whether the function calling our wrapper is a coroutine: litellm's async wrapper.
+_LITELLM_WRAPPERS_FILE = litellm.utils.__file__  # where litellm's @client wrappers are
+_FRAMES_SEARCHED = 4  # our wrapper's caller and a few more, in case another library wraps too
 
-    Up to about 1.100 litellm's wrappers do not say whether a call is async (later ones pass
-    ``is_async_call`` to function_setup); the code calling us does.
+
+def _called_from_coroutine() -> bool:
+    """Whether litellm's wrapper calling our wrapper is its async one (a coroutine).
+
+    Up to about 1.100 litellm's wrappers do not say whether a call is async; the code calling
+    us does. The nearest frame in litellm's wrappers' file within a few is theirs (a wrapper
+    someone else put around ours is skipped); else the direct caller decides.
     """
-    return bool(sys._getframe(2).f_code.co_flags & _COROUTINE_CODE)
+    caller = frame = sys._getframe(2)
+    for _ in range(_FRAMES_SEARCHED):
+        if frame.f_code.co_filename == _LITELLM_WRAPPERS_FILE:
+            return bool(frame.f_code.co_flags & _COROUTINE_CODE)
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    return bool(caller.f_code.co_flags & _COROUTINE_CODE)
+
+
+def _async_call_default(function: Callable[..., Any]) -> bool | None:
+    """The default of ``function``'s ``is_async_call`` parameter, which later litellm releases
+    give function_setup (their async wrapper relies on it), or None if it has none."""
+    try:
+        parameter = inspect.signature(function).parameters.get("is_async_call")
+    except (TypeError, ValueError):
+        return None
+    if parameter is None or not isinstance(parameter.default, bool):
+        return None
+    return parameter.default
+
+
+def _is_probe(call_kwargs: Mapping[str, Any]) -> bool:
+    metadata = call_kwargs.get("metadata")
+    return isinstance(metadata, dict) and _PROBE_KEY in metadata
 
 
 def _guarded_function_setup(original: Callable[..., Any]) -> Callable[..., Any]:
+    async_default = _async_call_default(original)
+
     @functools.wraps(original)
     def function_setup(original_function: str, rules_obj: Any, start_time: Any, *args: Any, **kwargs: Any) -> Any:
-        is_async = kwargs["is_async_call"] if "is_async_call" in kwargs else _called_from_coroutine()
+        if async_default is None:
+            is_async = kwargs["is_async_call"] if "is_async_call" in kwargs else _called_from_coroutine()
+        else:
+            is_async = kwargs.get("is_async_call", async_default)
         result = original(original_function, rules_obj, start_time, *args, **kwargs)
         if is_async:
             return result  # async calls are checked in async_pre_call_deployment_hook
         _, call_kwargs = result
-        metadata = call_kwargs.get("metadata")
-        if isinstance(metadata, dict) and _PROBE_KEY in metadata:
-            raise _ProbeSeen
+        if _is_probe(call_kwargs):
+            _probe_reached.add("function_setup")
+            return result  # on to update_response_metadata, unchecked
         if any(call_kwargs.get(flag) is True for flag in ASYNC_FLAGS):
             return result
         for guard in _guards():
@@ -183,6 +227,9 @@ def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable
     def update_response_metadata(*args: Any, **kwargs: Any) -> Any:
         outcome = original(*args, **kwargs)
         result, call_kwargs = kwargs.get("result"), kwargs.get("kwargs")
+        if isinstance(call_kwargs, dict) and _is_probe(call_kwargs):
+            _probe_reached.add("update_response_metadata")
+            raise _ProbeSeen  # before litellm runs success events for it
         # What the success event will be given: the call id, and the model without its provider.
         details = getattr(kwargs.get("logging_obj"), "model_call_details", None)
         if (
@@ -207,9 +254,12 @@ def _settle_returned(guard: Any, details: dict[str, Any], result: Any, on_event_
     (the call's holds are taken from the guard only once, whoever runs)."""
     settle = functools.partial(_settle_quietly, guard, details, result, _hidden_cost(result))
     if on_event_loop and not guard._settles_in_memory(details.get("litellm_call_id")):
-        _settlers.submit(settle)
-    else:
-        settle()
+        try:
+            _settlers.submit(settle)
+            return
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            pass  # settle here: blocking now holds up nothing but the exit
+    settle()
 
 
 def _settle_quietly(guard: Any, details: dict[str, Any], result: Any, cost: object) -> None:
@@ -241,25 +291,46 @@ async def off_the_loop(function: Callable[..., T], *args: Any) -> T:
 
 
 def _probe(version: str) -> None:
+    """Make a mock completion that passes the wrapped function_setup (unchecked) and is stopped
+    by the wrapped update_response_metadata, before litellm logs it anywhere ("no-log"), and
+    outside litellm's cache."""
+    global _settles_on_return
+    _probe_reached.clear()
     retries = litellm.num_retries  # litellm clears it on any failed sync completion
+    failure: Exception | None = None
     try:
         litellm.completion(
             model="gpt-4o-mini",
             messages=[{"role": "user", "content": "probe"}],
             mock_response="probe",
             metadata={_PROBE_KEY: True},
+            caching=False,  # nor looked up in nor added to litellm.cache, if the app has one
+            cache={"no-cache": True, "no-store": True},
+            **{"no-log": True},
         )
     except _ProbeSeen:
-        return
+        pass
     except Exception as exc:
-        raise GuardInstallError(
-            f"BudgetGuard's start-up probe (a mock litellm.completion) failed on litellm {version} before "
-            f"reaching the sync-call hook: {type(exc).__name__}: {exc}"
-        ) from exc
+        failure = exc
     finally:
         litellm.num_retries = retries
-    raise GuardInstallError(
-        f"BudgetGuard could not hook litellm {version}'s sync calls: a probe completion never reached "
-        f"litellm.utils.function_setup, so sync calls would not be checked (supported: {SUPPORTED_LITELLM}; "
-        "a newer litellm may have moved it: see the README)"
-    )
+    if "function_setup" not in _probe_reached:
+        if failure is not None:
+            raise GuardInstallError(
+                f"BudgetGuard's start-up probe (a mock litellm.completion) failed on litellm {version} before "
+                f"reaching the sync-call hook: {type(failure).__name__}: {failure}"
+            ) from failure
+        raise GuardInstallError(
+            f"BudgetGuard could not hook litellm {version}'s sync calls: a probe completion never reached "
+            f"litellm.utils.function_setup, so sync calls would not be checked (supported: {SUPPORTED_LITELLM}; "
+            "a newer litellm may have moved it: see the README)"
+        )
+    _settles_on_return = "update_response_metadata" in _probe_reached
+    if not _settles_on_return:
+        logger.warning(
+            "BudgetGuard: litellm %s does not hand responses to litellm.utils.update_response_metadata, so "
+            "calls are charged by litellm's success events, a moment after they return (an async call's "
+            "charge is lost if the program ends its event loop at once); see the README, 'Which litellm'%s",
+            version,
+            "" if failure is None else f" (the probe call ended with {type(failure).__name__}: {failure})",
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import litellm
 import pytest
 from fake_openai import FakeOpenAI
 from server_thread import ServerThread, directory_stores
+from waiting import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, BudgetManager, ConfigurationError, FileStore
 from litellm_budget_plugin.guard import GLOBAL_USER, BudgetGuard
@@ -24,14 +26,6 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 def mock_call(**kwargs: Any) -> Any:
     return litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="ok", **kwargs)
-
-
-def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 # --- project= ---------------------------------------------------------------------------------
@@ -195,6 +189,20 @@ def test_global_duration_needs_a_store_wide_budget(manager, tmp_path) -> None:
     assert list(folder.iterdir()) == []  # bad arguments open no store
     with pytest.raises(ConfigurationError, match="global_budget"):
         BudgetGuard(manager, global_budget="machine")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cap", [-5000, 0, 10_000_001, "abc", math.nan, 4096.0, True, None])
+def test_output_token_cap_must_be_a_sane_number_of_tokens(cap: Any, tmp_path) -> None:
+    with pytest.raises(
+        ConfigurationError, match="output_token_cap must be a whole number of tokens from 1 to 10,000,000"
+    ):
+        BudgetGuard(tmp_path / "user_cost.json", output_token_cap=cap)
+    assert list(tmp_path.iterdir()) == []  # bad arguments open no store
+
+
+@pytest.mark.parametrize("cap", [1, 10_000_000])
+def test_output_token_cap_bounds_are_accepted(cap: int, manager) -> None:
+    assert BudgetGuard(manager, output_token_cap=cap).output_token_cap == cap
 
 
 def test_process_budget_hold_of_a_call_that_never_reports_back_expires(monkeypatch, register) -> None:

@@ -7,6 +7,8 @@ CI runs this file on the oldest supported litellm, one from the middle and the n
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import litellm
 import litellm.utils
 import pytest
 from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
+from litellm.integrations.custom_logger import CustomLogger
 from waiting import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, BudgetStore, FileStore, hooks
@@ -119,6 +122,130 @@ def test_litellm_without_function_setup_is_refused(monkeypatch, manager) -> None
     monkeypatch.setattr(hooks, "_installed", False)
     with pytest.raises(GuardInstallError, match=r"has no litellm\.utils\.function_setup"):
         BudgetGuard(manager)
+
+
+class CallsSeen(CustomLogger):
+    """Records which calls litellm reports to callbacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self.calls.append(str(kwargs.get("litellm_call_id")))
+
+    def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self.calls.append(f"failed {kwargs.get('litellm_call_id')}")
+
+
+def test_probe_passes_both_hooks_and_is_reported_to_no_callback(monkeypatch, server, manager, register) -> None:
+    seen = CallsSeen()
+    litellm.callbacks.append(seen)
+    monkeypatch.setattr(hooks, "_installed", False)
+    monkeypatch.setattr(hooks, "_settles_on_return", False)
+    register(BudgetGuard(manager))  # probes again, with a callback there to see it
+    assert hooks.settles_on_return()
+    response = call(server)
+    wait_until(lambda: bool(seen.calls))
+    assert seen.calls == [response._hidden_params["litellm_call_id"]]  # this call's event, none of the probe
+
+
+def test_probe_leaves_the_apps_litellm_cache_empty(monkeypatch, manager) -> None:
+    BudgetGuard(manager)  # installed once
+    cache = litellm.Cache(type="local")
+    monkeypatch.setattr(litellm, "cache", cache)
+    monkeypatch.setattr(hooks, "_installed", False)
+    BudgetGuard(manager)  # probes again, with a cache there
+    assert hooks.settles_on_return()
+    assert cache.cache.cache_dict == {}  # type: ignore[union-attr]
+
+
+def test_update_response_metadata_off_the_path_warns_and_success_events_still_charge(
+    monkeypatch, caplog, server, manager, register
+) -> None:
+    BudgetGuard(manager)  # installed once
+    original = litellm.utils.update_response_metadata.__wrapped__  # type: ignore[attr-defined]
+
+    def bypass(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs)
+
+    bypass.__budget_guard__ = True  # type: ignore[attr-defined]  # looks installed, is not
+    monkeypatch.setattr(litellm.utils, "update_response_metadata", bypass)
+    monkeypatch.setattr(hooks, "_installed", False)
+    monkeypatch.setattr(hooks, "_settles_on_return", True)
+    with caplog.at_level(logging.WARNING, logger=hooks.__name__):
+        register(BudgetGuard(manager))  # starts: sync calls are still checked
+    assert not hooks.settles_on_return()
+    warnings = [r.getMessage() for r in caplog.records if r.name == hooks.__name__]
+    assert len(warnings) == 1 and "update_response_metadata" in warnings[0] and "success events" in warnings[0]
+    manager.create_budget(1.0, "alice")
+    call(server, user="alice")
+    wait_until(lambda: manager.get_current_cost("alice") > 0)  # by litellm's success event
+    assert manager.get_current_cost("alice") == pytest.approx(SERVER_COST)
+
+
+def test_calls_are_told_apart_when_other_code_wraps_function_setup(monkeypatch, server, manager, register) -> None:
+    """A wrapper that hides function_setup's signature (no is_async_call default to read), and
+    another around the guard's: an async call is still left to the deployment hook (checked
+    once), sync ones still checked, also inside a coroutine."""
+    BudgetGuard(manager)  # installed once
+    real = litellm.utils.function_setup.__wrapped__
+
+    def traced_inside(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(litellm.utils, "function_setup", traced_inside)
+    monkeypatch.setattr(hooks, "_installed", False)
+    guard = register(BudgetGuard(manager))
+    guarded = litellm.utils.function_setup
+
+    def traced_outside(*args: Any, **kwargs: Any) -> Any:
+        return guarded(*args, **kwargs)
+
+    monkeypatch.setattr(litellm.utils, "function_setup", traced_outside)
+    checked: list[str] = []
+    check = guard.check
+
+    def check_noting_call(call_type: str, kwargs: Any, args: Any = ()) -> None:
+        checked.append(call_type)
+        check(call_type, kwargs, args)
+
+    guard.check = check_noting_call  # type: ignore[method-assign]
+    manager.create_budget(1.0, "alice")
+
+    async def one_async() -> None:
+        await acall(server, user="alice", max_tokens=100)
+
+    asyncio.run(one_async())
+    assert checked == ["acompletion"]  # by the deployment hook only
+    manager.create_budget(1e-6, "bob")
+
+    async def sync_inside_a_coroutine() -> None:
+        call(server, user="bob", max_tokens=100)
+
+    with pytest.raises(BudgetExceededError):
+        call(server, user="bob", max_tokens=100)
+    with pytest.raises(BudgetExceededError):
+        asyncio.run(sync_inside_a_coroutine())
+    assert server.count == 1
+
+
+def test_async_call_made_as_the_settler_threads_shut_down_is_settled_inline(
+    monkeypatch, server, http_store_factory, register
+) -> None:
+    """At interpreter exit the settlers take no more work: the call is charged in the event
+    loop's thread instead, and served all the same."""
+    store: BudgetStore = http_store_factory()
+    register(BudgetGuard(store))
+    shut_down = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    shut_down.shutdown()
+    monkeypatch.setattr(hooks, "_settlers", shut_down)
+
+    async def go() -> float:
+        await acall(server, user="alice")
+        return store.get("alice")["current_cost"]  # type: ignore[index]
+
+    assert asyncio.run(go()) == pytest.approx(SERVER_COST)  # charged before the await returned
 
 
 # --- function_setup: sync calls stopped before the provider ------------------------------------
