@@ -59,21 +59,9 @@ _EMBEDDING_CALLS = frozenset({"embedding", "aembedding"})
 _OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens")
 
 
-class _Call(NamedTuple):
-    """A call to check: who it is for, and its estimate. (Named tuples: made on every call,
-    and cheaper to make than frozen dataclasses.)"""
-
-    call_type: str
-    kwargs: Mapping[str, Any]
-    model: str
-    user: str | None
-    call_id: str
-    estimate: float
-    global_budget: float | None  # litellm.max_budget, if set
-
-
 class _Hold(NamedTuple):
-    """One reservation the guard made for a call."""
+    """One reservation the guard made for a call (a named tuple: made on every call, and
+    cheaper to make than a frozen dataclass)."""
 
     user: str
     call_id: str
@@ -167,57 +155,34 @@ class BudgetGuard(CustomLogger):
 
         Called before the provider is contacted, from the sync hook or the async hook.
         """
-        call = self._call_of(call_type, kwargs, args)
-        if call is not None:
-            self._hold(call, nowait=False)
-
-    def _call_of(self, call_type: str, kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> _Call | None:
-        """What the check of a call needs (its estimate included), or None if it holds nothing."""
         user = kwargs.get("user") or self.anonymous_user
         global_budget = litellm.max_budget or None
         if user is None and global_budget is None:
-            return None
+            return
         call_id = kwargs.get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
-            return None  # litellm gives every call an id; without one the result cannot be matched
+            return  # litellm gives every call an id; without one the result cannot be matched
         model = str(kwargs.get("model") or (args[0] if args else ""))
         estimate = self._estimate(call_type, model, kwargs, args)
-        checked = None if user is None else budget.check_user(user)
-        limit = None if global_budget is None else float(global_budget)
-        return _Call(call_type, kwargs, model, checked, call_id, estimate, limit)
-
-    def _hold(self, call: _Call, nowait: bool) -> bool:
-        """Hold ``call``'s estimate (see :meth:`check`). With ``nowait``, only if that takes no
-        store write and no wait for a lock: False means nothing was held, hold it again without."""
-        if nowait and not (
-            (call.global_budget is None or self.global_budget == "process")
-            and (call.user is None or self.mode == "strict")
-        ):
-            return False
         holds: list[_Hold] = []
         try:
-            if call.user is not None and nowait:  # first: it may decline, with nothing held yet
-                if not self.store.admit_nowait(call.user, call.call_id, call.estimate, self.lease_seconds):
-                    return False
-                holds.append(_Hold(call.user, call.call_id, call.estimate))
-            if call.global_budget is not None:
-                self._hold_global(call.global_budget, call.call_id, call.estimate)
-                holds.append(_Hold(GLOBAL_USER, call.call_id, call.estimate))
-            if call.user is not None and not nowait:
-                self._reserve_for(call.user, call.call_id, call.estimate)
-                holds.append(_Hold(call.user, call.call_id, call.estimate))
+            if global_budget is not None:
+                self._hold_global(float(global_budget), call_id, estimate)
+                holds.append(_Hold(GLOBAL_USER, call_id, estimate))
+            if user is not None:
+                self._reserve_for(budget.check_user(user), call_id, estimate)
+                holds.append(_Hold(user, call_id, estimate))
         except BaseException as exc:
             for hold in holds:  # one refusal undoes the other hold
                 self._release_hold(hold)
             if isinstance(exc, StoreError) and self.on_store_error == "open":
-                logger.warning("budget store unusable, letting call %s through untracked: %s", call.call_id, exc)
-                return True
+                logger.warning("budget store unusable, letting call %s through untracked: %s", call_id, exc)
+                return
             if isinstance(exc, BudgetExceededError) and not exc.hint:
-                raise self._explained(exc, call.call_type, call.model, call.kwargs, call.estimate) from None
+                raise self._explained(exc, call_type, model, kwargs, estimate) from None
             raise
         with self._holds_lock:
-            self._holds[call.call_id] = holds
-        return True
+            self._holds[call_id] = holds
 
     def _reserve_for(self, user: str, call_id: str, estimate: float) -> None:
         try:
@@ -352,11 +317,13 @@ class BudgetGuard(CustomLogger):
     # -- litellm's callback interface (parameter names are litellm's: it calls by keyword) --
 
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
-        call = self._call_of(str(getattr(call_type, "value", call_type)), kwargs)
-        # On the loop when the check only changes memory (a lease's spare, the process
-        # budget); else in a worker thread, so that the loop never waits for the store.
-        if call is not None and not self._hold(call, nowait=True):
-            await asyncio.to_thread(self._hold, call, False)
+        name = str(getattr(call_type, "value", call_type))
+        if (kwargs.get("user") or self.anonymous_user) is None and (
+            self.global_budget == "process" or not litellm.max_budget
+        ):
+            self.check(name, kwargs)  # no store operation: no thread hop either
+        else:
+            await asyncio.to_thread(self.check, name, kwargs)
         return None
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:

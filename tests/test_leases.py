@@ -112,35 +112,6 @@ def test_spare_is_a_bounded_number_of_calls(open_store, quiet_flusher) -> None:
     assert held(other) == pytest.approx(0.02 + LEASE_SPARE_CALLS * 0.01)
 
 
-def test_admit_nowait_takes_the_spare_without_a_write_only_for_calls_the_file_holds_long_enough(
-    open_store, quiet_flusher
-) -> None:
-    """The event loop's admission: from the spare the file already holds (no line written),
-    never for a call that would outlive the lease's hold in the file, never past the spare."""
-    store, other = open_store(), open_store()
-    store.set_budget("alice", 1_000.0)
-    store.admit("alice", "c0", 0.01, 60)
-    assert store.admit_nowait("alice", "c1", 0.01, 60) is False  # the first call took no spare
-    store.admit("alice", "c1", 0.01, 60)  # called for again at once: spare for 32 more
-    before = lines_for(store, "alice")
-    assert held(other) == pytest.approx(0.02 + LEASE_SPARE_CALLS * 0.01)
-
-    assert store.admit_nowait("alice", "long", 0.01, 3_600) is False  # outlives the lease's hold
-    calls = LEASE_SPARE_CALLS - 1  # the last one may miss by a rounding error
-    for i in range(calls):
-        assert store.admit_nowait("alice", f"s{i}", 0.01, 60) is True
-    assert store.admit_nowait("alice", "past-the-spare", 0.02, 60) is False
-    assert store.admit_nowait("alice", "s0", 0.01, 60) is False  # in flight already: admit decides
-
-    assert lines_for(store, "alice") == before
-    assert held(other) == pytest.approx(0.02 + LEASE_SPARE_CALLS * 0.01)  # in flight: what the file holds
-    for i in range(calls):
-        store.charge_later("alice", 0.005, "m", call_id=f"s{i}")
-    store.flush()
-    assert spent(other) == pytest.approx(calls * 0.005)
-    assert at_least(0.02) <= held(other) <= 0.02 + 0.011  # c0 and c1 in flight, and what is left of the spare
-
-
 # --- exact at the edge of the budget, in one process -----------------------------------------
 
 

@@ -296,55 +296,6 @@ def test_admit_over_budget_is_refused_and_changes_nothing(store_factory: Callabl
     other.admit("alice", "c3", 0.2, ttl=60)
 
 
-def test_admit_nowait_holds_what_it_admits_for_every_handle(store_factory: Callable[[], BudgetStore]) -> None:
-    """Whatever admit_nowait answers (a store on a server always says "call admit"), a call it
-    admits is held for other handles until charge_later charges it, once; one it declines holds nothing."""
-    store, other = store_factory(), store_factory()
-    store.set_budget("alice", 10.0)
-    assert store.admit_nowait("alice", "first", 0.1, ttl=60) is False  # nothing to admit from yet
-    assert held(other) == 0
-    store.admit("alice", "c0", 0.1, ttl=60)
-    store.admit("alice", "c1", 0.1, ttl=60)  # called for again at once: a lease may take spare
-    admitted = ["c0", "c1"]
-    for i in range(2, 6):
-        if not store.admit_nowait("alice", f"c{i}", 0.1, ttl=60):
-            store.admit("alice", f"c{i}", 0.1, ttl=60)
-        admitted.append(f"c{i}")
-        assert held(other) >= 0.1 * len(admitted) - 1e-9
-    for call_id in admitted:
-        store.charge_later("alice", 0.05, "m", call_id=call_id)
-        store.charge_later("alice", 0.05, "m", call_id=call_id)
-    store.get("alice")  # applies the deferred charges
-    record = other.get("alice")
-    assert record is not None and record["current_cost"] == pytest.approx(0.05 * len(admitted))
-
-
-def test_admit_nowait_never_refuses_and_declines_what_does_not_fit(store: BudgetStore) -> None:
-    store.set_budget("alice", 1.0)
-    store.admit("alice", "c0", 0.3, ttl=60)
-    store.admit("alice", "c1", 0.3, ttl=60)
-
-    assert store.admit_nowait("alice", "c2", 0.5, ttl=60) is False  # left to admit, which refuses
-    with pytest.raises(BudgetExceededError):
-        store.admit("alice", "c2", 0.5, ttl=60)
-    assert store.admit_nowait("bob", "c3", 0.1, ttl=60) is False  # no budget: admit decides
-
-
-@pytest.mark.parametrize("bad", [math.nan, -1.0, math.inf, "1"])
-def test_admit_nowait_refuses_bad_input_and_changes_nothing(store: BudgetStore, bad: object) -> None:
-    store.set_budget("alice", 1.0)
-    before = store.get("alice")
-
-    with pytest.raises(ConfigurationError):
-        store.admit_nowait("alice", "c2", bad, ttl=60)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError):
-        store.admit_nowait("alice", "c2", 0.1, ttl=bad)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError):
-        store.admit_nowait("", "c2", 0.1, ttl=60)
-
-    assert store.get("alice") == before
-
-
 def test_admit_for_an_unknown_user_needs_a_default(store: BudgetStore) -> None:
     with pytest.raises(UnknownUserError):
         store.admit("ghost", "c1", 0.1, ttl=60)

@@ -121,15 +121,6 @@ class BudgetStore(Protocol):
         """
         ...
 
-    def admit_nowait(self, user: str, call_id: str, amount: float, ttl: float) -> bool:
-        """``admit`` the call only if that needs no write and no wait for a lock: from this
-        process's lease, which the store already holds for the call's whole ``ttl``.
-
-        False means nothing was done: call ``admit`` (off the event loop). Never refuses: a
-        call that does not fit is left to ``admit``.
-        """
-        ...
-
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
         """Charge a reserved call its actual cost; False if the call was not known or already settled."""
         ...
@@ -149,10 +140,6 @@ class WritesAtOnce:
         self: BudgetStore, user: str, call_id: str, amount: float, ttl: float, default: NewBudget | None = None
     ) -> None:
         self.reserve(user, call_id, amount, ttl, "strict", default)
-
-    def admit_nowait(self: BudgetStore, user: str, call_id: str, amount: float, ttl: float) -> bool:
-        budget.check_reservation(user, call_id, amount, ttl, "strict")
-        return False  # every admission is a round trip
 
     def charge_later(
         self: BudgetStore,

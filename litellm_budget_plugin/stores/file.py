@@ -226,8 +226,12 @@ class FileStore(RecordStore):
         amount, ttl = budget.check_reservation(user, call_id, amount, ttl, "strict")
         self._own_process()
         now = self.clock()
-        if self._admit_from_lease(user, call_id, amount, now + ttl):
-            return
+        with self._deferred_lock:
+            lease = self._leases.get(user)
+            if lease is not None and call_id not in self._leased and lease.take(call_id, amount, now + ttl):
+                self._leased[call_id] = user
+                self._schedule(user)  # the hold must last as long as this call
+                return
 
         def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float, float]]:
             current = _or_default(user, record, default, now)
@@ -258,22 +262,6 @@ class FileStore(RecordStore):
                     self._schedule(user)  # looked at again, to give the spare back once idle
 
         self._update(user, change, install)
-
-    def admit_nowait(self, user: str, call_id: str, amount: float, ttl: float) -> bool:
-        """Admit the call from this process's lease for the user, in memory, if its spare
-        covers it and the file holds the lease past the call's ``ttl`` (see :meth:`admit`)."""
-        amount, ttl = budget.check_reservation(user, call_id, amount, ttl, "strict")
-        self._own_process()
-        return self._admit_from_lease(user, call_id, amount, self.clock() + ttl)
-
-    def _admit_from_lease(self, user: str, call_id: str, amount: float, expires_at: float) -> bool:
-        with self._deferred_lock:
-            lease = self._leases.get(user)
-            if lease is None or call_id in self._leased or not lease.take(call_id, amount, expires_at):
-                return False
-            self._leased[call_id] = user
-            self._schedule(user)  # the hold must last as long as this call
-            return True
 
     def _end_leased_call(self, call_id: str) -> bool:
         """Take a call admitted from a lease out of it, marking its hold to rewrite. Under _deferred_lock."""
