@@ -93,6 +93,8 @@ def check_amount(name: str, value: object) -> float:
 
     An int stays an int, as LiteLLM's own class keeps it: ``10`` is written as ``10``.
     """
+    if type(value) is float and 0.0 <= value < math.inf:  # the usual case, checked on every call
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number, got {type(value).__name__}")
     try:

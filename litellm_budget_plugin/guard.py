@@ -24,8 +24,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
@@ -60,9 +59,9 @@ _EMBEDDING_CALLS = frozenset({"embedding", "aembedding"})
 _OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens")
 
 
-@dataclass(frozen=True)
-class _Hold:
-    """One reservation the guard made for a call."""
+class _Hold(NamedTuple):
+    """One reservation the guard made for a call (a named tuple: made on every call, and
+    cheaper to make than a frozen dataclass)."""
 
     user: str
     call_id: str

@@ -271,7 +271,7 @@ def _settle_quietly(guard: Any, details: dict[str, Any], result: Any, cost: obje
 
 def _hidden_cost(result: Any) -> object:
     params = getattr(result, "_hidden_params", None)
-    if isinstance(params, Mapping):
+    if isinstance(params, dict | Mapping):  # a dict, told apart without the slower ABC check
         return params.get("response_cost")
     return getattr(params, "response_cost", None)
 

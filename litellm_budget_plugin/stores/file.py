@@ -200,10 +200,10 @@ class FileStore(RecordStore):
         it is, soon. Under _deferred_lock."""
         if lease_of is not None:
             self._dirty.add(lease_of)
-        if self._pending_since is None:
+        if self._pending_since is None:  # else registered already (both end together in _apply_deferred)
             self._pending_since = time.monotonic()
-        _STORES_WITH_PENDING.add(self)
-        _flush_when_this_process_ends()
+            _STORES_WITH_PENDING.add(self)
+            _flush_when_this_process_ends()
         if self._flusher is None:
             self._flusher = threading.Thread(
                 target=_flush_soon, args=(weakref.ref(self),), name=f"flush {self.path.name}", daemon=True
@@ -286,7 +286,7 @@ class FileStore(RecordStore):
         with self._deferred_lock:
             lease.writing_until = None
             self._expire(lease, now)
-            if (
+            if lease.spare and (
                 self._giving_back
                 or time.monotonic() - lease.last_used >= LEASE_IDLE_SECONDS
                 or not budget.lease_spare_fits(current, lease.hold_id, lease.in_flight, lease.spare, now)
@@ -320,6 +320,7 @@ class FileStore(RecordStore):
                     self._dirty.add(user)
                     if self._pending_since is None:
                         self._pending_since = time.monotonic()
+                        _STORES_WITH_PENDING.add(self)
 
     def flush(self) -> None:
         """Apply the deferred charges now."""
