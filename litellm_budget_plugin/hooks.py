@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
+from types import FrameType
 from typing import Any, TypeVar
 
 import litellm
@@ -153,14 +154,14 @@ _LITELLM_WRAPPERS_FILE = litellm.utils.__file__  # where litellm's @client wrapp
 _FRAMES_SEARCHED = 4  # our wrapper's caller and a few more, in case another library wraps too
 
 
-def _called_from_coroutine() -> bool:
-    """Whether litellm's wrapper calling our wrapper is its async one (a coroutine).
+def _called_from_coroutine(caller: FrameType) -> bool:
+    """Whether litellm's wrapper calling our wrapper (from ``caller``) is its async one (a coroutine).
 
     Up to about 1.100 litellm's wrappers do not say whether a call is async; the code calling
     us does. The nearest frame in litellm's wrappers' file within a few is theirs (a wrapper
     someone else put around ours is skipped); else the direct caller decides.
     """
-    caller = frame = sys._getframe(2)
+    frame = caller
     for _ in range(_FRAMES_SEARCHED):
         if frame.f_code.co_filename == _LITELLM_WRAPPERS_FILE:
             return bool(frame.f_code.co_flags & _COROUTINE_CODE)
@@ -193,7 +194,9 @@ def _guarded_function_setup(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def function_setup(original_function: str, rules_obj: Any, start_time: Any, *args: Any, **kwargs: Any) -> Any:
         if async_default is None:
-            is_async = kwargs["is_async_call"] if "is_async_call" in kwargs else _called_from_coroutine()
+            is_async = (
+                kwargs["is_async_call"] if "is_async_call" in kwargs else _called_from_coroutine(sys._getframe(1))
+            )
         else:
             is_async = kwargs.get("is_async_call", async_default)
         result = original(original_function, rules_obj, start_time, *args, **kwargs)
@@ -239,21 +242,21 @@ def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable
             and not call_kwargs.get("stream")
             and not any(call_kwargs.get(flag) is True for flag in ASYNC_FLAGS)
         ):
-            on_event_loop = _called_from_coroutine()
+            caller = sys._getframe(1)  # walked only if some guard's settling would block a loop
             for guard in _guards():
-                _settle_returned(guard, details, result, on_event_loop)
+                _settle_returned(guard, details, result, caller)
         return outcome
 
     update_response_metadata.__budget_guard__ = True  # type: ignore[attr-defined]
     return update_response_metadata
 
 
-def _settle_returned(guard: Any, details: dict[str, Any], result: Any, on_event_loop: bool) -> None:
+def _settle_returned(guard: Any, details: dict[str, Any], result: Any, caller: FrameType) -> None:
     """Settle in the caller's thread, unless that is an event loop and settling would block it
     (a store that writes at once, a store-wide global budget): a worker thread settles it then
     (the call's holds are taken from the guard only once, whoever runs)."""
     settle = functools.partial(_settle_quietly, guard, details, result, _hidden_cost(result))
-    if on_event_loop and not guard._settles_in_memory(details.get("litellm_call_id")):
+    if not guard._settles_in_memory(details.get("litellm_call_id")) and _called_from_coroutine(caller):
         try:
             _settlers.submit(settle)
             return
