@@ -53,9 +53,6 @@ StoreFailure = Literal["closed", "open"]
 GlobalBudget = Literal["process", "store"]
 AlertHandler = Callable[[str, float, float], None]
 
-_CHAT_CALLS = frozenset({"completion", "acompletion"})
-_TEXT_CALLS = frozenset({"text_completion", "atext_completion"})
-_EMBEDDING_CALLS = frozenset({"embedding", "aembedding"})
 _OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens")
 
 
@@ -208,35 +205,23 @@ class BudgetGuard(CustomLogger):
         self, refusal: BudgetExceededError, call_type: str, model: str, kwargs: Mapping[str, Any], estimate: float
     ) -> BudgetExceededError:
         """The refusal, saying so when most of the estimate is output tokens the caller never asked for."""
-        if call_type not in _CHAT_CALLS | _TEXT_CALLS or any(kwargs.get(key) is not None for key in _OUTPUT_LIMITS):
+        if call_type not in pricing.OUTPUT_CALLS or any(kwargs.get(key) is not None for key in _OUTPUT_LIMITS):
             return refusal
-        tokens = pricing.output_token_limit(kwargs, model, self.output_token_cap)
+        worst = pricing.worst_case(call_type, model, kwargs, (), self.output_token_cap)
+        if worst.output_cost <= estimate / 2:
+            return refusal
         choices = kwargs.get("n") or 1
-        assumed = pricing.output_cost(model, tokens, choices)
-        if assumed <= estimate / 2:
-            return refusal
         per_choice = f" for each of {choices} choices" if choices > 1 else ""
         hint = (
-            f"of which ${assumed:.6f} is {tokens:,} assumed output tokens{per_choice} (no max_tokens given): "
-            "pass max_tokens= to hold less"
+            f"of which ${worst.output_cost:.6f} is {worst.output_tokens:,} assumed output tokens{per_choice} "
+            "(no max_tokens given): pass max_tokens= to hold less"
         )
         return BudgetExceededError(
             refusal.user, refusal.spend, refusal.budget, refusal.estimate, refusal.reserved, hint=hint
         )
 
     def _estimate(self, call_type: str, model: str, kwargs: Mapping[str, Any], args: tuple[Any, ...]) -> float:
-        if call_type in _CHAT_CALLS:
-            messages = kwargs.get("messages") or (args[1] if len(args) > 1 else [])
-            output = pricing.output_token_limit(kwargs, model, self.output_token_cap)
-            return pricing.estimate_cost(model, messages=messages, output_tokens=output, n=kwargs.get("n") or 1)
-        if call_type in _TEXT_CALLS:
-            output = pricing.output_token_limit(kwargs, model, self.output_token_cap)
-            return pricing.estimate_cost(
-                model, prompt=kwargs.get("prompt"), output_tokens=output, n=kwargs.get("n") or 1
-            )
-        if call_type in _EMBEDDING_CALLS:
-            return pricing.estimate_cost(model, prompt=kwargs.get("input"))
-        return 0.0  # other call types are charged their actual cost, with nothing held
+        return pricing.worst_case(call_type, model, kwargs, args, self.output_token_cap).total
 
     def _hold_global(self, limit: float, call_id: str, estimate: float) -> None:
         """Hold the call's estimate against litellm.max_budget, with litellm's own (soft) rule:

@@ -11,7 +11,7 @@ import functools
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import litellm
 import litellm.litellm_core_utils.default_encoding
@@ -137,6 +137,78 @@ def output_token_limit(request: Mapping[str, Any], model: str, cap: int = DEFAUL
     return min(int(model_max), cap)
 
 
+class WorstCase(NamedTuple):
+    """The most a call can cost, split so that a budget can cap its output.
+
+    ``prompt_cost`` is what the call costs before any output (its prompt at the worst price
+    that can apply, and per-request fees); each output token, across all ``n`` choices,
+    costs at most ``output_price``; ``output_tokens`` is the output limit per choice assumed.
+    """
+
+    prompt_cost: float
+    output_price: float
+    output_tokens: int
+
+    @property
+    def total(self) -> float:
+        cost = self.prompt_cost + self.output_price * self.output_tokens
+        return cost if math.isfinite(cost) else math.inf
+
+    @property
+    def output_cost(self) -> float:
+        cost = self.output_price * self.output_tokens
+        return cost if math.isfinite(cost) else math.inf
+
+    def output_tokens_for(self, amount: float) -> int:
+        """The most output tokens per choice that ``amount`` pays for after the prompt."""
+        if self.output_price <= 0:
+            return self.output_tokens
+        return max(0, min(self.output_tokens, math.floor((amount - self.prompt_cost) / self.output_price)))
+
+
+_CHAT_CALLS = frozenset({"completion", "acompletion"})
+_TEXT_CALLS = frozenset({"text_completion", "atext_completion"})
+_EMBEDDING_CALLS = frozenset({"embedding", "aembedding"})
+OUTPUT_CALLS = _CHAT_CALLS | _TEXT_CALLS
+
+
+def worst_case(
+    call_type: str,
+    model: str,
+    request: Mapping[str, Any],
+    args: tuple[Any, ...] = (),
+    output_token_cap: int = DEFAULT_OUTPUT_TOKEN_CAP,
+) -> WorstCase:
+    """The worst case of a litellm call of ``call_type`` with keyword arguments ``request``
+    (and positional ``args``, as litellm received them); other call types cost nothing up front."""
+    if call_type in _CHAT_CALLS:
+        messages = request.get("messages") or (args[1] if len(args) > 1 else [])
+        return _worst_case(model, request, output_token_cap, messages=messages)
+    if call_type in _TEXT_CALLS:
+        return _worst_case(model, request, output_token_cap, prompt=request.get("prompt"))
+    if call_type in _EMBEDDING_CALLS:
+        return _worst_case(model, request, None, prompt=request.get("input"))
+    return WorstCase(0.0, 0.0, 0)
+
+
+def _worst_case(
+    model: str,
+    request: Mapping[str, Any],
+    output_token_cap: int | None,
+    *,
+    messages: Iterable[Mapping[str, Any]] | None = None,
+    prompt: object = None,
+) -> WorstCase:
+    entry = prices(model)
+    prompt_tokens = count_message_tokens(messages, model) if messages is not None else _content_tokens(prompt, model)
+    prompt_cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0)
+    if output_token_cap is None:
+        return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, 0.0, 0)
+    output_tokens = output_token_limit(request, model, output_token_cap)
+    output_price = max(request.get("n") or 1, 1) * float(entry.get("output_cost_per_token") or 0.0)
+    return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, output_price, output_tokens)
+
+
 def estimate_cost(
     model: str,
     *,
@@ -145,24 +217,9 @@ def estimate_cost(
     output_tokens: int = 0,
     n: int = 1,
 ) -> float:
-    """Worst-case cost of a call: its prompt at the input price plus ``n`` x output tokens."""
-    entry = prices(model)
-    prompt_tokens = count_message_tokens(messages, model) if messages is not None else _content_tokens(prompt, model)
-    cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0) + _output_cost(entry, output_tokens, n)
-    return cost if math.isfinite(cost) else math.inf
-
-
-def output_cost(model: str, output_tokens: int, n: int = 1) -> float:
-    """The part of :func:`estimate_cost` that pays for output: the rest is the prompt.
-
-    Worked out only to explain a refusal, so the estimate itself stays one lookup.
-    """
-    cost = _output_cost(prices(model), output_tokens, n)
-    return cost if math.isfinite(cost) else math.inf
-
-
-def _output_cost(entry: Mapping[str, Any], output_tokens: int, n: int) -> float:
-    return output_tokens * max(n, 1) * float(entry.get("output_cost_per_token") or 0.0)
+    """Worst-case cost of a call: its prompt plus ``n`` x ``output_tokens`` output tokens."""
+    request = {"max_tokens": output_tokens, "n": n}
+    return _worst_case(model, request, output_tokens, messages=messages, prompt=prompt).total
 
 
 def response_cost(response: Any, model: str | None = None) -> float:
