@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .errors import BudgetExceededError
     from .guard import BudgetGuard, GuardInstallError
     from .manager import BudgetManager
+    from .overruns import Overrun, Overruns
     from .pricing import register_price
     from .stores.http import HttpStore
     from .stores.redis import RedisStore
@@ -38,6 +39,8 @@ _LAZY = {
     "BudgetGuard": ".guard",  # litellm
     "GuardInstallError": ".guard",
     "BudgetManager": ".manager",  # litellm, for pricing
+    "Overrun": ".overruns",
+    "Overruns": ".overruns",
     "register_price": ".pricing",  # litellm
     "HttpStore": ".stores.http",  # httpx
     "RedisStore": ".stores.redis",  # redis-py, an optional extra, imported when a RedisStore is made
@@ -56,6 +59,8 @@ __all__ = [
     "GuardInstallError",
     "HttpStore",
     "NewBudget",
+    "Overrun",
+    "Overruns",
     "RedisStore",
     "StoreCorruptError",
     "StoreError",

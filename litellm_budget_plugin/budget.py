@@ -5,9 +5,10 @@ changing the one it was given, so a store can apply one under its lock, persist 
 and throw it away if persisting fails. Nothing here does I/O; every store shares this module.
 
 A record keeps LiteLLM's ``user_cost.json`` shape (``total_budget``, ``current_cost``,
-``model_cost``, ``duration`` in days, ``created_at``, ``last_updated_at``) and adds two
-fields of its own: ``reservations`` (calls in flight) and ``applied`` (call ids already
-charged, so a repeated charge is not applied twice).
+``model_cost``, ``duration`` in days, ``created_at``, ``last_updated_at``) and adds fields of
+its own: ``reservations`` (calls in flight), ``applied`` (call ids already charged, so a
+repeated charge is not applied twice), and, once a call cost more than was held for it,
+``overruns`` and ``overrun_cost`` (how many such calls, and by how much in all).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from .errors import ConfigurationError, over_budget
+from .overruns import overrun
 
 SECONDS_PER_DAY = 86_400.0
 # LiteLLM's own day counts for its named durations (litellm.constants).
@@ -68,6 +70,8 @@ class UserRecord(TypedDict):
     duration: NotRequired[float]
     reservations: NotRequired[dict[str, Reservation]]
     applied: NotRequired[dict[str, float]]
+    overruns: NotRequired[int]
+    overrun_cost: NotRequired[float]
 
 
 # --- validation -------------------------------------------------------------------------
@@ -201,6 +205,11 @@ def check_record(user: str, raw: object) -> UserRecord:
         "applied",
         {str(k): check_amount(f"{where}: applied time", v) for k, v in applied.items()},
     )
+    count = record.get("overruns", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ConfigurationError(f"{where}: overruns must be a whole number of calls, got {count!r}")
+    if "overrun_cost" in record:
+        record["overrun_cost"] = check_amount(f"{where}: overrun_cost", record["overrun_cost"])
     return cast(UserRecord, record)
 
 
@@ -328,8 +337,14 @@ def recent_applied(applied: dict[str, float], now: float) -> dict[str, float]:
     return dict(recent[-APPLIED_ID_LIMIT:])
 
 
-def charge(record: UserRecord, cost: float, model: str, call_id: str | None, now: float) -> tuple[UserRecord, bool]:
-    """Add ``cost`` to the spend; settles the call's reservation. False if already applied."""
+def charge(
+    record: UserRecord, cost: float, model: str, call_id: str | None, now: float, held: float | None = None
+) -> tuple[UserRecord, bool]:
+    """Add ``cost`` to the spend; settles the call's reservation. False if already applied.
+
+    A cost above ``held``, what was held for the call, is counted as an overrun (see
+    :mod:`.overruns`): for the record's lifetime, which windows and resets leave alone.
+    """
     cost = check_amount("cost", cost)
     if call_id is not None and call_id in record.get("applied", {}):
         return record, False
@@ -339,10 +354,14 @@ def charge(record: UserRecord, cost: float, model: str, call_id: str | None, now
         raise ConfigurationError(f"cost {cost!r} would make the spend infinite")
     updated["current_cost"] = total
     updated["model_cost"][model] = updated["model_cost"].get(model, 0.0) + cost
+    excess = overrun(cost, held)
+    if excess:
+        updated["overruns"] = updated.get("overruns", 0) + 1
+        updated["overrun_cost"] = updated.get("overrun_cost", 0.0) + excess
     if call_id is not None:
-        held = dict(updated.get("reservations", {}))
-        held.pop(call_id, None)
-        _set_or_drop(updated, "reservations", held)
+        holds = dict(updated.get("reservations", {}))
+        holds.pop(call_id, None)
+        _set_or_drop(updated, "reservations", holds)
         updated["applied"] = {**updated.get("applied", {}), call_id: now}
     return updated, True
 

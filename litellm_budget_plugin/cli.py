@@ -133,7 +133,11 @@ def set_command(
 @_store_options
 @_exit_codes
 def show(user: str | None, as_json: bool, store: str | None, project: str, api_key: str | None) -> None:
-    """Show every user's spend and budget, or USER's."""
+    """Show every user's spend and budget, or USER's.
+
+    An OVERRUNS column, shown once some user has any, counts the calls that cost more than
+    the guard held for them, and by how much in all (kept across windows and resets).
+    """
     target = open_store(store, project, api_key)
     try:
         if user is None:
@@ -154,7 +158,8 @@ def show(user: str | None, as_json: bool, store: str | None, project: str, api_k
         other = "" if isinstance(target, FileStore) else " (--project NAME shows another project)"
         click.echo(f"no budgets in {target!r}{other}")
         return
-    rows = [("USER", "SPENT", "BUDGET", "USED", "NEXT RESET")]
+    overruns = any(record.get("overruns") for record in records.values())
+    rows = [("USER", "SPENT", "BUDGET", "USED", "NEXT RESET") + (("OVERRUNS",) if overruns else ())]
     for name, record in sorted(records.items()):
         rows.append(
             (
@@ -164,6 +169,7 @@ def show(user: str | None, as_json: bool, store: str | None, project: str, api_k
                 _used(record),
                 _time(budget.next_reset(record, now)),
             )
+            + ((_overruns(record),) if overruns else ())
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -289,6 +295,11 @@ def _used(record: budget.UserRecord) -> str:
     if limit == 0:
         return "100.0%" if record["current_cost"] > 0 else "0.0%"
     return f"{100 * record['current_cost'] / limit:.1f}%"
+
+
+def _overruns(record: budget.UserRecord) -> str:
+    count = record.get("overruns", 0)
+    return f"{count} (+{_money(record.get('overrun_cost', 0.0))})" if count else "-"
 
 
 def _time(when: float | None) -> str:

@@ -5,7 +5,8 @@ carries ``user=`` reaches the provider, the guard reserves the call's worst-case
 store (refusing with :class:`BudgetExceededError` when it does not fit); when the call succeeds
 it charges the actual cost in place of the hold, and on failure it releases the hold. A call is
 charged as litellm hands back its response (see :mod:`.hooks`), a stream by litellm's success
-event when it ends.
+event when it ends. A call that cost more than its hold is an overrun (:mod:`.overruns`): logged,
+and counted in :attr:`BudgetGuard.overruns` and in its user's record.
 
 Async calls are stopped in litellm's ``async_pre_call_deployment_hook``. litellm gives
 callbacks no veto over sync calls, so :func:`.hooks.install_sync_hook` wraps
@@ -42,6 +43,7 @@ from .errors import (
 from .hooks import GuardInstallError as GuardInstallError  # raised by BudgetGuard(), imported from here
 from .hooks import install_sync_hook, off_the_loop
 from .manager import BudgetManager
+from .overruns import Overrun, Overruns, overrun
 from .stores import BudgetStore, FileStore, NewBudget, store_from_url
 
 logger = logging.getLogger(__name__)
@@ -147,7 +149,18 @@ class BudgetGuard(CustomLogger):
         self._holds: dict[str, list[_Hold]] = {}
         self._holds_lock = threading.Lock()
         self._global_budget_seen: float | None = None
+        self._overruns = Overruns()
+        self._overruns_lock = threading.Lock()
         install_sync_hook(BudgetGuard)
+
+    @property
+    def overruns(self) -> Overruns:
+        """The calls this guard settled at more than it held for them, since it was made.
+
+        Each is also logged as a warning and counted in its user's record (``overruns``,
+        ``overrun_cost``, shown by ``litellm-budget show``), which every process shares.
+        """
+        return self._overruns
 
     # -- admission -----------------------------------------------------------------------
 
@@ -254,7 +267,10 @@ class BudgetGuard(CustomLogger):
         if not holds:
             return
         model = str(kwargs.get("model") or "")
-        cost = self._actual_cost(call_id, reported_cost, response_obj, model, holds[0].amount)
+        held = holds[0].amount  # every hold of a call is its estimate
+        cost = self._actual_cost(call_id, reported_cost, response_obj, model, held)
+        if overrun(cost, held):
+            self._count_overrun(Overrun(holds[0].call_id, model, _user_of(holds), held, cost))
         for hold in holds:
             if self._held_in_memory(hold):
                 self._process_budget.end(hold.call_id, cost)
@@ -266,7 +282,7 @@ class BudgetGuard(CustomLogger):
                 # not wait on the store), which can finish out of order: StoreSpendShown keeps
                 # the newest record. Those threads are joined at interpreter exit.
                 record = self._quietly(
-                    functools.partial(self.store.charge, GLOBAL_USER, cost, model, call_id=hold.call_id)
+                    functools.partial(self.store.charge, GLOBAL_USER, cost, model, call_id=hold.call_id, held=held)
                 )
                 if record is not None:
                     self._store_spend.show(record)
@@ -281,8 +297,21 @@ class BudgetGuard(CustomLogger):
                     call_id=hold.call_id,
                     default=self._default,
                     then=alert,
+                    held=held,
                 )
             )
+
+    def _count_overrun(self, call: Overrun) -> None:
+        logger.warning(
+            "call %s of model %s for user %r cost $%.6f, more than the $%.6f held for it (its estimate)",
+            call.call_id,
+            call.model,
+            call.user,
+            call.actual,
+            call.held,
+        )
+        with self._overruns_lock:
+            self._overruns = self._overruns.plus(call)
 
     def _release(self, kwargs: Mapping[str, Any]) -> None:
         call_id = kwargs.get("litellm_call_id")
@@ -361,6 +390,11 @@ class BudgetGuard(CustomLogger):
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         await off_the_loop(self._release, kwargs)
+
+
+def _user_of(holds: list[_Hold]) -> str | None:
+    """The user a call was held for; None if it was held only against litellm.max_budget."""
+    return next((hold.user for hold in holds if hold.user != GLOBAL_USER), None)
 
 
 def _store_of(budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | None, project: str | None) -> BudgetStore:

@@ -79,8 +79,12 @@ class BudgetStore(Protocol):
         model: str,
         call_id: str | None = None,
         default: NewBudget | None = None,
+        held: float | None = None,
     ) -> UserRecord:
-        """Add ``cost``; a call id already charged is not charged again; settles its hold."""
+        """Add ``cost``; a call id already charged is not charged again; settles its hold.
+
+        ``held``: what was held for the call; a cost above it counts as an overrun in the
+        record (``overruns``, ``overrun_cost``), in the same write."""
         ...
 
     def charge_later(
@@ -91,6 +95,7 @@ class BudgetStore(Protocol):
         call_id: str | None = None,
         default: NewBudget | None = None,
         then: Callable[[UserRecord], None] | None = None,
+        held: float | None = None,
     ) -> None:
         """Charge soon, calling ``then(record)`` once charged; for callers that need no answer.
 
@@ -122,7 +127,9 @@ class BudgetStore(Protocol):
         ...
 
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
-        """Charge a reserved call its actual cost; False if the call was not known or already settled."""
+        """Charge a reserved call its actual cost; False if the call was not known or already settled.
+
+        A cost above the call's hold counts as an overrun, as with ``charge(held=...)``."""
         ...
 
     def release(self, call_id: str, user: str | None = None) -> bool:
@@ -149,8 +156,9 @@ class WritesAtOnce:
         call_id: str | None = None,
         default: NewBudget | None = None,
         then: Callable[[UserRecord], None] | None = None,
+        held: float | None = None,
     ) -> None:
-        record = self.charge(user, cost, model, call_id=call_id, default=default)
+        record = self.charge(user, cost, model, call_id=call_id, default=default, held=held)
         if then is not None:
             then(record)
 
@@ -292,21 +300,30 @@ class RecordStore(abc.ABC):
         model: str,
         call_id: str | None = None,
         default: NewBudget | None = None,
+        held: float | None = None,
     ) -> UserRecord:
-        return self._update(user, self._charge_change(user, cost, model, call_id, default))
+        return self._update(user, self._charge_change(user, cost, model, call_id, default, held))
 
     def _charge_change(
-        self, user: str, cost: float, model: str, call_id: str | None, default: NewBudget | None
+        self,
+        user: str,
+        cost: float,
+        model: str,
+        call_id: str | None,
+        default: NewBudget | None,
+        held: float | None = None,
     ) -> Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]:
         """The change ``charge`` makes, checked now and applied under the lock (maybe later)."""
         budget.check_user(user)
         budget.check_amount("cost", cost)
         if call_id is not None:
             budget.check_call_id(call_id)
+        if held is not None:
+            budget.check_amount("held amount", held)
         now = self.clock()
 
         def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
-            updated, _ = budget.charge(_or_default(user, record, default, now), cost, model, call_id, now)
+            updated, _ = budget.charge(_or_default(user, record, default, now), cost, model, call_id, now, held)
             return updated, updated
 
         return change
@@ -343,7 +360,8 @@ class RecordStore(abc.ABC):
         def change(record: UserRecord | None) -> tuple[UserRecord | None, bool]:
             if record is None:
                 return None, False
-            return budget.charge(record, actual_cost, model, call_id, now)
+            hold = record.get("reservations", {}).get(call_id)
+            return budget.charge(record, actual_cost, model, call_id, now, None if hold is None else hold["amount"])
 
         return self._update(owner, change)
 

@@ -154,6 +154,7 @@ class FileStore(RecordStore):
         call_id: str | None = None,
         default: NewBudget | None = None,
         then: Callable[[UserRecord], None] | None = None,
+        held: float | None = None,
     ) -> None:
         """Charge at this store's next operation in this process, or within a second.
 
@@ -164,7 +165,7 @@ class FileStore(RecordStore):
         call's hold (at least its cost) until then. A process killed in between loses the
         charge, and its hold expires with its lease.
         """
-        change = self._charge_change(user, cost, model, call_id, default)  # bad input fails here
+        change = self._charge_change(user, cost, model, call_id, default, held)  # bad input fails here
         self._own_process()
         with self._deferred_lock:
             if self._closed:  # closed by another thread since the check above
@@ -189,9 +190,10 @@ class FileStore(RecordStore):
         self._own_process()
         with self._deferred_lock:
             owner = self._leased.get(call_id)
+            held = None if owner is None else self._leases[owner].calls[call_id][0]
         if owner is None:
             return super().settle(call_id, actual_cost, model, user)
-        self.charge_later(owner, actual_cost, model, call_id=call_id)
+        self.charge_later(owner, actual_cost, model, call_id=call_id, held=held)
         self.flush()  # the charge and the smaller hold in one write (kept for later if it fails)
         return True
 

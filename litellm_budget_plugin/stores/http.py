@@ -146,12 +146,15 @@ class HttpStore(WritesAtOnce):
         model: str,
         call_id: str | None = None,
         default: NewBudget | None = None,
+        held: float | None = None,
     ) -> UserRecord:
         budget.check_user(user)
         budget.check_amount("cost", cost)
         # A charge is retried after a timeout; its id makes sure it is applied once.
         call_id = f"http-charge-{uuid.uuid4().hex}" if call_id is None else budget.check_call_id(call_id)
-        return self._record("charge", user=user, cost=cost, model=model, call_id=call_id, default=default)
+        # held is sent only when given, so that a server older than it still takes other charges.
+        extra = {} if held is None else {"held": budget.check_amount("held amount", held)}
+        return self._record("charge", user=user, cost=cost, model=model, call_id=call_id, default=default, **extra)
 
     def reserve(
         self,

@@ -13,6 +13,7 @@ Key layout, for project ``p`` (the project name is percent-quoted, so it holds n
         total_budget, current_cost,            numbers as text ("%.17g": exact doubles);
         created_at, last_updated_at,           total_budget absent = no limit,
         duration                               duration (days) absent = never resets
+        overruns, overrun_cost                 absent until a call costs more than its hold
         m:<model>                              spend on that model this window
         r:<call id>                            a hold: "<amount> <expires_at>"
         applied                                call ids already charged, oldest first:
@@ -66,7 +67,7 @@ KEY_ROOT = "litellm_budget"
 DEFAULT_PROJECT = "default"
 DEFAULT_TIMEOUT = 5.0
 _RECORD_FIELDS = ("total_budget", "current_cost", "model_cost", "created_at", "last_updated_at", "duration")
-_OWN_FIELDS = frozenset((*_RECORD_FIELDS, "reservations", "applied"))
+_OWN_FIELDS = frozenset((*_RECORD_FIELDS, "reservations", "applied", "overruns", "overrun_cost"))
 
 
 class RedisStore(WritesAtOnce):
@@ -194,14 +195,16 @@ class RedisStore(WritesAtOnce):
         model: str,
         call_id: str | None = None,
         default: NewBudget | None = None,
+        held: float | None = None,
     ) -> UserRecord:
         budget.check_user(user)
         cost = budget.check_amount("cost", cost)
         _check_model(model)
         if call_id is not None:
             budget.check_call_id(call_id)
+        held = None if held is None else budget.check_amount("held amount", held)
         now = self.clock()
-        reply = self._run("charge", now, user, cost, model, _opt(call_id), *_default(default, now))
+        reply = self._run("charge", now, user, cost, model, _opt(call_id), *_default(default, now), _opt(held))
         return _written(user, reply, cost)
 
     def reserve(
@@ -337,8 +340,9 @@ def _fields(user: str, record: UserRecord) -> list[str]:
     ]
     if record["total_budget"] is not None:
         fields += ["total_budget", repr(record["total_budget"])]
-    if "duration" in record:
-        fields += ["duration", repr(record["duration"])]
+    for name in ("duration", "overruns", "overrun_cost"):
+        if name in record:
+            fields += [name, repr(record[name])]
     extra = {k: v for k, v in record.items() if k not in _OWN_FIELDS}
     if extra:
         try:
@@ -371,6 +375,10 @@ def _record(user: str, fields: Sequence[str]) -> UserRecord | None:
         }
         if "duration" in values:
             record["duration"] = float(values.pop("duration"))
+        if "overruns" in values:
+            record["overruns"] = int(values.pop("overruns"))
+        if "overrun_cost" in values:
+            record["overrun_cost"] = float(values.pop("overrun_cost"))
         extra = json.loads(values.pop("extra", "{}"))
         applied = json.loads(values.pop("applied", "[]"))
         reservations = {}

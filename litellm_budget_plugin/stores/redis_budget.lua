@@ -19,6 +19,8 @@ local function opt(s) if s ~= '' then return s end return nil end  -- '' stands 
 local function optnum(s) if s ~= '' then return tonumber(s) end return nil end
 local function user_key(user) return prefix .. 'user:' .. user end
 local function call_key(call_id) return prefix .. 'call:' .. call_id end
+-- overruns.OVERRUN_TOLERANCE (a test checks that they agree)
+local OVERRUN_TOLERANCE = 1e-9
 
 -- The server-side lease of a hold: at least 1 ms, at most ~30,000 years (PX's range).
 local function lease_ms(expires_at)
@@ -103,6 +105,8 @@ local function save(r)
   local function add(field, value) fields[#fields + 1] = field; fields[#fields + 1] = value end
   if r.total_budget then add('total_budget', fmt(r.total_budget)) end
   if r.duration then add('duration', fmt(r.duration)) end
+  if r.overruns then add('overruns', fmt(r.overruns)) end
+  if r.overrun_cost then add('overrun_cost', fmt(r.overrun_cost)) end
   if r.extra_json then add('extra', r.extra_json) end
   for model, cost in pairs(r.models) do add('m:' .. model, fmt(cost)) end
   for call_id, held in pairs(r.held) do add('r:' .. call_id, fmt(held.amount) .. ' ' .. fmt(held.expires_at)) end
@@ -121,15 +125,26 @@ local function save(r)
   return fields
 end
 
+-- overruns.overrun: how much a call's cost exceeds its hold (0 within float noise, or no hold).
+local function overrun(cost, held)
+  if held == nil or cost <= held * (1 + OVERRUN_TOLERANCE) then return 0 end
+  return cost - held
+end
+
 -- budget.charge: 'applied' if the call id was charged already, 'infinite' if the spend
--- would overflow (nothing changed then), else 'ok'.
-local function charge(r, cost, model, call_id)
+-- would overflow (nothing changed then), else 'ok'. A cost above held counts as an overrun.
+local function charge(r, cost, model, call_id, held)
   if call_id and was_applied(r, call_id) then return 'applied' end
   current_window(r)
   local total = r.current_cost + cost
   if total == math.huge then return 'infinite' end
   r.current_cost = total
   r.models[model] = (r.models[model] or 0) + cost
+  local excess = overrun(cost, held)
+  if excess > 0 then
+    r.overruns = (r.overruns or 0) + 1
+    r.overrun_cost = (r.overrun_cost or 0) + excess
+  end
   if call_id then
     r.held[call_id] = nil
     table.insert(r.gone, call_id)
@@ -224,10 +239,10 @@ function ops.roll(user)
   return {'ok', save(r)}
 end
 
-function ops.charge(user, cost, model, call_id, default_total, default_duration, has_default)
+function ops.charge(user, cost, model, call_id, default_total, default_duration, has_default, held)
   local r = load_or_default(user, default_total, default_duration, has_default)
   if not r then return {'unknown'} end
-  local status = charge(r, tonumber(cost), model, opt(call_id))
+  local status = charge(r, tonumber(cost), model, opt(call_id), optnum(held))
   if status == 'infinite' then return {'infinite'} end
   if status == 'applied' then return {'ok', r.flat} end
   return {'ok', save(r)}
@@ -261,7 +276,8 @@ function ops.settle(call_id, cost, model, user)
   user = owner(call_id, user)
   local r = user and load(user)
   if not r then return {'ok', 0} end
-  local status = charge(r, tonumber(cost), model, call_id)
+  local hold = r.held[call_id]  -- read before charge rolls the window and drops expired holds
+  local status = charge(r, tonumber(cost), model, call_id, hold and hold.amount)
   if status == 'infinite' then return {'infinite'} end
   if status == 'applied' then return {'ok', 0} end
   save(r)
