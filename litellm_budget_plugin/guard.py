@@ -303,7 +303,7 @@ class BudgetGuard(CustomLogger):
 
     def _count_overrun(self, call: Overrun) -> None:
         logger.warning(
-            "call %s of model %s for user %r cost $%.6f, more than the $%.6f held for it (its estimate)",
+            "call %s of model %s for user %r cost $%.8f, more than the $%.8f held for it (its estimate)",
             call.call_id,
             call.model,
             call.user,
