@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import threading
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -314,6 +315,32 @@ def test_the_guard_keeps_the_latest_few(tmp_path: Path, server: FakeOpenAI, regi
     assert seen.excess_cost == pytest.approx(calls * seen.latest[-1].excess)
     with pytest.raises(AttributeError):
         seen.count = 0  # type: ignore[misc]  # a snapshot: the guard's count is not changed through it
+
+
+def test_overruns_of_concurrent_calls_are_all_counted(tmp_path: Path, server: FakeOpenAI, register) -> None:
+    store = FileStore(tmp_path / "user_cost.json")
+    store.set_budget("alice", 1.0)
+    guard = register(BudgetGuard(store))
+    threads, each = 6, 3
+    errors: list[BaseException] = []
+
+    def calls() -> None:
+        try:
+            for _ in range(each):
+                call(server, user="alice", max_tokens=1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    running = [threading.Thread(target=calls) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join(timeout=60)
+    assert not errors and not any(thread.is_alive() for thread in running)
+    wait_until(lambda: guard.overruns.count == threads * each)
+    wait_until(lambda: record_of(store, "alice").get("overruns") == threads * each)
+    assert record_of(store, "alice").get("overrun_cost") == pytest.approx(guard.overruns.excess_cost)
+    store.close()
 
 
 # --- LiteLLM's own BudgetManager reads the file -----------------------------------------------
