@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .guard import BudgetGuard, GuardInstallError
     from .manager import BudgetManager
     from .overruns import Overrun, Overruns
-    from .pricing import register_price
+    from .pricing import WorstCase, register_price
     from .stores.http import HttpStore
     from .stores.redis import RedisStore
 
@@ -41,6 +41,7 @@ _LAZY = {
     "BudgetManager": ".manager",  # litellm, for pricing
     "Overrun": ".overruns",
     "Overruns": ".overruns",
+    "WorstCase": ".pricing",  # litellm
     "register_price": ".pricing",  # litellm
     "HttpStore": ".stores.http",  # httpx
     "RedisStore": ".stores.redis",  # redis-py, an optional extra, imported when a RedisStore is made
@@ -69,6 +70,7 @@ __all__ = [
     "UnknownModelError",
     "UnknownUserError",
     "UserRecord",
+    "WorstCase",
     "register_price",
     "store_from_url",
 ]
