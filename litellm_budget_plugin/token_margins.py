@@ -44,25 +44,30 @@ MEASURED_RATIOS: Final = {
     "anthropic": (1.822, "udhr_th"),
     # litellm's deepseek_tokenizer.json (DeepSeek V3/R1); absent from litellm 1.80
     "deepseek": (1.087, "data_json"),
-    # o200k_base counted as cl100k_base (OpenAI models our name rule does not map to o200k)
-    "openai-other-encoding": (1.008, "code_python"),
+    # OpenAI models on o200k_base that our name rule counts with cl100k_base (gpt-oss, gpt-image-1...)
+    "openai-o200k": (1.008, "code_python"),
+    # GPT-3-era OpenAI models (r50k_base / p50k_base), measured with p50k_base, which litellm ships
+    "openai-legacy": (2.442, "udhr_ru"),
 }
+_PROVIDER_TOKENIZERS: Final = ("anthropic", "deepseek")
 
 _KNOWN_MARGINS: Final = {
     # tiktoken is the model's tokenizer and we count with its encoding: the count is exact
     "openai": 1.0,
-    # a price the user gave (register_price) or an OpenAI-compatible name no rule knows:
+    # a price the user gave (register_price) or an OpenAI-provider name no rule knows:
     # counted as litellm.token_counter counts it, with no margin (see the README)
     "openai-compatible": 1.0,
     **{family: margin_from_ratio(ratio) for family, (ratio, _) in MEASURED_RATIOS.items()},
 }
-# Not measured: no tokenizer for these families ships with litellm.
-MARGINS: Final = {**_KNOWN_MARGINS, "unmeasured": max(_KNOWN_MARGINS.values())}
+# Not measured, as no tokenizer for these families ships with litellm: the largest margin
+# measured for a provider's own tokenizer (the GPT-3 encodings are no guide to today's models).
+MARGINS: Final = {**_KNOWN_MARGINS, "unmeasured": max(_KNOWN_MARGINS[family] for family in _PROVIDER_TOKENIZERS)}
 
-_OPENAI_PROVIDERS: Final = frozenset({"openai", "azure", "text-completion-openai", "azure_text"})
+_OPENAI_PROVIDERS: Final = frozenset({"openai", "text-completion-openai", "custom_openai"})
 _OPENAI_NAME_PREFIXES: Final = ("gpt-", "chatgpt-", "o1", "o3", "o4", "codex-", "computer-use-", "ft:gpt-")
-# tiktoken names o200k_base plus chat special tokens separately; text counts are the same
-_SAME_TEXT_ENCODING: Final = {"o200k_harmony": "o200k_base"}
+# tiktoken's encodings for a model, by the encoding whose text counts they share
+_SAME_TEXT_ENCODING: Final = {"o200k_harmony": "o200k_base", "r50k_base": "p50k_base", "gpt2": "p50k_base"}
+_FAMILY_OF_ENCODING: Final = {"o200k_base": "openai-o200k", "p50k_base": "openai-legacy"}
 
 
 def _provider(model: str) -> str:
@@ -88,9 +93,13 @@ def family(model: str) -> str:
         encoding = None
     ours = pricing.encoding_for(model).name
     if encoding is not None:
-        return "openai" if _SAME_TEXT_ENCODING.get(encoding, encoding) == ours else "openai-other-encoding"
+        encoding = _SAME_TEXT_ENCODING.get(encoding, encoding)
+        if encoding == ours:
+            return "openai"
+        # measured against cl100k_base only; the test checks no priced model is counted otherwise
+        return _FAMILY_OF_ENCODING.get(encoding, "unmeasured") if ours == "cl100k_base" else "unmeasured"
     if bare.startswith(_OPENAI_NAME_PREFIXES):
-        return "openai" if ours == "o200k_base" else "openai-other-encoding"
+        return "openai" if ours == "o200k_base" else "openai-o200k"
     if _provider(model) in _OPENAI_PROVIDERS:
         return "openai-compatible"
     return "unmeasured"

@@ -26,6 +26,8 @@ LANGUAGES = {"ar", "de", "el", "en", "es", "fr", "he", "hi", "ja", "ko", "ru", "
 OUR_ENCODING = tiktoken.get_encoding("cl100k_base")
 # family -> the tokenizer file litellm ships for it
 SHIPPED = {"anthropic": "anthropic_tokenizer.json", "deepseek": "deepseek_tokenizer.json"}
+# family -> the tiktoken encoding (litellm ships its file) that the family's models use
+TIKTOKEN_FAMILIES = {"openai-o200k": "o200k_base", "openai-legacy": "p50k_base"}
 
 
 def our_count(text: str) -> int:
@@ -45,9 +47,9 @@ def provider_tokenizers() -> dict[str, Tokenizer]:
 
 def provider_counts(family: str, tokenizers: dict[str, Tokenizer]) -> dict[str, int]:
     """Each sample's count by the family's tokenizer: as litellm counts, specials included."""
-    if family == "openai-other-encoding":
-        o200k = tiktoken.get_encoding("o200k_base")
-        return {name: len(o200k.encode(text, disallowed_special=())) for name, text in CORPUS.items()}
+    if family in TIKTOKEN_FAMILIES:
+        encoding = tiktoken.get_encoding(TIKTOKEN_FAMILIES[family])
+        return {name: len(encoding.encode(text, disallowed_special=())) for name, text in CORPUS.items()}
     if family not in tokenizers:
         pytest.skip(f"this litellm ships no {SHIPPED[family]}")
     return {name: len(tokenizers[family].encode(text).ids) for name, text in CORPUS.items()}
@@ -79,7 +81,7 @@ def test_margin_bounds_the_providers_count_of_every_sample(
 
 
 def test_families_without_a_shipped_tokenizer_get_the_largest_measured_margin() -> None:
-    largest = max(token_margins.MARGINS[family] for family in token_margins.MEASURED_RATIOS)
+    largest = max(token_margins.MARGINS[family] for family in SHIPPED)
     assert token_margins.MARGINS["unmeasured"] == largest > 1
     for model in ("gemini/gemini-2.5-pro", "mistral/mistral-large-latest", "command-r", "groq/llama-3.3-70b-versatile"):
         assert token_margins.family(model) == "unmeasured"
@@ -93,7 +95,12 @@ def test_families_without_a_shipped_tokenizer_get_the_largest_measured_margin() 
         ("bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0", "anthropic"),
         ("vertex_ai/claude-opus-4", "anthropic"),
         ("deepseek/deepseek-chat", "deepseek"),
-        ("gpt-oss-120b", "openai-other-encoding"),
+        ("gpt-oss-120b", "openai-o200k"),
+        ("gpt-image-1", "openai-o200k"),
+        ("text-davinci-003", "openai-legacy"),
+        ("azure/ada", "openai-legacy"),
+        ("openai/a-private-model", "openai-compatible"),
+        ("azure/mistral-large-latest", "unmeasured"),
         ("gpt-4o-mini", "openai"),
         ("azure/gpt-4o", "openai"),
         ("gpt-3.5-turbo", "openai"),
@@ -105,12 +112,13 @@ def test_family_follows_the_model(model: str, family: str) -> None:
 
 
 def test_margins_were_measured_against_the_encoding_we_count_with() -> None:
-    """Every priced model outside the OpenAI families is counted with cl100k_base, the base
-    of the measured ratios (an o200k count would need other, larger margins)."""
+    """Every priced model with a margin is counted with cl100k_base, the base of the measured
+    ratios (an o200k count would need other, larger margins)."""
     other_base = sorted(
         model
         for model in litellm.model_cost
-        if not token_margins.family(model).startswith("openai") and pricing.encoding_for(model).name != "cl100k_base"
+        if token_margins.family(model) not in ("openai", "openai-compatible")
+        and pricing.encoding_for(model).name != "cl100k_base"
     )
     assert other_base == []
 
