@@ -17,6 +17,7 @@ import litellm
 import litellm.litellm_core_utils.default_encoding
 import tiktoken
 
+from . import token_margins
 from .errors import ConfigurationError, UnknownModelError
 
 # litellm's chat counting: 3 tokens of priming per request, 3 per message, 1 per name.
@@ -201,6 +202,7 @@ def _worst_case(
 ) -> WorstCase:
     entry = prices(model)
     prompt_tokens = count_message_tokens(messages, model) if messages is not None else _content_tokens(prompt, model)
+    prompt_tokens = math.ceil(prompt_tokens * token_margins.prompt_margin(model))  # provider's tokenizer
     prompt_cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0)
     if output_token_cap is None:
         return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, 0.0, 0)
