@@ -21,6 +21,7 @@ from .errors import (
     StoreUnavailableError,
     UnknownModelError,
     UnknownUserError,
+    UnpricedModelError,
 )
 from .stores import STORE_ENV, BudgetStore, FileStore, NewBudget, store_from_url
 
@@ -63,6 +64,7 @@ __all__ = [
     "StoreUnavailableError",
     "UnknownModelError",
     "UnknownUserError",
+    "UnpricedModelError",
     "UserRecord",
     "register_price",
     "store_from_url",
