@@ -228,7 +228,7 @@ def _is_price_field(key: str) -> bool:
 def _check_entry(model: str, entry: Mapping[str, Any]) -> None:
     """Every price in the entry is a finite, non-negative number: else a ConfigurationError naming it."""
     for key, value in entry.items():
-        if key == "tiered_pricing":
+        if key == "tiered_pricing" and value is not None:
             if not isinstance(value, list):
                 raise ConfigurationError(f"price of model {model!r}: tiered_pricing must be a list, got {value!r}")
             for tier in value:
@@ -236,21 +236,22 @@ def _check_entry(model: str, entry: Mapping[str, Any]) -> None:
                     raise ConfigurationError(f"price of model {model!r}: a tiered_pricing tier must be a mapping")
                 for name, price in tier.items():
                     if _is_price_field(name):
-                        _check_price(model, f"tiered_pricing {name}", price)
+                        check_price(model, f"tiered_pricing {name}", price)
         elif key == "search_context_cost_per_query" and isinstance(value, Mapping):
             for name, price in value.items():
-                _check_price(model, f"{key} {name}", price)
+                check_price(model, f"{key} {name}", price)
         elif key in ("max_output_tokens", "max_input_tokens", "max_tokens") and value is not None:
             if not _is_price(value) or not 0 <= value < math.inf:
                 raise ConfigurationError(
                     f"price of model {model!r}: {key} must be a non-negative number, got {value!r}"
                 )
         elif _is_price_field(key) and not isinstance(value, Mapping):
-            _check_price(model, key, value)
+            check_price(model, key, value)
 
 
-def _check_price(model: str, field: str, value: object) -> None:
-    if value is None:
+def check_price(model: str, field: str, value: object, *, required: bool = False) -> None:
+    """A finite non-negative number (or None, litellm's "not priced", unless ``required``)."""
+    if value is None and not required:
         return
     if not _is_price(value) or not 0 <= value < math.inf:  # type: ignore[operator]
         raise ConfigurationError(

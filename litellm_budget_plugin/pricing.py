@@ -17,7 +17,7 @@ import litellm
 import litellm.litellm_core_utils.default_encoding
 import tiktoken
 
-from ._price_table import Options, PriceTable, find_entry, price_table, request_tier
+from ._price_table import Options, PriceTable, check_price, find_entry, price_table, request_tier
 from .errors import ConfigurationError, UnpricedModelError
 
 # litellm's chat counting: 3 tokens of priming per request, 3 per message, 1 per name.
@@ -163,6 +163,8 @@ def register_price(
         raise ConfigurationError(
             f"max_output_tokens of {model!r} must be a non-negative integer, got {max_output_tokens!r}"
         )
+    check_price(model, "input_cost_per_token", input_cost_per_token, required=True)
+    check_price(model, "output_cost_per_token", output_cost_per_token, required=True)
     entry: dict[str, Any] = {
         "input_cost_per_token": input_cost_per_token,
         "output_cost_per_token": output_cost_per_token,
