@@ -131,11 +131,13 @@ class PriceTable:
         specific = entry.get("provider_specific_entry")
         specific = specific if isinstance(specific, Mapping) else {}
         geo = [float(v) for k, v in specific.items() if len(k) == 2 and _is_price(v)]
-        # Multipliers litellm applies by where a call was served (data residency, region,
-        # Anthropic's inference geo): not known before the call, so always assumed.
-        self.multiplier = max(
-            [1.0, *geo, *(float(v) for k, v in entry.items() if k.endswith("uplift_multiplier") and _is_price(v))]
-        )
+        # Multipliers litellm applies by where a call was served: a Vertex regional endpoint or
+        # Anthropic's inference geo are not known before the call, so always assumed; OpenAI's
+        # data-residency (eu./us.) and FedRAMP (gov.) uplifts follow the request's api_base.
+        uplift = [float(v) for k, v in entry.items() if k.endswith("uplift_multiplier") and _is_price(v)]
+        vertex = [float(v) for k, v in entry.items() if k == "regional_endpoint_uplift_multiplier" and _is_price(v)]
+        self.multiplier = max([1.0, *geo, *vertex])
+        self.residency_multiplier = max([1.0, *uplift])
         self.fast_multiplier = float(specific.get("fast", 1.0)) if _is_price(specific.get("fast", 1.0)) else 1.0
         self._variants: dict[Options, tuple[list[float], list[Rates]]] = {}
 

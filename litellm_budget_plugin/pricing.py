@@ -280,6 +280,8 @@ def priced_worst_case(
         raise UnpricedModelError(table.model, "input_cost_per_video_per_second")
     rates = table.rates(options, prompt_tokens)
     multiplier = table.multiplier * (table.fast_multiplier if request.get("speed") == "fast" else 1.0)
+    if table.residency_multiplier != 1.0 and _regional_api_base(request):
+        multiplier *= table.residency_multiplier
     fees = table.request_fee + parts.images * table.image_fee
     if parts.audio_bytes:
         fees += parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
@@ -296,6 +298,13 @@ def priced_worst_case(
 
 
 _NO_OPTIONS = Options()
+_REGIONAL_HOSTS = ("://eu.", "://us.", "://gov.")
+
+
+def _regional_api_base(request: Mapping[str, Any]) -> bool:
+    """Whether the call goes to an OpenAI regional or FedRAMP host (litellm prices those higher)."""
+    base = request.get("api_base") or request.get("base_url") or litellm.api_base or ""
+    return isinstance(base, str) and any(host in base for host in _REGIONAL_HOSTS)
 
 
 def _options(request: Mapping[str, Any], parts: Parts) -> Options:
