@@ -80,7 +80,9 @@ def _cases(entry: Mapping[str, Any], prompt: int, output: int) -> Iterator[Case]
     )
     yield Case("caching", {}, _parts(caching=True), cached, None)
     yield Case("web search", {"web_search_options": {}}, Parts(), plain, None)
-    if output:
+    if output and entry.get("litellm_provider") != "xai":
+        # xAI reports reasoning tokens beside completion_tokens, and litellm 1.80 bills both: a
+        # gap this sweep does not cover (the README says so); other providers include them.
         reasoning = Usage(
             prompt_tokens=prompt,
             completion_tokens=output,
