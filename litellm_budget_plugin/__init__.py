@@ -21,6 +21,7 @@ from .errors import (
     StoreUnavailableError,
     UnknownModelError,
     UnknownUserError,
+    UnpricedModelError,
 )
 from .stores import STORE_ENV, BudgetStore, FileStore, NewBudget, store_from_url
 
@@ -69,6 +70,7 @@ __all__ = [
     "StoreUnavailableError",
     "UnknownModelError",
     "UnknownUserError",
+    "UnpricedModelError",
     "UserRecord",
     "WorstCase",
     "register_price",

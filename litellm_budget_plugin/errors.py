@@ -9,6 +9,7 @@
         ├── ConfigurationError (+ValueError)   bad argument, unknown store URL, missing extra
         ├── UnknownUserError (+KeyError)       no budget record for that user
         ├── UnknownModelError (+ValueError)    no price known for that model
+        │   └── UnpricedModelError             priced in units a request cannot bound
         ├── GuardInstallError (+RuntimeError)  (in guard.py) the sync hook is not on litellm's call path
         └── StoreError                         the store could not be used (cause kept)
             ├── StoreLockTimeout (+TimeoutError)
@@ -108,6 +109,21 @@ class UnknownModelError(BudgetPluginError, ValueError):
             f"no price known for model {model!r}: register one with "
             f"litellm_budget_plugin.register_price({model!r}, input_cost_per_token=..., "
             f"output_cost_per_token=...) or litellm.register_model(...)"
+        )
+
+
+class UnpricedModelError(UnknownModelError):
+    """The model is priced in a unit (seconds, characters, images...) that no count of a
+    request's tokens bounds, so strict mode cannot promise its worst case."""
+
+    def __init__(self, model: str, field: str) -> None:
+        self.model = model
+        self.field = field
+        ValueError.__init__(
+            self,
+            f"model {model!r} is priced by {field}, which a request's tokens do not bound: register a "
+            f"per-token price with litellm_budget_plugin.register_price({model!r}, input_cost_per_token=..., "
+            f"output_cost_per_token=...) under another name, or guard it in soft mode",
         )
 
 

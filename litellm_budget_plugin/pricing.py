@@ -11,14 +11,15 @@ import functools
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import litellm
 import litellm.litellm_core_utils.default_encoding
 import tiktoken
 
 from . import token_margins
-from .errors import ConfigurationError, UnknownModelError
+from ._price_table import Options, PriceTable, check_price, find_entry, price_table, request_tier
+from .errors import ConfigurationError, UnpricedModelError
 
 # litellm's chat counting: 3 tokens of priming per request, 3 per message, 1 per name.
 _TOKENS_PER_REQUEST = 3
@@ -27,6 +28,15 @@ _TOKENS_PER_NAME = 1
 # An image part is counted as a high-detail 2048x2048 image (OpenAI's 765-token tiling
 # upper bound for the usual downscale), so an estimate stays an upper bound.
 _TOKENS_PER_IMAGE = 765
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+_FILE_PARTS = frozenset({"file", "input_file", "document", "video_url", "video"})
+# Audio tokens of an input_audio part, bounded from its size: at most 32 tokens a second
+# (Gemini's rate, the highest published; OpenAI's is lower) of audio at least 500 bytes a
+# second (4 kbit/s, below the lowest bit rate of the formats providers take: mp3 8, opus 6).
+_AUDIO_TOKENS_PER_SECOND = 32
+_AUDIO_BYTES_PER_SECOND = 500
+_SEARCH_TOOL_KEYS = ("googleSearch", "google_search", "googleSearchRetrieval", "google_search_retrieval")
+_MAPS_TOOL_KEYS = ("googleMaps", "google_maps")
 # When a request names no output limit, hold the model's maximum capped at this many
 # tokens, as LiteLLM's proxy does for its token reservations.
 DEFAULT_OUTPUT_TOKEN_CAP = 4096
@@ -56,7 +66,21 @@ def count_text_tokens(text: str, model: str) -> int:
     return len(encoding_for(model).encode(text, disallowed_special=()))
 
 
-def _content_tokens(content: object, model: str) -> int:
+class Parts:
+    """What a prompt holds besides text, noted while its tokens are counted (one walk)."""
+
+    __slots__ = ("audio_bytes", "caching", "files", "images", "maps", "searches")
+
+    def __init__(self) -> None:
+        self.searches = 0  # web searches and map groundings its tools can make
+        self.maps = 0
+        self.images = 0
+        self.audio_bytes = 0
+        self.files = 0
+        self.caching = False
+
+
+def _content_tokens(content: object, model: str, parts: Parts | None = None) -> int:
     """Tokens of a message value: a string, a list of parts (multimodal), or nested data."""
     if content is None:
         return 0
@@ -65,18 +89,41 @@ def _content_tokens(content: object, model: str) -> int:
     if isinstance(content, list):
         total = 0
         for part in content:
-            if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image"):
+            if not isinstance(part, Mapping):
+                total += _content_tokens(part, model, parts)
+                continue
+            kind = part.get("type")
+            if parts is not None and part.get("cache_control") is not None:
+                parts.caching = True
+            if kind in _IMAGE_PARTS:
                 total += _TOKENS_PER_IMAGE
-            elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                if parts is not None:
+                    parts.images += 1
+            elif kind == "input_audio":
+                size = _audio_bytes(part.get("input_audio"))
+                total += math.ceil(size * _AUDIO_TOKENS_PER_SECOND / _AUDIO_BYTES_PER_SECOND)
+                if parts is not None:
+                    parts.audio_bytes += size
+            elif isinstance(part.get("text"), str):
                 total += count_text_tokens(part["text"], model)
             else:
-                total += _content_tokens(part, model)
+                if parts is not None and kind in _FILE_PARTS:
+                    parts.files += 1
+                total += _content_tokens(part, model, parts)
         return total
     # tool calls, function calls, and anything else structured: count its JSON text
     return count_text_tokens(json.dumps(content, default=str, separators=(",", ":")), model)
 
 
-def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str) -> int:
+def _audio_bytes(audio: object) -> int:
+    """Bytes of an input_audio part's base64 data (its JSON size if it is not there)."""
+    data = audio.get("data") if isinstance(audio, Mapping) else None
+    if isinstance(data, str):
+        return len(data) * 3 // 4 + 3
+    return len(json.dumps(audio, default=str))
+
+
+def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str, parts: Parts | None = None) -> int:
     encoding = encoding_for(model).name
     total = _TOKENS_PER_REQUEST
     for message in messages:
@@ -87,23 +134,19 @@ def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str) -> i
             if isinstance(value, str) and len(value) <= _CACHED_TEXT_LENGTH:  # most values: one cache lookup
                 total += _count_cached(value, encoding)
             else:
-                total += _content_tokens(value, model)
+                total += _content_tokens(value, model, parts)
             if key == "name":
                 total += _TOKENS_PER_NAME
+            elif key == "cache_control" and parts is not None:
+                parts.caching = True
     return total
 
 
 def prices(model: str) -> Mapping[str, Any]:
-    """litellm's price entry for ``model``, looked up as written or without its provider."""
-    table = litellm.model_cost
-    entry = table.get(model)
-    if entry is None and "/" in model:
-        entry = table.get(model.split("/", 1)[1])
-    if entry is None:
-        entry = table.get(model.rsplit("/", 1)[-1])
-    if entry is None or "input_cost_per_token" not in entry:
-        raise UnknownModelError(model)
-    return cast(Mapping[str, Any], entry)
+    """litellm's price entry for ``model`` (checked: every price in it usable), looked up as
+    written or without its provider."""
+    price_table(model)
+    return find_entry(model)
 
 
 def register_price(
@@ -113,16 +156,25 @@ def register_price(
     max_output_tokens: int | None = None,
 ) -> None:
     """Give a model a price (both here and in litellm, so actual costs agree with estimates)."""
-    from .budget import check_amount
-
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigurationError(f"register_price needs a model name, got {model!r}")
+    if max_output_tokens is not None and (
+        isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int) or max_output_tokens < 0
+    ):
+        raise ConfigurationError(
+            f"max_output_tokens of {model!r} must be a non-negative integer, got {max_output_tokens!r}"
+        )
+    check_price(model, "input_cost_per_token", input_cost_per_token, required=True)
+    check_price(model, "output_cost_per_token", output_cost_per_token, required=True)
     entry: dict[str, Any] = {
-        "input_cost_per_token": check_amount("input_cost_per_token", input_cost_per_token),
-        "output_cost_per_token": check_amount("output_cost_per_token", output_cost_per_token),
+        "input_cost_per_token": input_cost_per_token,
+        "output_cost_per_token": output_cost_per_token,
         "litellm_provider": "openai",
         "mode": "chat",
     }
     if max_output_tokens is not None:
-        entry["max_output_tokens"] = int(max_output_tokens)
+        entry["max_output_tokens"] = max_output_tokens
+    PriceTable(model, entry)  # every price usable, before litellm sees any
     litellm.register_model({model: entry})
 
 
@@ -134,7 +186,7 @@ def output_token_limit(request: Mapping[str, Any], model: str, cap: int = DEFAUL
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigurationError(f"{key} must be a non-negative integer, got {value!r}")
             return value
-    model_max = prices(model).get("max_output_tokens") or cap
+    model_max = price_table(model).max_output_tokens or cap
     return min(int(model_max), cap)
 
 
@@ -200,15 +252,100 @@ def _worst_case(
     messages: Iterable[Mapping[str, Any]] | None = None,
     prompt: object = None,
 ) -> WorstCase:
-    entry = prices(model)
-    prompt_tokens = count_message_tokens(messages, model) if messages is not None else _content_tokens(prompt, model)
-    prompt_tokens = math.ceil(prompt_tokens * token_margins.prompt_margin(model))  # provider's tokenizer
-    prompt_cost = prompt_tokens * float(entry.get("input_cost_per_token") or 0.0)
+    table = price_table(model)
+    parts = Parts()
+    if messages is not None:
+        prompt_tokens = count_message_tokens(messages, model, parts)
+    else:
+        prompt_tokens = _content_tokens(prompt, model, parts)
+    tools = request.get("tools")
+    if tools:
+        prompt_tokens += _content_tokens(tools, model)
+        parts.searches, parts.maps = _tool_searches(tools, parts)
+    # The prompt's token count, once, with the provider's tokenizer margin: every price,
+    # tier and fee below is read at this size.
+    prompt_tokens = math.ceil(prompt_tokens * token_margins.prompt_margin(model))
+    return priced_worst_case(table, request, prompt_tokens, parts, output_token_cap)
+
+
+def priced_worst_case(
+    table: PriceTable,
+    request: Mapping[str, Any],
+    prompt_tokens: int,
+    parts: Parts,
+    output_token_cap: int | None,
+) -> WorstCase:
+    """The worst case of a request whose prompt is ``prompt_tokens`` tokens holding ``parts``."""
+    options = _options(request, parts)
+    if table.unbounded is not None:
+        raise UnpricedModelError(table.model, table.unbounded)
+    if parts.files and table.video_second_fee:
+        raise UnpricedModelError(table.model, "input_cost_per_video_per_second")
+    rates = table.rates(options, prompt_tokens)
+    multiplier = table.multiplier * (table.fast_multiplier if request.get("speed") == "fast" else 1.0)
+    if table.residency_multiplier != 1.0 and _regional_api_base(request):
+        multiplier *= table.residency_multiplier
+    fees = table.request_fee + parts.images * table.image_fee
+    if parts.audio_bytes:
+        fees += parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
+    if parts.searches or request.get("web_search_options") is not None:
+        fees += max(parts.searches, 1) * table.search_fee
+    fees += parts.maps * table.maps_fee
+    prompt_cost = (prompt_tokens * rates.input + fees) * multiplier
+    prompt_cost = prompt_cost if math.isfinite(prompt_cost) else math.inf
     if output_token_cap is None:
-        return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, 0.0, 0)
-    output_tokens = output_token_limit(request, model, output_token_cap)
-    output_price = max(request.get("n") or 1, 1) * float(entry.get("output_cost_per_token") or 0.0)
-    return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, output_price, output_tokens)
+        return WorstCase(prompt_cost, 0.0, 0)
+    output_tokens = output_token_limit(request, table.model, output_token_cap)
+    output_price = max(request.get("n") or 1, 1) * rates.output * multiplier
+    return WorstCase(prompt_cost, output_price, output_tokens)
+
+
+_NO_OPTIONS = Options()
+_REGIONAL_HOSTS = ("://eu.", "://us.", "://gov.")
+
+
+def _regional_api_base(request: Mapping[str, Any]) -> bool:
+    """Whether the call goes to an OpenAI regional or FedRAMP host (litellm prices those higher)."""
+    base = request.get("api_base") or request.get("base_url") or litellm.api_base or ""
+    return isinstance(base, str) and any(host in base for host in _REGIONAL_HOSTS)
+
+
+def _options(request: Mapping[str, Any], parts: Parts) -> Options:
+    """The request's choices that change prices (documented in the README's pricing section)."""
+    tier = request_tier(request.get("service_tier"))
+    modalities = request.get("modalities") or ()
+    caching = parts.caching or request.get("cache_control_injection_points") is not None
+    audio_out = "audio" in modalities or request.get("audio") is not None
+    if not (tier or caching or audio_out or modalities or parts.images or parts.audio_bytes or parts.files):
+        return _NO_OPTIONS
+    return Options(
+        tier=tier,
+        caching=caching,
+        audio=bool(parts.audio_bytes or parts.files),
+        image=bool(parts.images or parts.files),
+        video=bool(parts.files),
+        audio_out=audio_out,
+        image_out="image" in modalities,
+    )
+
+
+def _tool_searches(tools: object, parts: Parts) -> tuple[int, int]:
+    """Web searches and map groundings a call's tools can make (a tool's ``max_uses``, else 1),
+    noting cache_control on tools."""
+    searches = maps = 0
+    for tool in tools if isinstance(tools, list) else ():
+        if not isinstance(tool, Mapping):
+            continue
+        if tool.get("cache_control") is not None:
+            parts.caching = True
+        kind = str(tool.get("type") or "")
+        uses = tool.get("max_uses")
+        count = uses if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0 else 1
+        if "web_search" in kind or any(key in tool for key in _SEARCH_TOOL_KEYS):
+            searches += count
+        if any(key in tool for key in _MAPS_TOOL_KEYS):
+            maps += count
+    return searches, maps
 
 
 def estimate_cost(
@@ -225,7 +362,7 @@ def estimate_cost(
 
 
 def response_cost(response: Any, model: str | None = None) -> float:
-    """The actual cost of a response: litellm's own figure, else its usage at our prices."""
+    """The actual cost of a response: litellm's own figure, else its usage at our worst prices."""
     hidden = getattr(response, "_hidden_params", None) or {}
     cost = hidden.get("response_cost")
     if isinstance(cost, int | float) and math.isfinite(cost) and cost >= 0:
@@ -234,18 +371,20 @@ def response_cost(response: Any, model: str | None = None) -> float:
     name = model or getattr(response, "model", None)
     if usage is None or not name:
         raise ConfigurationError("response carries neither a cost nor usage and a model")
-    entry = prices(str(name))
-    return float(
-        (getattr(usage, "prompt_tokens", 0) or 0) * float(entry.get("input_cost_per_token") or 0.0)
-        + (getattr(usage, "completion_tokens", 0) or 0) * float(entry.get("output_cost_per_token") or 0.0)
-    )
+    prompt = getattr(usage, "prompt_tokens", 0) or 0
+    tier = getattr(response, "service_tier", None)
+    options = Options(tier=request_tier(tier if isinstance(tier, str) else None))
+    return _tokens_cost(str(name), prompt, getattr(usage, "completion_tokens", 0) or 0, options)
 
 
 def text_cost(model: str, input_text: str, output_text: str) -> float:
     """LiteLLM's update_cost(input_text=, output_text=): each text counted as one user message."""
-    entry = prices(model)
     prompt = count_message_tokens([{"role": "user", "content": input_text}], model)
     completion = count_message_tokens([{"role": "user", "content": output_text}], model)
-    return prompt * float(entry.get("input_cost_per_token") or 0.0) + completion * float(
-        entry.get("output_cost_per_token") or 0.0
-    )
+    return _tokens_cost(model, prompt, completion, _NO_OPTIONS)
+
+
+def _tokens_cost(model: str, prompt: int, completion: int, options: Options) -> float:
+    table = price_table(model)
+    rates = table.rates(options, prompt)
+    return float((prompt * rates.input + completion * rates.output) * table.multiplier)

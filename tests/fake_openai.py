@@ -28,6 +28,12 @@ class FakeOpenAI:
         self.cut_streams = 0  # next streams close the connection after one chunk
         self.stream_delay = 0.0
         self.response_delay = 0.0  # seconds before answering: keeps calls in flight together
+        # Billing the request received, off by default (fixed PROMPT_TOKENS / COMPLETION_TOKENS):
+        # bill_words: prompt_tokens = whitespace-separated words of every message's content, and
+        # completion_tokens = completion_tokens, at most the request's max_(completion_)tokens
+        self.bill_words = False
+        self.completion_tokens = COMPLETION_TOKENS
+        self.echo_service_tier = False  # answer with the request's service_tier
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -97,7 +103,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                         "created": int(time.time()),
                         "model": body.get("model"),
                         "choices": [{"index": 0, "text": "".join(REPLY_WORDS), "finish_reason": "stop"}],
-                        "usage": _usage(),
+                        "usage": _usage(fake, body),
                     }
                 )
             else:
@@ -114,7 +120,8 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                                 "finish_reason": "stop",
                             }
                         ],
-                        "usage": _usage(),
+                        "usage": _usage(fake, body),
+                        **_service_tier(fake, body),
                     }
                 )
 
@@ -141,7 +148,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     time.sleep(fake.stream_delay)
             self._event(_chunk(body, {}, finish="stop"))
             if include_usage:
-                self._event({**_chunk(body, {}), "choices": [], "usage": _usage()})
+                self._event({**_chunk(body, {}), "choices": [], "usage": _usage(fake, body)})
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 
@@ -152,12 +159,27 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _usage() -> dict[str, int]:
-    return {
-        "prompt_tokens": PROMPT_TOKENS,
-        "completion_tokens": COMPLETION_TOKENS,
-        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
-    }
+def _usage(fake: FakeOpenAI, body: dict[str, Any]) -> dict[str, int]:
+    """The usage billed for a request: fixed, or its words when the server bills what it got."""
+    if not fake.bill_words:
+        prompt, completion = PROMPT_TOKENS, COMPLETION_TOKENS
+    else:
+        prompt = sum(len(_text(message.get("content")).split()) for message in body.get("messages") or ())
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        completion = fake.completion_tokens if limit is None else min(int(limit), fake.completion_tokens)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _service_tier(fake: FakeOpenAI, body: dict[str, Any]) -> dict[str, Any]:
+    return {"service_tier": body["service_tier"]} if fake.echo_service_tier and "service_tier" in body else {}
 
 
 def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,290 @@
+"""The worst prices litellm's cost calculation can apply to a call, read once per price entry.
+
+litellm picks one price per token type from a model's entry by the prompt's size (keys
+``*_above_<N>k_tokens`` and ``tiered_pricing`` ranges; a tier prices the whole prompt and the
+output once the prompt passes its threshold), the request's ``service_tier`` (``*_priority``,
+``*_flex``… keys, falling back to the standard key), caching (``cache_creation_*``), modalities
+(audio, image, video token prices) and multipliers (regional endpoints, Anthropic's US-only
+inference). A :class:`PriceTable` keeps, for each combination of those a request turns on, the
+highest input and output price at each prompt size: one price per prompt token and one per
+output token that no choice litellm makes can exceed. Tables are cached per entry and rebuilt
+when the entry changes (``litellm.register_model``, or the dict edited in place).
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import litellm
+
+from .errors import ConfigurationError, UnknownModelError, UnpricedModelError
+
+# Request service tiers and the key suffix litellm prices them with.
+_REQUEST_TIERS = {"priority": "priority", "fast": "priority", "flex": "flex", "balanced": "balanced"}
+_REQUEST_TIERS["ultrafast"] = "ultrafast"
+_STANDARD_TIERS = frozenset({"default", "standard"})
+ANY_TIER = "*"  # "auto" or a tier we do not know: the provider picks, so every tier's price
+_KEY_TIERS = ("ultrafast", "priority", "balanced", "flex", "batches", "decisions", "fast")
+_THRESHOLD = re.compile(r"_above_(\d+(?:\.\d+)?)(k?)_tokens$")
+
+# Per-token prices by base key: which side they price and what in the request turns them on.
+_INPUT_BASES = {
+    "input_cost_per_token": "text",
+    "cache_read_input_token_cost": "text",
+    "explicit_cache_read_input_token_cost": "text",
+    "input_cost_per_token_cache_hit": "text",
+    "cache_creation_input_token_cost": "caching",
+    "cache_creation_input_token_cost_above_1hr": "caching",
+    "cache_creation_input_token_cost_above_12hr": "caching",
+    "input_cost_per_audio_token": "audio",
+    "cache_read_input_audio_token_cost": "audio",
+    "cache_creation_input_audio_token_cost": "audio",
+    "input_cost_per_image_token": "image",
+    "cache_read_input_image_token_cost": "image",
+    "input_cost_per_video_token": "video",
+}
+_OUTPUT_BASES = {
+    "output_cost_per_token": "text",
+    "output_cost_per_reasoning_token": "text",  # any reasoning model may think unasked
+    "output_cost_per_audio_token": "audio_out",
+    "output_cost_per_image_token": "image_out",
+    "output_cost_per_video_token": "video_out",
+}
+# Prices in units a token count cannot bound: a model charging them is refused, by field.
+_UNBOUNDED_FIELDS = (
+    "input_cost_per_second",
+    "output_cost_per_second",
+    "cost_per_second",
+    "input_cost_per_character",
+    "output_cost_per_character",
+    "citation_cost_per_token",
+    "input_cost_per_pixel",
+    "output_cost_per_pixel",
+    "output_cost_per_image",
+)
+# Per-call fees a request turns on, bounded from the request (see pricing.py).
+_IMAGE_FEE = "input_cost_per_image"
+_AUDIO_SECOND_FEE = "input_cost_per_audio_per_second"
+_VIDEO_SECOND_FEE = "input_cost_per_video_per_second"
+_REQUEST_FEES = ("input_cost_per_request", "input_cost_per_query")
+
+
+class Options(NamedTuple):
+    """What a request turns on that changes its prices (a table caches rates per value)."""
+
+    tier: str | None = None  # None: standard; a key suffix; or ANY_TIER
+    caching: bool = False
+    audio: bool = False
+    image: bool = False
+    video: bool = False
+    audio_out: bool = False
+    image_out: bool = False
+
+
+def request_tier(value: object) -> str | None:
+    """The price-key suffix of a request's ``service_tier`` (documented in the README)."""
+    if value is None or value in _STANDARD_TIERS:
+        return None
+    if isinstance(value, str):
+        return _REQUEST_TIERS.get(value.lower(), ANY_TIER)
+    raise ConfigurationError(f"service_tier must be a string, got {value!r}")
+
+
+class Rates(NamedTuple):
+    input: float
+    output: float
+
+
+class PriceTable:
+    """The worst per-token prices of one price entry, by options and prompt size."""
+
+    def __init__(self, model: str, entry: Mapping[str, Any]) -> None:
+        self.model = model
+        _check_entry(model, entry)
+        # (side, condition, base, threshold) -> {tier or None: price}
+        self._prices: dict[tuple[str, str, str, float], dict[str | None, float]] = {}
+        for key, value in entry.items():
+            self._add(key, value, 0.0)
+        for tier in entry.get("tiered_pricing") or ():
+            start = float((tier.get("range") or (0.0,))[0])
+            for key, value in tier.items():
+                self._add(key, value, start)
+        if not any(side == "input" and cond == "text" for side, cond, _, _ in self._prices):
+            field = next((name for name in (*_UNBOUNDED_FIELDS, _IMAGE_FEE) if entry.get(name)), None)
+            if field is None:
+                raise UnknownModelError(model)
+            raise UnpricedModelError(model, field)
+        self.unbounded = next((name for name in _UNBOUNDED_FIELDS if entry.get(name)), None)
+        self.max_output_tokens = entry.get("max_output_tokens")
+        search = entry.get("search_context_cost_per_query")
+        self.search_fee = max(search.values(), default=0.0) if isinstance(search, Mapping) else 0.0
+        self.maps_fee = float(entry.get("google_maps_grounding_cost_per_query") or 0.0)
+        self.request_fee = sum(float(entry.get(name) or 0.0) for name in _REQUEST_FEES)
+        self.image_fee = _max_of(entry, _IMAGE_FEE)
+        self.audio_second_fee = _max_of(entry, _AUDIO_SECOND_FEE)
+        self.video_second_fee = _max_of(entry, _VIDEO_SECOND_FEE)
+        specific = entry.get("provider_specific_entry")
+        specific = specific if isinstance(specific, Mapping) else {}
+        geo = [float(v) for k, v in specific.items() if len(k) == 2 and _is_price(v)]
+        # Multipliers litellm applies by where a call was served: a Vertex regional endpoint or
+        # Anthropic's inference geo are not known before the call, so always assumed; OpenAI's
+        # data-residency (eu./us.) and FedRAMP (gov.) uplifts follow the request's api_base.
+        uplift = [float(v) for k, v in entry.items() if k.endswith("uplift_multiplier") and _is_price(v)]
+        vertex = [float(v) for k, v in entry.items() if k == "regional_endpoint_uplift_multiplier" and _is_price(v)]
+        self.multiplier = max([1.0, *geo, *vertex])
+        self.residency_multiplier = max([1.0, *uplift])
+        self.fast_multiplier = float(specific.get("fast", 1.0)) if _is_price(specific.get("fast", 1.0)) else 1.0
+        self._variants: dict[Options, tuple[list[float], list[Rates]]] = {}
+
+    def _add(self, key: str, value: object, start: float) -> None:
+        parsed = _parse_price_key(key)
+        if parsed is None or value is None:
+            return
+        base, tier, threshold = parsed
+        if tier == "batches":
+            return  # batch API prices: never a guarded call's
+        side = "input" if base in _INPUT_BASES else "output"
+        condition = _INPUT_BASES.get(base) or _OUTPUT_BASES[base]
+        self._prices.setdefault((side, condition, base, max(threshold, start)), {})[tier] = float(value)  # type: ignore[arg-type]
+
+    def rates(self, options: Options, prompt_tokens: float) -> Rates:
+        """The highest input and output price per token litellm can apply at this prompt size."""
+        variant = self._variants.get(options)
+        if variant is None:
+            variant = self._variants[options] = self._variant(options)
+        thresholds, rates = variant
+        return rates[bisect.bisect_right(thresholds, prompt_tokens) - 1]
+
+    def _variant(self, options: Options) -> tuple[list[float], list[Rates]]:
+        on = {"text", *(name for name in Options._fields[1:] if getattr(options, name))}
+        thresholds = sorted({0.0, *(threshold for _, _, _, threshold in self._prices)})
+        rates: list[Rates] = []
+        best = {"input": 0.0, "output": 0.0}
+        for threshold in thresholds:  # a tier at or below the prompt size may apply
+            for (side, condition, _, at), by_tier in self._prices.items():
+                if at == threshold and condition in on:
+                    price = _tier_price(by_tier, options.tier)
+                    if price is not None:
+                        best[side] = max(best[side], price)
+            rates.append(Rates(best["input"], best["output"]))
+        return thresholds, rates
+
+
+def _tier_price(by_tier: Mapping[str | None, float], tier: str | None) -> float | None:
+    """litellm's choice for a tier: its own key, else the standard one; any tier: the worst."""
+    if tier == ANY_TIER:
+        return max(by_tier.values())
+    if tier is not None and tier in by_tier:
+        return by_tier[tier]
+    return by_tier.get(None)
+
+
+def _parse_price_key(key: str) -> tuple[str, str | None, float] | None:
+    """``(base, tier, threshold)`` of a per-token price key, or None for other keys."""
+    tier = None
+    name = key
+    for suffix in _KEY_TIERS:
+        if name.endswith("_" + suffix):
+            tier, name = suffix, name[: -len(suffix) - 1]
+            break
+    threshold = 0.0
+    match = _THRESHOLD.search(name)
+    if match:
+        threshold = float(match.group(1)) * (1000 if match.group(2) else 1)
+        name = name[: match.start()]
+        if tier is None:
+            for suffix in _KEY_TIERS:
+                if name.endswith("_" + suffix):
+                    tier, name = suffix, name[: -len(suffix) - 1]
+                    break
+    if name not in _INPUT_BASES and name not in _OUTPUT_BASES:
+        return None
+    return name, tier, threshold
+
+
+def _max_of(entry: Mapping[str, Any], field: str) -> float:
+    """A fee's highest value over its ``_above_…`` variants."""
+    return max(
+        (
+            float(value)
+            for key, value in entry.items()
+            if (key == field or key.startswith(field + "_above_")) and _is_price(value)
+        ),
+        default=0.0,
+    )
+
+
+def _is_price(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_price_field(key: str) -> bool:
+    return "cost" in key or key.endswith("multiplier")
+
+
+def _check_entry(model: str, entry: Mapping[str, Any]) -> None:
+    """Every price in the entry is a finite, non-negative number: else a ConfigurationError naming it."""
+    for key, value in entry.items():
+        if key == "tiered_pricing" and value is not None:
+            if not isinstance(value, list):
+                raise ConfigurationError(f"price of model {model!r}: tiered_pricing must be a list, got {value!r}")
+            for tier in value:
+                if not isinstance(tier, Mapping):
+                    raise ConfigurationError(f"price of model {model!r}: a tiered_pricing tier must be a mapping")
+                for name, price in tier.items():
+                    if _is_price_field(name):
+                        check_price(model, f"tiered_pricing {name}", price)
+        elif key == "search_context_cost_per_query" and isinstance(value, Mapping):
+            for name, price in value.items():
+                check_price(model, f"{key} {name}", price)
+        elif key in ("max_output_tokens", "max_input_tokens", "max_tokens") and value is not None:
+            if not _is_price(value) or not 0 <= value < math.inf:
+                raise ConfigurationError(
+                    f"price of model {model!r}: {key} must be a non-negative number, got {value!r}"
+                )
+        elif _is_price_field(key) and not isinstance(value, Mapping):
+            check_price(model, key, value)
+
+
+def check_price(model: str, field: str, value: object, *, required: bool = False) -> None:
+    """A finite non-negative number (or None, litellm's "not priced", unless ``required``)."""
+    if value is None and not required:
+        return
+    if not _is_price(value) or not 0 <= value < math.inf:  # type: ignore[operator]
+        raise ConfigurationError(
+            f"price of model {model!r}: {field} must be a finite non-negative number, got {value!r}"
+        )
+
+
+def find_entry(model: str) -> Mapping[str, Any]:
+    """litellm's price entry for ``model``, looked up as written or without its provider."""
+    table = litellm.model_cost
+    entry = table.get(model)
+    if entry is None and "/" in model:
+        entry = table.get(model.split("/", 1)[1])
+        if entry is None:
+            entry = table.get(model.rsplit("/", 1)[-1])
+    if entry is None:
+        raise UnknownModelError(model)
+    return entry  # type: ignore[no-any-return]
+
+
+_TABLES: dict[str, tuple[Mapping[str, Any], dict[str, Any], PriceTable]] = {}
+
+
+def price_table(model: str) -> PriceTable:
+    """The model's table, built again when its entry was replaced or edited since."""
+    entry = find_entry(model)
+    cached = _TABLES.get(model)
+    if cached is not None and cached[0] is entry and cached[1] == entry:
+        return cached[2]
+    table = PriceTable(model, entry)
+    if len(_TABLES) > 4096:
+        _TABLES.clear()
+    _TABLES[model] = (entry, copy.deepcopy(dict(entry)), table)
+    return table
