@@ -288,3 +288,17 @@ def price_table(model: str) -> PriceTable:
         _TABLES.clear()
     _TABLES[model] = (entry, copy.deepcopy(dict(entry)), table)
     return table
+
+
+class Parts:
+    """What a prompt holds besides text, noted while its tokens are counted (one walk)."""
+
+    __slots__ = ("audio_bytes", "caching", "files", "images", "maps", "searches")
+
+    def __init__(self) -> None:
+        self.searches = 0  # web searches and map groundings its tools can make
+        self.maps = 0
+        self.images = 0
+        self.audio_bytes = 0
+        self.files = 0
+        self.caching = False

@@ -18,7 +18,7 @@ import litellm.litellm_core_utils.default_encoding
 import tiktoken
 
 from . import token_margins
-from ._price_table import Options, PriceTable, check_price, find_entry, price_table, request_tier
+from ._price_table import Options, Parts, PriceTable, check_price, find_entry, price_table, request_tier
 from .errors import ConfigurationError, UnpricedModelError
 
 # litellm's chat counting: 3 tokens of priming per request, 3 per message, 1 per name.
@@ -64,20 +64,6 @@ def count_text_tokens(text: str, model: str) -> int:
     if len(text) <= _CACHED_TEXT_LENGTH:
         return _count_cached(text, name)
     return len(encoding_for(model).encode(text, disallowed_special=()))
-
-
-class Parts:
-    """What a prompt holds besides text, noted while its tokens are counted (one walk)."""
-
-    __slots__ = ("audio_bytes", "caching", "files", "images", "maps", "searches")
-
-    def __init__(self) -> None:
-        self.searches = 0  # web searches and map groundings its tools can make
-        self.maps = 0
-        self.images = 0
-        self.audio_bytes = 0
-        self.files = 0
-        self.caching = False
 
 
 def _content_tokens(content: object, model: str, parts: Parts | None = None) -> int:

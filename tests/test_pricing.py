@@ -19,8 +19,8 @@ import pytest
 from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDetailsWrapper, Usage
 
 from litellm_budget_plugin import ConfigurationError, UnknownModelError, UnpricedModelError
-from litellm_budget_plugin._price_table import PriceTable
-from litellm_budget_plugin.pricing import Parts, priced_worst_case
+from litellm_budget_plugin._price_table import Parts, PriceTable
+from litellm_budget_plugin.pricing import priced_worst_case
 
 # litellm's perplexity calculator prices these names with the entry of the name without its first
 # "perplexity/" (perplexity/sonar), though get_model_info finds the entry as written.
