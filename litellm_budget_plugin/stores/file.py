@@ -343,7 +343,7 @@ class FileStore(RecordStore):
                         _STORES_WITH_PENDING.add(self)
 
     def flush(self) -> None:
-        """Apply the deferred charges now."""
+        """Apply the deferred charges now; one that fails waits for the next writes (see :mod:`._deferred`)."""
         self._own_process()  # a forked child must not take its parent's locks, held or not
         with self._deferred_lock:
             if self._pending_since is None:
@@ -373,7 +373,8 @@ class FileStore(RecordStore):
         """Write what is pending, give the leases' spare back, and let go of the files.
 
         Closing again does nothing. Any operation after it raises StoreError, and so does a
-        charge_later that another thread makes while it closes: none is dropped unseen.
+        charge_later that another thread makes while it closes: none is dropped unseen (one
+        that cannot be written is given up and reported, see :attr:`failed_charges`).
         """
         if self._closed:
             return
