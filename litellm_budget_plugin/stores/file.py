@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +25,19 @@ from typing import TypeVar
 from .. import budget
 from ..budget import UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreError
-from ._deferred import _STORES_WITH_PENDING, _Deferred, _flush_soon, _flush_when_this_process_ends, _notify
+from ._deferred import (
+    _STORES_WITH_PENDING,
+    FAILED_CHARGES_KEPT,
+    FailedCharge,
+    _apply_deferred,
+    _Deferred,
+    _flush_soon,
+    _flush_when_this_process_ends,
+    _give_up_pending,
+    _notify,
+    _write,
+    _write_all_pending,
+)
 from ._journal import Journal
 from ._leases import LEASE_HORIZON_SECONDS, LEASE_HOT_SECONDS, LEASE_IDLE_SECONDS, _Lease
 from ._lock import _Locked, _ProcessLock
@@ -88,6 +101,7 @@ class FileStore(RecordStore):
         self._dirty: set[str] = set()
         self._pending_since: float | None = None  # time.monotonic() of the oldest of them
         self._deferred_lock = threading.Lock()
+        self._failed_charges: deque[FailedCharge] = deque(maxlen=FAILED_CHARGES_KEPT)
         self._leases: dict[str, _Lease] = {}
         self._leased: dict[str, str] = {}  # call id admitted from a lease -> its user
         self._refreshed: set[str] = set()  # lease holds in the write under way (under the lock)
@@ -105,7 +119,7 @@ class FileStore(RecordStore):
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
             with locked:
-                self._write(self._apply_deferred(charged), charged)
+                _write(self, _apply_deferred(self, charged), charged)
                 return fn(self._journal.records)
         finally:
             _notify(charged)
@@ -121,19 +135,23 @@ class FileStore(RecordStore):
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
             with self._locked():
-                working = self._apply_deferred(charged)
+                working = _apply_deferred(self, charged)
                 old = working[user] if user in working else self._journal.records.get(user)
                 try:
                     new, result = fn(old)
                 except BaseException:  # a refused change still writes the deferred charges...
                     try:
-                        self._write(working, charged)
+                        _write(self, working, charged)
                     except StoreError:  # ...if it can (they wait for the next operation), but
                         logger.warning("writing deferred charges to %s failed", self.path, exc_info=True)
                     raise  # the refusal is the answer, never a store error that hides it
                 if new is not old:
                     working[user] = new
-                self._write(working, charged)
+                unwritten = _write(self, working, charged)
+                if user in unwritten:  # the others' changes are written all the same
+                    raise StoreError(
+                        f"the record of {user!r} cannot be written: {unwritten[user]!r}; it was not changed"
+                    )
                 if written is not None:
                     written(result)
                 return result
@@ -170,9 +188,9 @@ class FileStore(RecordStore):
         with self._deferred_lock:
             if self._closed:  # closed by another thread since the check above
                 raise self._closed_error()
-            # A leased call leaves its lease only when its charge is taken for a write, so that
-            # no write holds less for it without charging it.
-            self._deferred.append(_Deferred(user, change, then, call_id))
+            # A leased call leaves its lease only when its charge is applied for a write, so
+            # that no write holds less for it without charging it.
+            self._deferred.append(_Deferred(user, change, then, call_id, cost, model))
             self._schedule()
 
     def release(self, call_id: str, user: str | None = None) -> bool:
@@ -325,62 +343,27 @@ class FileStore(RecordStore):
                         _STORES_WITH_PENDING.add(self)
 
     def flush(self) -> None:
-        """Apply the deferred charges now."""
+        """Apply the deferred charges now; one that fails waits for the next writes (see :mod:`._deferred`)."""
         self._own_process()  # a forked child must not take its parent's locks, held or not
         with self._deferred_lock:
             if self._pending_since is None:
                 return
         self._read(lambda _records: None)
 
-    def _apply_deferred(self, charged: list[tuple[_Deferred, UserRecord]]) -> dict[str, UserRecord | None]:
-        """Take the deferred charges and lease holds and apply them to a working copy of their records."""
+    @property
+    def failed_charges(self) -> tuple[FailedCharge, ...]:
+        """The latest deferred charges this store gave up on in this process, oldest first
+        (see :mod:`._deferred`); each is also logged as an error."""
         with self._deferred_lock:
-            deferred, self._deferred = self._deferred, []
-            for item in deferred:
-                if item.call_id is not None:
-                    self._end_leased_call(item.call_id)  # its lease's hold shrinks in the same write
-            self._refreshed, self._dirty = self._dirty, set()
-            self._pending_since = None
-            _STORES_WITH_PENDING.discard(self)
-        working: dict[str, UserRecord | None] = {}
-        for item in deferred:
-            current = working[item.user] if item.user in working else self._journal.records.get(item.user)
-            try:
-                record, _ = item.change(current)
-            except BudgetPluginError:
-                logger.exception("dropping a deferred charge to %r that cannot be applied", item.user)
-                continue
-            if record is not current:  # else a call id charged already: nothing to tell
-                working[item.user] = record
-                charged.append((item, record))
-        now = self.clock()
-        for user in self._refreshed:
-            self._refresh_lease(user, working, now)
-        return working
+            return tuple(self._failed_charges)
 
-    def _write(self, working: dict[str, UserRecord | None], charged: list[tuple[_Deferred, UserRecord]]) -> None:
-        """Persist the changed records in one write, then make them the loaded ones."""
-        try:
-            if not self._journal.write(working, self.clock()):
-                return
-        except StoreError:
-            with self._deferred_lock:  # not written: they wait for the next operation
-                self._deferred[:0] = [item for item, _ in charged]
-                self._dirty |= self._refreshed
-                if self._deferred or self._dirty:
-                    self._schedule()
-            charged.clear()
-            raise
+    def _stop_lease_spare(self, user: str) -> None:
+        """The user's lease hold was not rewritten: admit nothing more from its spare (the file
+        still holds what it held) and leave it until it expires."""
         with self._deferred_lock:
-            for user in self._refreshed:
-                lease = self._leases.get(user)
-                if lease is not None and lease.writing_until is not None:
-                    lease.written_until, lease.writing_until = lease.writing_until, None
-        if self._journal.fold_due():
-            try:
-                self._journal.fold()
-            except StoreError:  # the change is in the journal already: report, don't fail it
-                logger.warning("compacting %s failed; will retry", self.path, exc_info=True)
+            lease = self._leases.get(user)
+            if lease is not None:
+                lease.spare, lease.writing_until = 0.0, None
 
     def compact(self) -> None:
         """Fold the journal into the snapshot now, so the JSON file is current."""
@@ -390,7 +373,8 @@ class FileStore(RecordStore):
         """Write what is pending, give the leases' spare back, and let go of the files.
 
         Closing again does nothing. Any operation after it raises StoreError, and so does a
-        charge_later that another thread makes while it closes: none is dropped unseen.
+        charge_later that another thread makes while it closes: none is dropped unseen (one
+        that cannot be written is given up and reported, see :attr:`failed_charges`).
         """
         if self._closed:
             return
@@ -402,9 +386,10 @@ class FileStore(RecordStore):
                     self._closed = True  # from here charge_later refuses
                     pending = self._pending_since is not None
                 if pending:
-                    self._after_pending(_Locked(self), lambda _records: None)
-        except BudgetPluginError:
-            logger.exception("closing %s: deferred charges lost; their holds expire with their lease", self.path)
+                    _write_all_pending(self)
+        except BudgetPluginError as exc:
+            _give_up_pending(self, f"closing: {exc!r}")
+            logger.exception("closing %s: deferred changes not written; their holds expire with their lease", self.path)
         finally:
             with self._mutex:
                 self._closed = True
