@@ -40,7 +40,8 @@ _UNIT_DAYS = {
     "y": 365.0,
 }
 _DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w|y)\s*$")
-_MAX_DURATION_TEXT = 64
+_MAX_DURATION_TEXT = 1024  # longer texts are not parsed at all
+_SHOWN = 64
 
 MIN_DURATION_SECONDS = 1.0
 MAX_DURATION_DAYS = 100 * 365.0
@@ -183,7 +184,7 @@ def parse_duration(duration: object) -> float | None:
         match = _DURATION_PATTERN.match(duration) if len(duration) <= _MAX_DURATION_TEXT else None
         if match is None:
             raise ConfigurationError(
-                f"unknown duration {duration[:_MAX_DURATION_TEXT]!r}: use daily, weekly, monthly, yearly, "
+                f"unknown duration {duration[:_SHOWN]!r}: use daily, weekly, monthly, yearly, "
                 'or a number with a unit such as "30s", "15m", "1h", "30d", "2w", "1mo", "1y"'
             )
         days = float(match.group(1)) * _UNIT_DAYS[match.group(2)]
@@ -191,7 +192,7 @@ def parse_duration(duration: object) -> float | None:
         days = _finite("duration", duration)
     # "1s" is 1/86400 of a day: allow for its rounding
     if not (days * SECONDS_PER_DAY >= MIN_DURATION_SECONDS * (1 - 1e-9) and days <= MAX_DURATION_DAYS):
-        shown = duration[:_MAX_DURATION_TEXT] if isinstance(duration, str) else duration
+        shown = duration[:_SHOWN] if isinstance(duration, str) else duration
         raise ConfigurationError(f"duration {shown!r} is out of range: use 1 second to 100 years")
     return days
 

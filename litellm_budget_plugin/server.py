@@ -69,15 +69,6 @@ def _optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
 
-def _string(name: str) -> Check:
-    def check(value: object) -> str:
-        if not isinstance(value, str):
-            raise ConfigurationError(f"{name} must be a string, got {type(value).__name__}")
-        return value
-
-    return check
-
-
 def _object(name: str) -> Check:
     def check(value: object) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -116,7 +107,7 @@ def _unknown_user(args: dict[str, Any]) -> object:
 
 _USER = (budget.check_user, True)
 _CALL_ID = (budget.check_call_id, True)
-_MODEL = (_string("model"), True)
+_MODEL = (budget.check_model_name, True)
 _DEFAULT = (_optional(_default), False)
 
 _OPS: dict[str, _Op] = {
@@ -127,7 +118,7 @@ _OPS: dict[str, _Op] = {
             "user": _USER,
             "total_budget": (_optional(_amount("total_budget")), True),
             "duration": (_optional(budget.parse_duration), False),
-            "created_at": (_optional(_amount("created_at")), False),
+            "created_at": (_optional(lambda value: budget.check_timestamp("created_at", value)), False),
         },
         lambda s, a: s.set_budget(a["user"], a["total_budget"], a.get("duration"), a.get("created_at")),
         _unknown_user,
