@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +207,53 @@ def test_a_bad_redis_record_is_refused_for_its_user_only(redis_server: Any, fiel
     store.charge("bob", 0.25, "m")
     assert store.get("bob")["current_cost"] == 0.75  # type: ignore[index]
     store.close()
+
+
+# -- constructors and the manager's arguments --------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -5, math.nan, math.inf, 1e9, 10**400])
+def test_the_guard_refuses_a_lease_out_of_range(tmp_path: Path, value: object) -> None:
+    from litellm_budget_plugin import BudgetGuard
+
+    with pytest.raises(ConfigurationError, match="lease_seconds"):
+        BudgetGuard(str(tmp_path / "user_cost.json"), lease_seconds=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("duration", ["9" * 400 + "d", 1e-320, "0.000001s"])
+def test_the_guard_refuses_a_default_duration_out_of_range(tmp_path: Path, duration: object) -> None:
+    from litellm_budget_plugin import BudgetGuard
+
+    with pytest.raises(ConfigurationError, match="out of range"):
+        BudgetGuard(
+            str(tmp_path / "user_cost.json"), unknown_users="create", default_budget=1, default_duration=duration
+        )  # type: ignore[arg-type]
+
+
+MANAGER_BAD_CALLS: dict[str, Callable[[Any], object]] = {
+    "update_cost model=123": lambda m: m.update_cost(user="alice", model=123, input_text="a", output_text="b"),
+    "update_cost input_text=5": lambda m: m.update_cost(
+        user="alice", model="gpt-4o-mini", input_text=5, output_text="b"
+    ),
+    "update_cost model with NUL": lambda m: m.update_cost(user="alice", model="a\x00", input_text="a", output_text="b"),
+    "update_cost user=None": lambda m: m.update_cost(user=None, model="gpt-4o-mini", input_text="a", output_text="b"),
+    "projected_cost messages=None": lambda m: m.projected_cost("gpt-4o-mini", None, "alice"),
+    "projected_cost messages='hi'": lambda m: m.projected_cost("gpt-4o-mini", "hi", "alice"),
+    "projected_cost messages=[1]": lambda m: m.projected_cost("gpt-4o-mini", [1], "alice"),
+    "projected_cost model=None": lambda m: m.projected_cost(None, [{"role": "user", "content": "x"}], "alice"),
+    "create_budget 10**400": lambda m: m.create_budget(total_budget=10**400, user="alice"),
+    "create_budget duration 1e-320": lambda m: m.create_budget(total_budget=1, user="carol", duration=1e-320),
+    "create_budget duration of 400 digits": lambda m: m.create_budget(
+        total_budget=1, user="carol", duration="9" * 400 + "d"
+    ),
+}
+
+
+@pytest.mark.parametrize("call", MANAGER_BAD_CALLS.values(), ids=MANAGER_BAD_CALLS.keys())
+def test_the_manager_refuses_bad_arguments_and_changes_nothing(manager: Any, call: Callable[[Any], object]) -> None:
+    manager.create_budget(total_budget=5, user="alice", duration="daily")
+    manager.create_budget(total_budget=2, user="bob")
+    before = manager.store.all()
+    with pytest.raises(ConfigurationError):
+        call(manager)
+    assert manager.store.all() == before
