@@ -79,10 +79,15 @@ class UserRecord(TypedDict):
 # --- text -------------------------------------------------------------------------------
 
 
+def _plain(value: object) -> bool:
+    """The usual case, checked on every call: short ASCII text without NUL."""
+    return type(value) is str and 0 < len(value) <= MAX_TEXT_BYTES and value.isascii() and "\x00" not in value
+
+
 def check_text(name: str, value: object) -> str:
     """Non-empty valid Unicode (storable as UTF-8: no lone surrogates), no NUL, <= 1 KiB."""
-    if type(value) is str and 0 < len(value) <= MAX_TEXT_BYTES // 4 and value.isascii() and "\x00" not in value:
-        return value  # the usual case, checked on every call
+    if _plain(value):
+        return cast(str, value)
     if not isinstance(value, str):
         raise ConfigurationError(f"{name} must be a string, got {type(value).__name__}")
     if not value:
@@ -108,11 +113,13 @@ def check_user(user: object) -> str:
 
 
 def check_call_id(call_id: object) -> str:
-    return check_text("call id", call_id)
+    return cast(str, call_id) if _plain(call_id) else check_text("call id", call_id)
 
 
-def check_model_name(model: object, where: str = "model") -> str:
-    return check_text(f"{where}: model name" if where != "model" else "model", model)
+def check_model_name(model: object, where: str = "") -> str:
+    if _plain(model):
+        return cast(str, model)
+    return check_text(f"{where}: model name" if where else "model", model)
 
 
 # --- numbers ----------------------------------------------------------------------------
