@@ -257,3 +257,35 @@ def test_the_manager_refuses_bad_arguments_and_changes_nothing(manager: Any, cal
     with pytest.raises(ConfigurationError):
         call(manager)
     assert manager.store.all() == before
+
+
+# -- records read from a file, from a deep call stack -------------------------------------
+
+
+def _at_depth(depth: int, fn: Callable[[], object]) -> object:
+    return fn() if depth == 0 else _at_depth(depth - 1, fn)
+
+
+def test_a_deeply_nested_file_read_from_a_deep_stack_is_a_store_error(tmp_path: Path) -> None:
+    """Never a RecursionError: a file nested 970 levels (written by hand) is refused whole,
+    with StoreCorruptError, from whatever depth it is read; a record nested deeper than 32
+    levels is refused for its user only."""
+    from litellm_budget_plugin import FileStore
+
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b'{"bob": {"total_budget": 1}, "alice": {"note": ' + b"[" * 970 + b"]" * 970 + b"}}")
+    for depth in (0, 400, 900):
+        try:
+            store = _at_depth(depth, lambda: FileStore(deep))
+        except StoreCorruptError:
+            continue
+        assert isinstance(store, FileStore)
+        assert list(store.all()) == ["bob"]
+        with pytest.raises(StoreCorruptError, match="nested deeper than 32 levels"):
+            store.get("alice")
+        store.close()
+    shallow = tmp_path / "shallow.json"
+    shallow.write_bytes(b'{"bob": {"total_budget": 1}, "alice": {"note": ' + b"[" * 40 + b"]" * 40 + b"}}")
+    store = _at_depth(900, lambda: FileStore(shallow))
+    assert isinstance(store, FileStore) and list(store.all()) == ["bob"]
+    store.close()

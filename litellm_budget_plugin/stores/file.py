@@ -81,9 +81,9 @@ class FileStore(RecordStore):
         return record
 
     def _reset_process_state(self) -> None:
+        self._file_lock = _ProcessLock(str(self.lock_path))  # first: if it fails, a forked child tries again
         self._pid = os.getpid()
         self._mutex = threading.RLock()
-        self._file_lock = _ProcessLock(str(self.lock_path))
         self._journal = Journal(self.path, self.fsync)
         # What this process has not written yet, guarded by _deferred_lock: charge_later's
         # charges in the order they came, and the users whose lease hold is out of date.
