@@ -14,26 +14,30 @@ repeated charge is not applied twice), and, once a call cost more than was held 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import Any, Literal, cast
 
 from .errors import ConfigurationError, over_budget
-from .overruns import overrun
 
-SECONDS_PER_DAY = 86_400.0
-# LiteLLM's own day counts for its named durations (litellm.constants).
-NAMED_DURATIONS_DAYS: dict[str, float] = {"daily": 1, "weekly": 7, "monthly": 28, "yearly": 365}
-_UNIT_DAYS = {
-    "s": 1 / SECONDS_PER_DAY,
-    "m": 1 / 1440,
-    "h": 1 / 24,
-    "d": 1.0,
-    "w": 7.0,
-    "mo": 30.0,
-    "y": 365.0,
-}
-_DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w|y)\s*$")
+# The shape and range of every value are checked in limits.py, re-exported here.
+from .limits import NAMED_DURATIONS_DAYS as NAMED_DURATIONS_DAYS
+from .limits import SECONDS_PER_DAY as SECONDS_PER_DAY
+from .limits import SETTABLE_FIELDS as SETTABLE_FIELDS
+from .limits import Reservation as Reservation
+from .limits import UserRecord as UserRecord
+from .limits import _set_or_drop as _set_or_drop
+from .limits import check_amount as check_amount
+from .limits import check_call_id as check_call_id
+from .limits import check_fields as check_fields
+from .limits import check_lease_seconds as check_lease_seconds
+from .limits import check_model_name as check_model_name
+from .limits import check_record as check_record
+from .limits import check_text as check_text
+from .limits import check_timestamp as check_timestamp
+from .limits import check_ttl as check_ttl
+from .limits import check_user as check_user
+from .limits import parse_duration as parse_duration
+from .overruns import overrun
 
 # A repeated charge for a call id is recognised for at least this long, among at least this
 # many of the user's latest calls: duplicates come from retried requests and repeated
@@ -48,68 +52,11 @@ APPLIED_ID_SLACK = 2
 LEASE_SPARE_CALLS = 32
 LEASE_SPARE_SHARE = 0.5
 
-# The fields of a record an app may set one by one (through BudgetManager.user_dict);
-# None for total_budget means no limit, for duration a budget that never resets.
-SETTABLE_FIELDS = ("total_budget", "current_cost", "model_cost", "duration", "created_at", "last_updated_at")
-
 Mode = Literal["strict", "soft"]
 MODES: tuple[Mode, ...] = ("strict", "soft")
 
 
-class Reservation(TypedDict):
-    amount: float
-    expires_at: float
-
-
-class UserRecord(TypedDict):
-    total_budget: float | None
-    current_cost: float
-    model_cost: dict[str, float]
-    created_at: float
-    last_updated_at: float
-    duration: NotRequired[float]
-    reservations: NotRequired[dict[str, Reservation]]
-    applied: NotRequired[dict[str, float]]
-    overruns: NotRequired[int]
-    overrun_cost: NotRequired[float]
-
-
 # --- validation -------------------------------------------------------------------------
-
-
-def check_user(user: object) -> str:
-    """Return ``user`` if it is a usable user id, else raise naming the problem."""
-    if not isinstance(user, str):
-        raise ConfigurationError(f"user id must be a string, got {type(user).__name__}")
-    if not user.strip():
-        raise ConfigurationError("user id must not be empty")
-    return user
-
-
-def check_call_id(call_id: object) -> str:
-    if not isinstance(call_id, str) or not call_id:
-        raise ConfigurationError(f"call id must be a non-empty string, got {call_id!r}")
-    return call_id
-
-
-def check_amount(name: str, value: object) -> float:
-    """A money amount: a finite, non-negative number (never NaN, never infinite).
-
-    An int stays an int, as LiteLLM's own class keeps it: ``10`` is written as ``10``.
-    """
-    if type(value) is float and 0.0 <= value < math.inf:  # the usual case, checked on every call
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number, got {type(value).__name__}")
-    try:
-        amount = float(value)
-    except OverflowError:  # an int beyond any double
-        raise ConfigurationError(f"{name} is out of range, got an integer of {int(value).bit_length()} bits") from None
-    if math.isnan(amount) or math.isinf(amount):
-        raise ConfigurationError(f"{name} must be finite, got {value!r}")
-    if amount < 0:
-        raise ConfigurationError(f"{name} must not be negative, got {value!r}")
-    return int(value) if isinstance(value, int) else amount
 
 
 def check_mode(mode: object) -> Mode:
@@ -124,93 +71,6 @@ def check_reservation(user: object, call_id: object, amount: object, ttl: object
     check_call_id(call_id)
     check_mode(mode)
     return check_amount("reservation amount", amount), check_ttl(ttl)
-
-
-def check_ttl(ttl: object) -> float:
-    """A hold's lifetime: a money-like amount that is also longer than zero."""
-    seconds = check_amount("reservation ttl", ttl)
-    if seconds == 0:
-        raise ConfigurationError("reservation ttl must be longer than zero")
-    return seconds
-
-
-def parse_duration(duration: object) -> float | None:
-    """Days in a budget window: LiteLLM's names, a number of days, or "1h", "30d", "1mo"."""
-    if duration is None:
-        return None
-    if isinstance(duration, str):
-        if duration in NAMED_DURATIONS_DAYS:
-            return NAMED_DURATIONS_DAYS[duration]
-        match = _DURATION_PATTERN.match(duration)
-        if match is None:
-            raise ConfigurationError(
-                f"unknown duration {duration!r}: use daily, weekly, monthly, yearly, "
-                'or a number with a unit such as "30s", "15m", "1h", "30d", "2w", "1mo", "1y"'
-            )
-        days = float(match.group(1)) * _UNIT_DAYS[match.group(2)]
-    else:
-        days = check_amount("duration", duration)
-    if days <= 0:
-        raise ConfigurationError(f"duration must be longer than zero, got {duration!r}")
-    return days
-
-
-def check_record(user: str, raw: object) -> UserRecord:
-    """Validate one record read from a store, filling LiteLLM's optional fields.
-
-    A file written by LiteLLM's BudgetManager may lack ``current_cost``, ``model_cost``
-    and the time fields; extra fields are kept as they are.
-    """
-    where = f"record of user {user!r}"
-    if not isinstance(raw, dict):
-        raise ConfigurationError(f"{where} must be an object, got {type(raw).__name__}")
-    record = cast(dict[str, Any], dict(raw))
-    budget = record.get("total_budget")
-    record["total_budget"] = None if budget is None else check_amount(f"{where}: total_budget", budget)
-    record["current_cost"] = check_amount(f"{where}: current_cost", record.get("current_cost", 0))
-    model_cost = record.get("model_cost", {})
-    if model_cost == 0:  # LiteLLM's get_model_cost default, sometimes written back
-        model_cost = {}
-    if not isinstance(model_cost, dict):
-        raise ConfigurationError(f"{where}: model_cost must be an object")
-    record["model_cost"] = {
-        str(model): check_amount(f"{where}: model_cost[{model!r}]", cost) for model, cost in model_cost.items()
-    }
-    if "duration" in record and record["duration"] is not None:
-        days = parse_duration(record["duration"])
-        assert days is not None
-        record["duration"] = days
-    else:
-        record.pop("duration", None)
-    created = check_amount(f"{where}: created_at", record.get("created_at", 0.0))
-    record["created_at"] = created
-    record["last_updated_at"] = check_amount(f"{where}: last_updated_at", record.get("last_updated_at", created))
-    reservations = record.get("reservations", {})
-    if not isinstance(reservations, dict):
-        raise ConfigurationError(f"{where}: reservations must be an object")
-    checked: dict[str, Reservation] = {}
-    for call_id, held in reservations.items():
-        if not isinstance(held, dict):
-            raise ConfigurationError(f"{where}: reservation {call_id!r} must be an object")
-        checked[str(call_id)] = {
-            "amount": check_amount(f"{where}: reservation amount", held.get("amount")),
-            "expires_at": check_amount(f"{where}: reservation expires_at", held.get("expires_at")),
-        }
-    _set_or_drop(record, "reservations", checked)
-    applied = record.get("applied", {})
-    if not isinstance(applied, dict):
-        raise ConfigurationError(f"{where}: applied must be an object")
-    _set_or_drop(
-        record,
-        "applied",
-        {str(k): check_amount(f"{where}: applied time", v) for k, v in applied.items()},
-    )
-    count = record.get("overruns", 0)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ConfigurationError(f"{where}: overruns must be a whole number of calls, got {count!r}")
-    if "overrun_cost" in record:
-        record["overrun_cost"] = check_amount(f"{where}: overrun_cost", record["overrun_cost"])
-    return cast(UserRecord, record)
 
 
 # --- reading records --------------------------------------------------------------------
@@ -265,7 +125,7 @@ def litellm_view(record: UserRecord) -> dict[str, Any]:
 def new_record(total_budget: float | None, duration: object, now: float, created_at: float | None = None) -> UserRecord:
     budget = None if total_budget is None else check_amount("total_budget", total_budget)
     days = parse_duration(duration)
-    start = now if created_at is None else check_amount("created_at", created_at)
+    start = now if created_at is None else check_timestamp("created_at", created_at)
     record: UserRecord = {
         "total_budget": budget,
         "current_cost": 0,
@@ -458,41 +318,6 @@ def reset_spend(record: UserRecord, now: float) -> UserRecord:
     return updated
 
 
-def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
-    """Checked values for some of ``user``'s ``SETTABLE_FIELDS``, or raise naming the user,
-    the field and the problem; duration becomes days."""
-    checked: dict[str, Any] = {}
-    for name, value in fields.items():
-        where = f"field {name!r} of user {user!r}"
-        if name == "model_cost":
-            if not isinstance(value, Mapping):
-                raise ConfigurationError(f"{where} must be a dict of model -> cost, got {type(value).__name__}")
-            checked[name] = {
-                _check_model_name(where, model): check_amount(f"{where}[{model!r}]", cost)
-                for model, cost in value.items()
-            }
-        elif name == "duration":
-            try:
-                checked[name] = parse_duration(value)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"{where}: {exc}") from None
-        elif name == "total_budget" and value is None:
-            checked[name] = None
-        elif name in SETTABLE_FIELDS:
-            checked[name] = check_amount(where, value)
-        else:
-            raise ConfigurationError(
-                f"cannot set {where}: not a field of a budget; the fields are {', '.join(SETTABLE_FIELDS)}"
-            )
-    return checked
-
-
-def _check_model_name(where: str, model: object) -> str:
-    if not isinstance(model, str):
-        raise ConfigurationError(f"{where}: model names must be strings, got {model!r}")
-    return model
-
-
 def with_fields(record: UserRecord, fields: Mapping[str, Any], now: float) -> UserRecord:
     """The record in its current window with ``fields`` (from :func:`check_fields`) set;
     the fields not given keep the values they have, charges made meanwhile included."""
@@ -511,11 +336,3 @@ def _copy(record: UserRecord) -> UserRecord:
     updated = cast(UserRecord, dict(record))
     updated["model_cost"] = dict(record["model_cost"])
     return updated
-
-
-def _set_or_drop(record: Any, key: str, value: dict[str, Any]) -> None:
-    """Keep the file readable: optional maps are written only when they hold something."""
-    if value:
-        record[key] = value
-    else:
-        record.pop(key, None)

@@ -201,13 +201,14 @@ def reset(user: str, store: str | None, project: str, api_key: str | None) -> No
 def import_command(file: str, store: str | None, project: str, api_key: str | None) -> None:
     """Copy the users of a LiteLLM user_cost.json FILE into the store (replacing same-named users).
 
-    Every record is checked first: if one is invalid, nothing is imported.
+    Every record is checked first (the ranges in the README's "Limits"): if one is invalid,
+    nothing is imported. Then each user is written in turn.
     """
     try:
         with open(file, encoding="utf-8") as source:
             raw: Any = json.load(source)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{file} is not a JSON file: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigurationError(f"{file} is not a JSON file we can read: {exc}; nothing was imported") from exc
     if not isinstance(raw, dict):
         raise ConfigurationError(f"{file} must hold an object of users, not {type(raw).__name__}")
     records = {}

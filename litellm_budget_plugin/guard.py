@@ -136,7 +136,7 @@ class BudgetGuard(CustomLogger):
         if on_store_error not in ("closed", "open"):
             raise ConfigurationError(f"on_store_error must be closed or open, got {on_store_error!r}")
         self.on_store_error = on_store_error
-        self.lease_seconds = budget.check_amount("lease_seconds", lease_seconds)
+        self.lease_seconds = budget.check_lease_seconds(lease_seconds)
         self.output_token_cap = _check_output_token_cap(output_token_cap)
         if alert_threshold is not None and not 0 < budget.check_amount("alert_threshold", alert_threshold) <= 1:
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")

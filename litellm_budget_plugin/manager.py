@@ -106,8 +106,16 @@ class BudgetManager:
         """Spend so far plus this prompt's input cost: its tokens counted as
         ``litellm.token_counter(messages=...)`` counts them, chat framing included (list
         content and tool calls count too)."""
+        budget.check_model_name(model)
+        given = type(messages).__name__
+        is_list = isinstance(messages, Iterable) and not isinstance(messages, str | bytes | Mapping)
+        messages = list(messages) if is_list else []
+        if not is_list or not all(isinstance(message, Mapping) for message in messages):
+            raise ConfigurationError(
+                f"messages must be a list of message dicts ({{'role': ..., 'content': ...}}), got {given}"
+            )
         current = self._record(user)["current_cost"]
-        return current + pricing.estimate_cost(model, messages=list(messages))
+        return current + pricing.estimate_cost(model, messages=messages)
 
     def update_cost(
         self,
@@ -118,14 +126,19 @@ class BudgetManager:
         output_text: str | None = None,
     ) -> dict[str, Any]:
         """Charge a response, or texts priced as LiteLLM does; returns ``{"user": record}``."""
+        budget.check_user(user)
+        if model is not None:
+            budget.check_model_name(model)
+        for name, text in (("input_text", input_text), ("output_text", output_text)):
+            if text is not None and not isinstance(text, str):
+                raise ConfigurationError(f"{name} must be a string, got {type(text).__name__}")
         if model and input_text is not None and output_text is not None:
             cost = pricing.text_cost(model, input_text, output_text)
         elif completion_obj is not None:
             cost = pricing.response_cost(completion_obj, model)
-            model = str(completion_obj["model"])
+            model = budget.check_model_name(str(completion_obj["model"]))
         else:
             raise ConfigurationError("update_cost needs a completion_obj, or model, input_text and output_text")
-        budget.check_user(user)
         call_id = getattr(completion_obj, "id", None) if completion_obj is not None else None
         record = self.store.charge(user, cost, model, call_id=call_id or None)
         return {"user": _RecordView(self.store, user, record)}

@@ -16,8 +16,11 @@ Atomic operations, one store call each (:class:`~litellm_budget_plugin.stores.ht
 is their client): ``/v1/<op>`` with the arguments of the :class:`BudgetStore` method of that
 name, answered by ``{"status": "success", "result": ...}``. Errors: 400 invalid request,
 401 missing or wrong API key, 402 over budget (with ``user``, ``spend``, ``budget``,
-``estimate``, ``reserved``), 404 unknown user or path, 413 request too large,
-503 store unavailable or busy, 500 store corrupt. ``GET /health`` needs no key.
+``estimate``, ``reserved``), 404 unknown user or path, 408 body not sent within
+``read_timeout``, 413 request too large, 503 store unavailable or busy, 500 store corrupt
+(a store file or record the store refuses, such as a link: logged). Anything a client sends
+is checked (limits.py) before a store is touched: a refused request changes nothing.
+``GET /health`` needs no key.
 
 Store calls are synchronous; they run in worker threads, and a write that has started is
 finished (and waited for at shutdown) even if its request is cancelled.
@@ -56,8 +59,9 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # LiteLLM's /set_budget sends every user of the project at once
 SHUTDOWN_TIMEOUT = 30.0
+READ_TIMEOUT = 30.0  # seconds for a client to send its whole body: a slow one gets 408
 
-__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "ProjectStores", "check_project_name", "make_app", "run"]
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "READ_TIMEOUT", "ProjectStores", "check_project_name", "make_app", "run"]
 
 
 # --- request validation -----------------------------------------------------------------
@@ -67,15 +71,6 @@ Check = Callable[[Any], Any]
 
 def _optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
-
-
-def _string(name: str) -> Check:
-    def check(value: object) -> str:
-        if not isinstance(value, str):
-            raise ConfigurationError(f"{name} must be a string, got {type(value).__name__}")
-        return value
-
-    return check
 
 
 def _object(name: str) -> Check:
@@ -116,7 +111,7 @@ def _unknown_user(args: dict[str, Any]) -> object:
 
 _USER = (budget.check_user, True)
 _CALL_ID = (budget.check_call_id, True)
-_MODEL = (_string("model"), True)
+_MODEL = (budget.check_model_name, True)
 _DEFAULT = (_optional(_default), False)
 
 _OPS: dict[str, _Op] = {
@@ -127,7 +122,7 @@ _OPS: dict[str, _Op] = {
             "user": _USER,
             "total_budget": (_optional(_amount("total_budget")), True),
             "duration": (_optional(budget.parse_duration), False),
-            "created_at": (_optional(_amount("created_at")), False),
+            "created_at": (_optional(lambda value: budget.check_timestamp("created_at", value)), False),
         },
         lambda s, a: s.set_budget(a["user"], a["total_budget"], a.get("duration"), a.get("created_at")),
         _unknown_user,
@@ -226,7 +221,11 @@ def _parse_int(text: str) -> int:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        raw = await asyncio.wait_for(request.read(), request.app[_READ_TIMEOUT])  # 413 past client_max_size
+    except TimeoutError:
+        logger.warning("%s: the client sent no whole body within %s s", request.path, request.app[_READ_TIMEOUT])
+        raise web.HTTPRequestTimeout(reason="request body not received in time") from None
     try:
         body = json.loads(
             raw.decode("utf-8"),
@@ -247,6 +246,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 _STORES = web.AppKey("stores", ProjectStores)
 _API_KEY = web.AppKey("api_key", str)
+_READ_TIMEOUT = web.AppKey("read_timeout", float)
 _INFLIGHT = web.AppKey("inflight", set[asyncio.Future[Any]])
 
 
@@ -323,7 +323,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large"}
         return _error(exc.status, code.get(exc.status, "http_error"), exc.reason)
     except Exception:
         logger.exception("unexpected error on %s", request.path)
@@ -403,10 +403,17 @@ async def _finish(app: web.Application) -> None:
     app[_STORES].close()
 
 
-def make_app(stores: ProjectStores, *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES) -> web.Application:
+def make_app(
+    stores: ProjectStores,
+    *,
+    api_key: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    read_timeout: float = READ_TIMEOUT,
+) -> web.Application:
     """The aiohttp application; ``api_key`` None or empty accepts every request."""
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
     app[_STORES] = stores
+    app[_READ_TIMEOUT] = budget.check_amount("read_timeout", read_timeout)
     app[_API_KEY] = api_key or ""
     inflight: set[asyncio.Future[Any]] = set()
     app[_INFLIGHT] = inflight

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -44,8 +45,16 @@ def directory_stores(directory: Path, clock: ServerClock | None = None) -> Proje
 class ServerThread:
     """``with ServerThread(stores) as server: server.url``; stops gracefully on exit."""
 
-    def __init__(self, stores: ProjectStores, *, api_key: str | None = None, max_body: int | None = None) -> None:
+    def __init__(
+        self,
+        stores: ProjectStores,
+        *,
+        api_key: str | None = None,
+        max_body: int | None = None,
+        read_timeout: float | None = None,
+    ) -> None:
         self.stores = stores
+        self.read_timeout = read_timeout
         self.api_key = api_key
         self.max_body = max_body
         self.url = ""
@@ -77,7 +86,9 @@ class ServerThread:
             self._loop.close()
 
     async def _serve(self) -> None:
-        kwargs = {} if self.max_body is None else {"max_body": self.max_body}
+        kwargs: dict[str, Any] = {} if self.max_body is None else {"max_body": self.max_body}
+        if self.read_timeout is not None:
+            kwargs["read_timeout"] = self.read_timeout
         app = make_app(self.stores, api_key=self.api_key, **kwargs)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

@@ -147,6 +147,43 @@ def test_import_checks_everything_first(tmp_path: Path, store_path: Path) -> Non
     assert run("import", str(tmp_path / "missing.json"), "--store", str(store_path)).exit_code == EXIT_USAGE
 
 
+IMPORT_BAD_RECORDS = {
+    "NaN in an extra field": b'{"total_budget": 1, "note": NaN}',
+    "a tiny duration": b'{"total_budget": 1, "duration": 1e-320}',
+    "a duration of 400 digits": b'{"total_budget": 1, "duration": "' + b"9" * 400 + b'd"}',
+    "an amount of 10**400": b'{"total_budget": 1' + b"0" * 400 + b"}",
+    "970 levels of nesting": b'{"total_budget": 1, "note": ' + b"[" * 970 + b"]" * 970 + b"}",
+    "a window past the year 9999": b'{"total_budget": 1, "duration": 1, "last_updated_at": 1e15}',
+    "a lone surrogate model": b'{"total_budget": 1, "model_cost": {"\\ud800": 1}}',
+}
+
+
+@pytest.mark.parametrize("record", IMPORT_BAD_RECORDS.values(), ids=IMPORT_BAD_RECORDS.keys())
+def test_import_of_a_file_with_one_bad_record_imports_nothing(tmp_path: Path, store_path: Path, record: bytes) -> None:
+    run("set", "alice", "4", "--store", str(store_path))
+    before = records(store_path)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'{"amy": {"total_budget": 2}, "zed": ' + record + b', "bob": {"total_budget": 3}}')
+    result = run("import", str(bad), "--store", str(store_path))
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "nothing was imported" in result.stderr and "Traceback" not in result.stderr
+    assert records(store_path) == before
+
+
+def test_show_leaves_out_a_record_out_of_range_and_names_it(store_path: Path) -> None:
+    """A record with a window past the year 9999 (written by hand): listed without it, and
+    asked for by name, a clear error."""
+    store_path.write_text(
+        '{"alice": {"total_budget": 1, "duration": 1, "last_updated_at": 1e15}, "bob": {"total_budget": 3}}'
+    )
+    listing = run("show", "--store", str(store_path))
+    assert listing.exit_code == EXIT_OK, listing.output
+    assert "bob" in listing.output and "alice" not in listing.output
+    asked = run("show", "alice", "--store", str(store_path))
+    assert asked.exit_code == EXIT_ERROR and "last_updated_at is out of range" in asked.stderr
+    assert "Traceback" not in asked.stderr
+
+
 def test_commands_against_a_budget_server(tmp_path: Path) -> None:
     with ServerThread(directory_stores(tmp_path), api_key="k") as server:
         url = ["--store", server.url, "--project", "team"]

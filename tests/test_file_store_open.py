@@ -178,6 +178,11 @@ def test_a_bad_call_id_time_appended_by_a_journal_line_is_refused(tmp_path: Path
     last["a"]["third"] = "soon"
     content = b"\n".join([*lines[:-1], json.dumps(last).encode()]) + b"\n"
     store.journal_path.write_bytes(content)
+    reopened = FileStore(path)  # the bad record is refused for its user only
     with pytest.raises(StoreCorruptError, match="applied time"):
-        FileStore(path)
+        reopened.get("alice")
+    with pytest.raises(StoreCorruptError, match="applied time"):
+        reopened.charge("alice", 1.0, "m")
+    assert reopened.all() == {}
+    reopened.close()
     assert store.journal_path.read_bytes() == content

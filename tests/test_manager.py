@@ -424,8 +424,8 @@ BAD_BUDGETS: dict[str, tuple[dict[str, Any], str]] = {
     "infinite budget": ({"total_budget": math.inf}, "total_budget must be finite"),
     "text budget": ({"total_budget": "10"}, "total_budget must be a number"),
     "unknown duration": ({"duration": "fortnightly"}, "unknown duration 'fortnightly'"),
-    "zero duration": ({"duration": "0h"}, "duration must be longer than zero"),
-    "negative created_at": ({"created_at": -5.0}, "created_at must not be negative"),
+    "zero duration": ({"duration": "0h"}, "duration .0h. is out of range"),
+    "negative created_at": ({"created_at": -5.0}, "created_at is out of range"),
     "empty user": ({"user": ""}, "user id must not be empty"),
     "blank user": ({"user": "  "}, "user id must not be empty"),
     "no user": ({"user": None}, "user id must be a string"),
@@ -538,10 +538,17 @@ CORRUPT_FILES: dict[str, bytes] = {
     "truncated JSON": b'{"alice": {"total_budget": 10, "current_c',
     "not UTF-8": b'\xff\xfe{"alice": {}}',
     "a list": b'[{"total_budget": 10}]',
-    "a record that is a number": b'{"alice": 10}',
-    "a negative budget": b'{"alice": {"total_budget": -1}}',
-    "a cost that is text": b'{"alice": {"total_budget": 10, "current_cost": "lots"}}',
-    "an empty user id": b'{"": {"total_budget": 1}}',
+}
+
+# Records that fail their check when read: refused for their user only.
+BAD_RECORDS: dict[str, tuple[str, bytes]] = {
+    "a record that is a number": ("alice", b"10"),
+    "a negative budget": ("alice", b'{"total_budget": -1}'),
+    "a cost that is text": ("alice", b'{"total_budget": 10, "current_cost": "lots"}'),
+    "an empty user id": ("", b'{"total_budget": 1}'),
+    "a tiny duration": ("alice", b'{"total_budget": 1, "duration": 1e-320}'),
+    "a window past the year 9999": ("alice", b'{"total_budget": 1, "duration": 1, "last_updated_at": 1e15}'),
+    "a nan in an extra field": ("alice", b'{"total_budget": 1, "note": NaN}'),
 }
 
 ATTEMPTS: dict[str, Callable[[BudgetManager], object]] = {
@@ -580,13 +587,58 @@ def test_corrupt_store_is_reported_by_the_constructor(workdir: Path, content: by
     assert path.read_bytes() == content
 
 
-def test_corrupt_journal_entry_is_refused_and_never_overwritten(workdir: Path, manager: BudgetManager) -> None:
+@pytest.mark.parametrize(("user", "record"), BAD_RECORDS.values(), ids=BAD_RECORDS.keys())
+def test_a_bad_record_is_refused_for_its_user_only(workdir: Path, user: str, record: bytes) -> None:
+    """A record written by hand or an older version: its user gets StoreCorruptError, the
+    others are read and written as usual, and the record is kept as it is in every fold."""
+    path = workdir / "user_cost.json"
+    path.write_bytes(
+        b'{"carol": {"total_budget": 10, "current_cost": 1.5}, ' + json.dumps(user).encode() + b": " + record + b"}"
+    )
+    manager = BudgetManager(project_name="test_project")
+    assert manager.get_users() == ["carol"]
+    assert manager.get_current_cost("carol") == 1.5
+    if user:
+        with pytest.raises(StoreCorruptError, match="left untouched"):
+            manager.get_current_cost(user)
+        with pytest.raises(StoreCorruptError, match="left untouched"):
+            manager.update_cost(user=user, completion_obj=mock_response())
+        with pytest.raises(StoreCorruptError, match="left untouched"):
+            manager.create_budget(total_budget=1, user=user)
+    manager.update_cost(user="carol", completion_obj=mock_response())
+    manager.create_budget(total_budget=1, user="bob")
+    manager.update_budget_all_users()
+    manager.store.compact()  # type: ignore[attr-defined]
+    assert set(manager.get_users()) == {"carol", "bob"}
+    assert (
+        json.dumps(user) + ": " + json.dumps(json.loads(record.replace(b"NaN", b'"nan"'))).replace('"nan"', "NaN")
+        in path.read_text()
+    )
+
+
+def test_a_bad_journal_entry_is_refused_for_its_user_only(workdir: Path, manager: BudgetManager) -> None:
     manager.create_budget(total_budget=10, user="alice")
+    manager.create_budget(total_budget=10, user="carol")
     manager.update_cost(user="alice", completion_obj=mock_response())
     journal = workdir / "user_cost.json.journal"
     content = journal.read_bytes() + b'{"u":"alice","r":{"total_budget":"ten"}}\n'
     journal.write_bytes(content)
-    snapshot = (workdir / "user_cost.json").read_bytes()  # written at the first write
+    reopened = BudgetManager(project_name="test_project")
+    assert reopened.get_users() == ["carol"]
+    with pytest.raises(StoreCorruptError, match="journal line"):
+        reopened.update_cost(user="alice", completion_obj=mock_response())
+    reopened.update_cost(user="carol", completion_obj=mock_response())
+    assert journal.read_bytes().startswith(content)
+
+
+def test_a_journal_line_that_is_not_json_is_refused(workdir: Path, manager: BudgetManager) -> None:
+    """A line that names no user cannot be set aside: the whole store is refused, untouched."""
+    manager.create_budget(total_budget=10, user="alice")
+    manager.update_cost(user="alice", completion_obj=mock_response())
+    journal = workdir / "user_cost.json.journal"
+    content = journal.read_bytes() + b'{"u": 5}\n'
+    journal.write_bytes(content)
+    snapshot = (workdir / "user_cost.json").read_bytes()
     for attempt in ATTEMPTS.values():
         with pytest.raises(StoreCorruptError, match="bad entry"):
             attempt(BudgetManager(project_name="test_project"))

@@ -273,6 +273,7 @@ URL_ESCAPES = ["../evil", "..", ".hidden", "a/b", "a\\b", "", "x" * 129, "nul\x0
 
 def post(url: str, body: object | bytes, headers: dict[str, str] | None = None) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    content = content.replace(json.dumps(NEST_970).encode(), b'{"x":' * 970 + b"{}" + b"}" * 970)
     return httpx.post(url, content=content, headers=headers, timeout=30)
 
 
@@ -304,6 +305,20 @@ def seeded(server: ServerThread, tmp_path: Path) -> Iterator[tuple[ServerThread,
 
 
 CHARGE = {"project_name": "p", "user": "alice", "cost": 0.1, "model": "m"}
+NEST_970 = "<970 levels of nesting>"  # post() sends it as such (json.dumps would recurse)
+# LiteLLM's /set_budget with good users before and after a bad one: all or nothing.
+SET_BUDGET_WITH_ONE_BAD_USER = [
+    {"user_dict": {"alice": {"total_budget": 9}, "bob": {"total_budget": 2}, "zed": bad, "amy": {"total_budget": 3}}}
+    for bad in (
+        {"total_budget": 1, "duration": 1e-320},
+        {"total_budget": 1, "duration": "9" * 400 + "d"},
+        {"total_budget": 1, "note": NEST_970},
+        {"total_budget": 1, "note": "x" * 70_000},
+        {"total_budget": 1e16},
+        {"total_budget": 1, "created_at": -1},
+        {"total_budget": 1, "model_cost": {"a\x00": 1}},
+    )
+] + [{"user_dict": {"alice": {"total_budget": 9}, "b\ud800": {"total_budget": 2}}}]
 
 
 @pytest.mark.parametrize(
@@ -368,6 +383,20 @@ def test_bad_charge_fields_are_refused(seeded: tuple[ServerThread, Any], change:
         ("/set_budget", {"user_dict": {"alice": {"current_cost": -5}}}),
         ("/set_budget", {"user_dict": {"": {"total_budget": 1}}}),
         ("/set_budget", {}),
+        *((path, body) for body in SET_BUDGET_WITH_ONE_BAD_USER for path in ["/set_budget"]),
+        ("/v1/put", {"user": "alice", "record": {"total_budget": 1, "note": NEST_970}}),
+        ("/v1/put", {"user": "bob", "record": {"total_budget": 1, "duration": 1e-320}}),
+        ("/v1/put", {"user": "bob", "record": {"total_budget": 1, "model_cost": {"m" * 2_000_000: 1}}}),
+        ("/v1/set_budget", {"user": "bob", "total_budget": 1.0, "duration": 1e-320}),
+        ("/v1/set_budget", {"user": "bob", "total_budget": 1.0, "duration": "0." + "0" * 300 + "1s"}),
+        ("/v1/set_budget", {"user": "bob", "total_budget": 1.0, "duration": "9" * 400 + "d"}),
+        ("/v1/set_budget", {"user": "bob", "total_budget": 1e16}),
+        ("/v1/set_budget", {"user": "bob", "total_budget": 1.0, "created_at": 1e15}),
+        ("/v1/set_budget", {"user": "\ud800", "total_budget": 1.0}),
+        ("/v1/charge", {"user": "alice", "cost": 0.1, "model": "a\x00b"}),
+        ("/v1/charge", {"user": "alice", "cost": 0.1, "model": "m", "call_id": "c" * 1025}),
+        ("/v1/reserve", {"user": "alice", "call_id": "c", "amount": 0.1, "ttl": 1e12}),
+        ("/v1/set_fields", {"user": "alice", "fields": {"duration": 1e-320}}),
     ],
 )
 def test_bad_fields_on_other_endpoints_are_refused(
@@ -408,6 +437,20 @@ def test_huge_body_is_refused(seeded: tuple[ServerThread, Any]) -> None:
     body = {"project_name": "p", "user_dict": {"alice": {"total_budget": 1, "note": padding}}}
     assert_error(post(server.url + "/set_budget", body), 413, "request_too_large")
     assert httpx.get(server.url + "/health").status_code == 200  # still serving
+
+
+def test_a_slow_client_gets_a_read_timeout(tmp_path: Path) -> None:
+    with ServerThread(directory_stores(tmp_path), read_timeout=0.5) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            client.sendall(
+                b"POST /v1/all HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"project_name": '
+            )
+            answer = client.recv(4096)  # the server answers without waiting for the rest
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"request_timeout" in answer
+        assert httpx.get(server.url + "/health").status_code == 200
 
 
 def test_unknown_paths_and_methods_answer_json(seeded: tuple[ServerThread, Any]) -> None:

@@ -24,9 +24,13 @@ write when there is no snapshot yet, so that ``user_cost.json`` exists from then
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
+import logging
 import os
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,10 +38,13 @@ from .. import budget
 from ..budget import UserRecord
 from ..errors import ConfigurationError, StoreCorruptError, StoreError
 
+logger = logging.getLogger(__name__)
+
 # Built once: json.dumps with any option set builds a new encoder on every call (for the
 # snapshot, once per user: half the time of a fold).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _SNAPSHOT_ENCODER = json.JSONEncoder(allow_nan=False)
+_AS_READ_ENCODER = json.JSONEncoder()  # a bad record is written back as it was read, NaN included
 # The journal is folded into the snapshot once it is larger than both of these.
 MIN_JOURNAL_BYTES = 256 * 1024
 # A journal folded while it is read without the lock is read again, up to this many times in
@@ -57,6 +64,10 @@ class Journal:
         self.journal_path = path.with_name(path.name + ".journal")
         self.fsync = fsync
         self.records: dict[str, UserRecord] = {}
+        # Records that fail their check when read (written by hand or by an older version):
+        # user -> (the record as read, the problem). Kept as they are in every fold, refused
+        # for that user only (see :meth:`refuse_bad`), left out of listings.
+        self.bad: dict[str, tuple[object, str]] = {}
         self.calls: dict[str, str] = {}  # call id of a reservation -> its user
         self._fd: int | None = None
         self._snapshot_id: tuple[int, int, int] | None = None
@@ -129,10 +140,18 @@ class Journal:
         self._unverified = None
         return os.pread(self._fd, len(line), start) == line
 
+    def refuse_bad(self, user: str) -> None:
+        """Raise StoreCorruptError if ``user``'s record was read and failed its check."""
+        if user in self.bad:
+            raise StoreCorruptError(
+                f"the record of user {user[:80]!r} in {str(self.path)!r} cannot be used: {self.bad[user][1]}; "
+                "it was left untouched (fix or remove it in the file)"
+            )
+
     def forget(self) -> None:
         """Drop what is loaded (it may be half read): the next operation starts over."""
         self.close()
-        self.records, self.calls = {}, {}
+        self.records, self.calls, self.bad = {}, {}, {}
         self._unverified = None
 
     def close(self) -> None:
@@ -176,7 +195,12 @@ class Journal:
                 raise
         # One user a line: readable, and encoded by json's C encoder (indent= is pure Python).
         encode = _SNAPSHOT_ENCODER.encode
-        lines = ",\n".join(f" {encode(u)}: {encode(r)}" for u, r in self.records.items())
+        lines = ",\n".join(
+            [
+                *(f" {encode(u)}: {encode(r)}" for u, r in self.records.items()),
+                *(f" {encode(u)}: {_AS_READ_ENCODER.encode(raw)}" for u, (raw, _) in self.bad.items()),
+            ]
+        )
         self._write_atomically(self.path, f"{{\n{lines}\n}}\n".encode())
         self._snapshot_id = self._stat_snapshot()
         self._write_atomically(self.journal_path, b"")
@@ -185,14 +209,14 @@ class Journal:
 
     def _stat_snapshot(self) -> tuple[int, int, int] | None:
         try:
-            return _file_id(os.stat(self.path))
+            return _file_id(os.lstat(self.path))
         except FileNotFoundError:
             return None
 
     def _reload(self, locked: bool = True) -> None:
         """Read the records again: the journal's file first, then the snapshot (see
         :meth:`load_unlocked` for why in this order), then the journal's lines."""
-        self.records, self.calls = {}, {}
+        self.records, self.calls, self.bad = {}, {}, {}
         self._unverified = None
         self._open(create=False)
         self._snapshot_id, snapshot = self._load_snapshot()
@@ -208,7 +232,9 @@ class Journal:
         """(Re)open the journal file at its path; one that does not exist is left closed unless ``create``."""
         self.close()
         try:
-            self._fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+            self._fd = open_in_folder(self.journal_path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0))
+        except StoreError:
+            raise
         except OSError as exc:
             if create or not isinstance(exc, FileNotFoundError):
                 raise StoreError(f"cannot open journal {str(self.journal_path)!r}: {exc}") from exc
@@ -217,24 +243,35 @@ class Journal:
         """The snapshot's identity (inode, mtime, size) and records, read from one open file."""
         where = f"store file {str(self.path)!r}"
         try:
-            with open(self.path, "rb") as file:
+            with open(open_in_folder(self.path, os.O_RDONLY), "rb") as file:
                 snapshot_id, data = _file_id(os.fstat(file.fileno())), file.read()
         except FileNotFoundError:
             return None, {}
+        except StoreError:
+            raise
         except OSError as exc:
             raise StoreError(f"cannot read {where}: {exc}") from exc
         try:
             raw = json.loads(data or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise StoreCorruptError(f"{where} is not valid JSON ({exc}); it was left untouched") from exc
         if not isinstance(raw, dict):
             raise StoreCorruptError(
                 f"{where} must hold an object of users, not {type(raw).__name__}; it was left untouched"
             )
-        try:
-            return snapshot_id, {budget.check_user(u): budget.check_record(u, r) for u, r in raw.items()}
-        except ConfigurationError as exc:
-            raise StoreCorruptError(f"{where}: {exc}; it was left untouched") from exc
+        records = {}
+        for user, record in raw.items():
+            try:
+                records[user] = budget.check_record(budget.check_user(user), record)
+            except ConfigurationError as exc:
+                self._mark_bad(user, record, str(exc))
+        return snapshot_id, records
+
+    def _mark_bad(self, user: str, raw: object, problem: str) -> None:
+        """Keep a record that fails its check aside, for its user only (see :attr:`bad`)."""
+        self._apply(user, None)
+        self.bad[user] = (raw, problem)
+        logger.warning("store file %s: the record of user %r is left out: %s", self.path, user[:80], problem)
 
     def _replay(self, size: int, locked: bool = True) -> None:
         """Apply the journal's complete lines up to ``size``; under the lock, cut off a torn
@@ -245,13 +282,19 @@ class Journal:
         for number, line in enumerate(data[:complete].splitlines()):
             try:
                 entry = json.loads(line)
-                user = budget.check_user(entry["u"])
-                record = _replayed_record(user, entry, self.records.get(user))
-            except (ValueError, KeyError, TypeError) as exc:
+                user = entry["u"]
+                if not isinstance(user, str):
+                    raise TypeError("a journal line's user must be a string")
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 raise StoreCorruptError(
                     f"journal {str(self.journal_path)!r} has a bad entry at byte "
                     f"{self._offset} (+{number} lines): {exc}; it was left untouched"
                 ) from exc
+            try:
+                record = _replayed_record(budget.check_user(user), entry, self.records.get(user))
+            except (ValueError, KeyError, TypeError) as exc:  # ConfigurationError is a ValueError
+                self._mark_bad(user, _as_read(entry), f"journal line {self._offset} (+{number} lines): {exc}")
+                continue
             self._apply(user, record)
         if not locked and complete:
             start = data.rfind(b"\n", 0, complete - 1) + 1
@@ -261,6 +304,7 @@ class Journal:
             os.ftruncate(self._fd, self._offset)
 
     def _apply(self, user: str, record: UserRecord | None) -> None:
+        self.bad.pop(user, None)  # a record written over a bad one replaces it
         old = self.records.get(user)
         if old is not None:
             for call_id in old.get("reservations", {}):
@@ -286,17 +330,55 @@ class Journal:
         self._offset += len(lines)
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
-        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        """Write a new file beside ``target`` and rename it over ``target``.
+
+        The temp file's name is random and it is created exclusively (``mkstemp``), so no
+        link placed in the folder beforehand can redirect the write; the rename replaces a
+        link at ``target`` itself, never what it points to.
+        """
+        temp: str | None = None
         try:
-            with open(temp, "wb") as out:
+            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            with open(fd, "wb") as out:
+                os.fchmod(fd, 0o644)
                 out.write(data)
                 out.flush()
                 if self.fsync:  # a killed process cannot lose what is in the page cache
                     os.fsync(out.fileno())
             os.replace(temp, target)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            if temp is not None:
+                Path(temp).unlink(missing_ok=True)
             raise StoreError(f"cannot write {str(target)!r}: {exc}") from exc
+
+
+def open_in_folder(path: Path, flags: int, mode: int = 0o644) -> int:
+    """Open a store file without following a link: it must be a regular file of its own
+    (not a symbolic link, not hard-linked elsewhere), so no write reaches outside the folder.
+
+    :raises StoreCorruptError: the path is a link or not a regular file (left untouched).
+    :raises OSError: any other failure (the caller names it).
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)  # a FIFO never blocks
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise StoreCorruptError(
+                f"store file {str(path)!r} is a symbolic link; the store never follows links out of its folder"
+            ) from exc
+        raise
+    info = os.fstat(fd)
+    problem = (
+        "is not a regular file"
+        if not stat.S_ISREG(info.st_mode)
+        else f"has {info.st_nlink} hard links; a store file must have one"
+        if info.st_nlink > 1
+        else None
+    )
+    if problem is not None:
+        os.close(fd)
+        raise StoreCorruptError(f"store file {str(path)!r} {problem}; it was left untouched")
+    return fd
 
 
 def _file_id(st: os.stat_result) -> tuple[int, int, int]:
@@ -329,6 +411,12 @@ def _journal_entry(
     slim = {k: v for k, v in new.items() if k != "applied"}
     record = cast(UserRecord, {**slim, "applied": replayed} if replayed else slim)
     return {"u": user, "r": slim, "t": now, "a": appended}, record
+
+
+def _as_read(entry: dict[str, Any]) -> object:
+    """The record of a journal line as it stands, ids it appends included (kept as read)."""
+    raw, appended = entry.get("r"), entry.get("a")
+    return {**raw, "applied": appended} if isinstance(raw, dict) and isinstance(appended, dict) else raw
 
 
 def _replayed_record(user: str, entry: dict[str, Any], old: UserRecord | None) -> UserRecord | None:

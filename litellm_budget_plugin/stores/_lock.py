@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-import filelock
-
-from ..errors import StoreLockTimeout
+from ..errors import StoreError, StoreLockTimeout
+from ._journal import open_in_folder
 
 if TYPE_CHECKING:
     from .file import FileStore
@@ -37,12 +38,10 @@ class _Locked:
     def _lock_and_catch_up(self, may_defer: bool) -> bool:
         """Take the file lock and catch up (see Journal.catch_up); the lock is let go if that fails."""
         store = self.store
-        try:
-            store._file_lock.acquire(store.lock_timeout)
-        except filelock.Timeout as exc:
+        if not store._file_lock.acquire(store.lock_timeout):
             raise StoreLockTimeout(
                 f"lock {str(store.lock_path)!r} not obtained within {store.lock_timeout} s; nothing was changed"
-            ) from exc
+            )
         try:
             return store._journal.catch_up(may_defer)
         except BaseException:
@@ -59,33 +58,40 @@ class _Locked:
 class _ProcessLock:
     """The store's inter-process lock: ``flock`` on the ``.lock`` file.
 
-    The uncontended case is one ``flock`` call on a descriptor kept open (about 1 µs; a
-    ``filelock`` acquire and release costs about 50 µs here, twice per guarded call). When
-    another process holds the lock, ``filelock`` does the waiting, with its timeout. Both
-    lock the same file the same way, so any ``filelock.FileLock`` on the path excludes us.
-    Used under the store's thread mutex, so it is never taken twice in one process.
+    The uncontended case is one ``flock`` call on a descriptor kept open (about 1 µs). When
+    another process holds the lock, it is polled, often at first (a holder keeps it for one
+    appended line), until the timeout. The file is opened once, never following a link (see
+    :func:`._journal.open_in_folder`), and only this descriptor is ever locked: no other
+    open of the path can be redirected. Any ``flock`` on the path (``filelock.FileLock``
+    included) excludes us. Used under the store's thread mutex, so it is never taken twice
+    in one process.
     """
+
+    _FIRST_POLL, _LAST_POLL = 0.0005, 0.01
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        # Poll often: a holder keeps the lock for one appended line, not the 50 ms default.
-        self._waiter = filelock.FileLock(path, thread_local=False, poll_interval=0.0005)
-        self._waited = False
-
-    def acquire(self, timeout: float) -> None:
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._waited = False
-        except BlockingIOError:
-            self._waiter.acquire(timeout=timeout)
-            self._waited = True
+            self._fd = open_in_folder(Path(path), os.O_RDWR | os.O_CREAT)
+        except OSError as exc:  # PermissionError included: on_store_error="open" must see a StoreError
+            raise StoreError(f"cannot open lock file {path!r}: {exc}") from exc
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock; False if it was not free within ``timeout`` seconds."""
+        deadline, pause = time.monotonic() + timeout, self._FIRST_POLL
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, self._LAST_POLL)
 
     def release(self) -> None:
-        if self._waited:
-            self._waiter.release()
-        else:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self._fd >= 0:

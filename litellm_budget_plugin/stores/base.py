@@ -316,6 +316,7 @@ class RecordStore(abc.ABC):
         """The change ``charge`` makes, checked now and applied under the lock (maybe later)."""
         budget.check_user(user)
         budget.check_amount("cost", cost)
+        budget.check_model_name(model)
         if call_id is not None:
             budget.check_call_id(call_id)
         if held is not None:
@@ -352,6 +353,7 @@ class RecordStore(abc.ABC):
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
         budget.check_call_id(call_id)
         budget.check_amount("actual cost", actual_cost)
+        budget.check_model_name(model)
         owner = user if user is not None else self._user_of_call(call_id)
         if owner is None:
             return False

@@ -80,20 +80,23 @@ class FileStore(RecordStore):
             raise ConfigurationError(f"store path {str(self.path)!r} is a directory, not a file")
         if not self.path.parent.is_dir():
             raise ConfigurationError(f"store folder {str(self.path.parent)!r} does not exist")
-        try:
-            self.lock_path.touch(exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot write in store folder {str(self.path.parent)!r}: {exc}") from exc
-        self._reset_process_state()
+        self._reset_process_state()  # opens the lock file (StoreError if it cannot be written)
         self._read(lambda _records: None)  # an unreadable file is reported here, as LiteLLM's load does
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.path)!r})"
 
+    def get(self, user: str) -> UserRecord | None:
+        """The user's record; StoreCorruptError if it is in the file but fails its check."""
+        record = super().get(user)
+        if record is None:
+            self._journal.refuse_bad(user)
+        return record
+
     def _reset_process_state(self) -> None:
+        self._file_lock = _ProcessLock(str(self.lock_path))  # first: if it fails, a forked child tries again
         self._pid = os.getpid()
         self._mutex = threading.RLock()
-        self._file_lock = _ProcessLock(str(self.lock_path))
         self._journal = Journal(self.path, self.fsync)
         # What this process has not written yet, guarded by _deferred_lock: charge_later's
         # charges in the order they came, and the users whose lease hold is out of date.
@@ -138,6 +141,8 @@ class FileStore(RecordStore):
                 working = _apply_deferred(self, charged)
                 old = working[user] if user in working else self._journal.records.get(user)
                 try:
+                    if old is None:
+                        self._journal.refuse_bad(user)  # never written over unseen
                     new, result = fn(old)
                 except BaseException:  # a refused change still writes the deferred charges...
                     try:

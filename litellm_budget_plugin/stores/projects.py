@@ -8,6 +8,7 @@ one named project. Project names are checked before they touch a path.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -80,7 +81,8 @@ class ProjectStores:
 
             def exists(name: str) -> bool:
                 snapshot = directory / f"{name}.json"
-                return snapshot.exists() or snapshot.with_name(snapshot.name + ".journal").exists()
+                # a link counts (lexists): opening it refuses it, rather than serving "empty"
+                return any(os.path.lexists(f"{snapshot}{suffix}") for suffix in ("", ".journal", ".lock"))
 
             return cls(
                 lambda name: FileStore(directory / f"{name}.json"),

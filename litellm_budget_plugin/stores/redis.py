@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 import os
 import threading
@@ -68,6 +69,7 @@ DEFAULT_PROJECT = "default"
 DEFAULT_TIMEOUT = 5.0
 _RECORD_FIELDS = ("total_budget", "current_cost", "model_cost", "created_at", "last_updated_at", "duration")
 _OWN_FIELDS = frozenset((*_RECORD_FIELDS, "reservations", "applied", "overruns", "overrun_cost"))
+logger = logging.getLogger(__name__)
 
 
 class RedisStore(WritesAtOnce):
@@ -138,7 +140,11 @@ class RedisStore(WritesAtOnce):
         now = self.clock()
         records = {}
         for user, fields in sorted(self._run("all", now)[1:], key=lambda entry: str(entry[0])):
-            record = _record(user, fields)
+            try:
+                record = _record(user, fields)
+            except StoreCorruptError as exc:  # reported for that user only (get raises it)
+                logger.warning("%s: left out of the listing: %s", self, exc)
+                continue
             if record is not None:
                 records[user] = budget.current_window(record, now)
         return records
@@ -311,8 +317,7 @@ def _without_password(url: str) -> str:
 
 
 def _check_model(model: object) -> None:
-    if not isinstance(model, str):
-        raise ConfigurationError(f"model must be a string, got {type(model).__name__}")
+    budget.check_model_name(model)
 
 
 def _opt(value: str | float | None) -> str | float:
@@ -395,9 +400,9 @@ def _record(user: str, fields: Sequence[str]) -> UserRecord | None:
             record["reservations"] = reservations
         if applied:
             record["applied"] = {call_id: float(at) for call_id, at in applied}
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        return budget.check_record(budget.check_user(user), record)
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:  # ConfigurationError too
         raise StoreCorruptError(f"the Redis record of user {user!r} is not what this store writes: {exc}") from exc
-    return cast(UserRecord, record)
 
 
 def _written(user: str, reply: list[Any], cost: float = math.nan) -> UserRecord:

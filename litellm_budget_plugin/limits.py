@@ -1,0 +1,342 @@
+"""The shape of a budget record and the range of every value in it, checked in one place.
+
+Every entry goes through these checks: the Python API (manager, guard, stores), the CLI, the
+budget server, and every record read back from a file or from Redis. A value out of range is
+refused with a :class:`ConfigurationError` naming it and the problem, before anything changes.
+
+The ranges (see the README, "Limits"):
+
+- durations: 1 second to 100 years (LiteLLM's names, numbers of days, or "30s" .. "100y");
+- timestamps (``created_at``, ``last_updated_at``, a hold's ``expires_at``): 1970-01-01 to
+  3000-01-01 UTC, so that a window (at most 100 years) still ends within what ``datetime`` shows;
+- money: finite, not negative, at most :data:`MAX_AMOUNT` dollars;
+- user ids, call ids, model names: valid Unicode text (no lone surrogates, no NUL) of at most
+  :data:`MAX_TEXT_BYTES` bytes in UTF-8;
+- fields of a record other than its own (kept for LiteLLM's and people's use): JSON values
+  (no NaN or infinity) of at most :data:`MAX_EXTRA_BYTES` serialized, nested at most
+  :data:`MAX_EXTRA_DEPTH` levels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, NotRequired, TypedDict, cast
+
+from .errors import ConfigurationError
+
+SECONDS_PER_DAY = 86_400.0
+# LiteLLM's own day counts for its named durations (litellm.constants).
+NAMED_DURATIONS_DAYS: dict[str, float] = {"daily": 1, "weekly": 7, "monthly": 28, "yearly": 365}
+_UNIT_DAYS = {
+    "s": 1 / SECONDS_PER_DAY,
+    "m": 1 / 1440,
+    "h": 1 / 24,
+    "d": 1.0,
+    "w": 7.0,
+    "mo": 30.0,
+    "y": 365.0,
+}
+_DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w|y)\s*$")
+_MAX_DURATION_TEXT = 1024  # longer texts are not parsed at all
+_SHOWN = 64
+
+MIN_DURATION_SECONDS = 1.0
+MAX_DURATION_DAYS = 100 * 365.0
+MAX_AMOUNT = 1e15  # dollars: far above any real budget, far below where float sums lose cents
+MIN_TIMESTAMP = 0.0  # 1970-01-01 UTC
+MAX_TIMESTAMP = 32_503_680_000.0  # 3000-01-01 UTC
+MAX_TEXT_BYTES = 1024
+MAX_EXTRA_BYTES = 64 * 1024
+MAX_EXTRA_DEPTH = 32
+MAX_TTL_SECONDS = 365 * SECONDS_PER_DAY
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 1.0, SECONDS_PER_DAY
+
+# The fields of a record an app may set one by one (through BudgetManager.user_dict);
+# None for total_budget means no limit, for duration a budget that never resets.
+SETTABLE_FIELDS = ("total_budget", "current_cost", "model_cost", "duration", "created_at", "last_updated_at")
+OWN_FIELDS = frozenset((*SETTABLE_FIELDS, "reservations", "applied", "overruns", "overrun_cost"))
+
+
+class Reservation(TypedDict):
+    amount: float
+    expires_at: float
+
+
+class UserRecord(TypedDict):
+    total_budget: float | None
+    current_cost: float
+    model_cost: dict[str, float]
+    created_at: float
+    last_updated_at: float
+    duration: NotRequired[float]
+    reservations: NotRequired[dict[str, Reservation]]
+    applied: NotRequired[dict[str, float]]
+    overruns: NotRequired[int]
+    overrun_cost: NotRequired[float]
+
+
+# --- text -------------------------------------------------------------------------------
+
+
+def _plain(value: object) -> bool:
+    """The usual case, checked on every call: short ASCII text without NUL."""
+    return type(value) is str and 0 < len(value) <= MAX_TEXT_BYTES and value.isascii() and "\x00" not in value
+
+
+def check_text(name: str, value: object) -> str:
+    """Non-empty valid Unicode (storable as UTF-8: no lone surrogates), no NUL, <= 1 KiB."""
+    if _plain(value):
+        return cast(str, value)
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, got {type(value).__name__}")
+    if not value:
+        raise ConfigurationError(f"{name} must not be empty")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(f"{name} {value[:60]!r} is not valid text: {exc.reason} at {exc.start}") from None
+    if size > MAX_TEXT_BYTES:
+        raise ConfigurationError(f"{name} is too long: {size} bytes in UTF-8, at most {MAX_TEXT_BYTES}")
+    if "\x00" in value:
+        raise ConfigurationError(f"{name} {value[:60]!r} must not contain NUL characters")
+    return value
+
+
+def check_user(user: object) -> str:
+    """Return ``user`` if it is a usable user id, else raise naming the problem."""
+    check_text("user id", user)
+    assert isinstance(user, str)
+    if not user.strip():
+        raise ConfigurationError("user id must not be empty")
+    return user
+
+
+def check_call_id(call_id: object) -> str:
+    return cast(str, call_id) if _plain(call_id) else check_text("call id", call_id)
+
+
+def check_model_name(model: object, where: str = "") -> str:
+    if _plain(model):
+        return cast(str, model)
+    return check_text(f"{where}: model name" if where else "model", model)
+
+
+# --- numbers ----------------------------------------------------------------------------
+
+
+def _finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any double
+        raise ConfigurationError(f"{name} is out of range, got an integer of {int(value).bit_length()} bits") from None
+    if math.isnan(number) or math.isinf(number):
+        raise ConfigurationError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def check_amount(name: str, value: object) -> float:
+    """A money amount (or a count of seconds): finite, not negative, at most MAX_AMOUNT.
+
+    An int stays an int, as LiteLLM's own class keeps it: ``10`` is written as ``10``.
+    """
+    if type(value) is float and 0.0 <= value <= MAX_AMOUNT:  # the usual case, checked on every call
+        return value
+    amount = _finite(name, value)
+    if amount < 0:
+        raise ConfigurationError(f"{name} must not be negative, got {value!r}")
+    if amount > MAX_AMOUNT:
+        raise ConfigurationError(f"{name} is out of range: {amount:.6g}, at most {MAX_AMOUNT:.0e}")
+    return int(value) if isinstance(value, int) else amount
+
+
+def check_timestamp(name: str, value: object) -> float:
+    """A time in seconds since 1970 (UTC), from 1970-01-01 to 3000-01-01."""
+    if type(value) is float and MIN_TIMESTAMP <= value <= MAX_TIMESTAMP:
+        return value
+    seconds = _finite(name, value)
+    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
+        raise ConfigurationError(
+            f"{name} is out of range: {seconds:.6g}; times are seconds since 1970 before the year 3000"
+        )
+    return int(value) if isinstance(value, int) else seconds
+
+
+def check_ttl(ttl: object) -> float:
+    """A hold's lifetime: longer than zero, at most a year (its end is a timestamp)."""
+    seconds = _finite("reservation ttl", ttl)
+    if not 0 < seconds <= MAX_TTL_SECONDS:
+        raise ConfigurationError(f"reservation ttl must be longer than zero and at most a year, got {ttl!r}")
+    return seconds
+
+
+def check_lease_seconds(value: object) -> float:
+    """A guard's lease: from 1 second (shorter ones expire before a call ends) to one day."""
+    seconds = _finite("lease_seconds", value)
+    if not MIN_LEASE_SECONDS <= seconds <= MAX_LEASE_SECONDS:
+        raise ConfigurationError(f"lease_seconds must be from 1 to {MAX_LEASE_SECONDS:.0f} seconds, got {value!r}")
+    return seconds
+
+
+def parse_duration(duration: object) -> float | None:
+    """Days in a budget window, 1 second to 100 years: LiteLLM's names, a number of days, or
+    "1h", "30d", "1mo"; None for a budget that never resets."""
+    if duration is None:
+        return None
+    if isinstance(duration, str):
+        if duration in NAMED_DURATIONS_DAYS:
+            return NAMED_DURATIONS_DAYS[duration]
+        match = _DURATION_PATTERN.match(duration) if len(duration) <= _MAX_DURATION_TEXT else None
+        if match is None:
+            raise ConfigurationError(
+                f"unknown duration {duration[:_SHOWN]!r}: use daily, weekly, monthly, yearly, "
+                'or a number with a unit such as "30s", "15m", "1h", "30d", "2w", "1mo", "1y"'
+            )
+        days = float(match.group(1)) * _UNIT_DAYS[match.group(2)]
+    else:
+        days = _finite("duration", duration)
+    # "1s" is 1/86400 of a day: allow for its rounding
+    if not (days * SECONDS_PER_DAY >= MIN_DURATION_SECONDS * (1 - 1e-9) and days <= MAX_DURATION_DAYS):
+        shown = duration[:_SHOWN] if isinstance(duration, str) else duration
+        raise ConfigurationError(f"duration {shown!r} is out of range: use 1 second to 100 years")
+    return days
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+def check_extra(where: str, extra: Mapping[str, object]) -> None:
+    """Fields of a record that are not its own: JSON values, bounded in depth and size.
+
+    The depth is checked without recursion, so a value nested thousands of levels deep is
+    refused rather than raising RecursionError.
+    """
+    stack: list[tuple[object, int, str]] = [(value, 1, str(key)) for key, value in extra.items()]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > MAX_EXTRA_DEPTH:
+            raise ConfigurationError(f"{where}: field {path[:80]!r} is nested deeper than {MAX_EXTRA_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConfigurationError(f"{where}: field {path[:80]!r} has a key that is not a string")
+                stack.append((item, depth + 1, f"{path}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ConfigurationError(f"{where}: field {path[:80]!r} is {value!r}, which JSON cannot hold")
+        elif not (value is None or isinstance(value, str | int)):
+            raise ConfigurationError(f"{where}: field {path[:80]!r} is a {type(value).__name__}, not a JSON value")
+    try:
+        size = len(json.dumps(dict(extra), allow_nan=False).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where}: extra fields are not JSON: {exc}") from None
+    if size > MAX_EXTRA_BYTES:
+        raise ConfigurationError(f"{where}: extra fields take {size} bytes, at most {MAX_EXTRA_BYTES}")
+
+
+def check_record(user: str, raw: object) -> UserRecord:
+    """Validate one record (given, or read from a store), filling LiteLLM's optional fields.
+
+    A file written by LiteLLM's BudgetManager may lack ``current_cost``, ``model_cost``
+    and the time fields; extra fields are kept as they are, within their limits.
+    """
+    where = f"record of user {user[:80]!r}"
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{where} must be an object, got {type(raw).__name__}")
+    record = cast(dict[str, Any], dict(raw))
+    budget = record.get("total_budget")
+    record["total_budget"] = None if budget is None else check_amount(f"{where}: total_budget", budget)
+    record["current_cost"] = check_amount(f"{where}: current_cost", record.get("current_cost", 0))
+    model_cost = record.get("model_cost", {})
+    if model_cost == 0:  # LiteLLM's get_model_cost default, sometimes written back
+        model_cost = {}
+    if not isinstance(model_cost, dict):
+        raise ConfigurationError(f"{where}: model_cost must be an object")
+    record["model_cost"] = {
+        check_model_name(model, where): check_amount(f"{where}: model_cost[{model!r}]", cost)
+        for model, cost in model_cost.items()
+    }
+    if "duration" in record and record["duration"] is not None:
+        try:
+            record["duration"] = parse_duration(record["duration"])
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+    else:
+        record.pop("duration", None)
+    created = check_timestamp(f"{where}: created_at", record.get("created_at", 0.0))
+    record["created_at"] = created
+    record["last_updated_at"] = check_timestamp(f"{where}: last_updated_at", record.get("last_updated_at", created))
+    reservations = record.get("reservations", {})
+    if not isinstance(reservations, dict):
+        raise ConfigurationError(f"{where}: reservations must be an object")
+    checked: dict[str, Reservation] = {}
+    for call_id, held in reservations.items():
+        if not isinstance(held, dict):
+            raise ConfigurationError(f"{where}: reservation {call_id!r} must be an object")
+        checked[check_call_id(call_id)] = {
+            "amount": check_amount(f"{where}: reservation amount", held.get("amount")),
+            "expires_at": check_timestamp(f"{where}: reservation expires_at", held.get("expires_at")),
+        }
+    _set_or_drop(record, "reservations", checked)
+    applied = record.get("applied", {})
+    if not isinstance(applied, dict):
+        raise ConfigurationError(f"{where}: applied must be an object")
+    _set_or_drop(
+        record,
+        "applied",
+        {check_call_id(k): check_timestamp(f"{where}: applied time", v) for k, v in applied.items()},
+    )
+    count = record.get("overruns", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_AMOUNT:
+        raise ConfigurationError(f"{where}: overruns must be a whole number of calls, got {count!r}")
+    if "overrun_cost" in record:
+        record["overrun_cost"] = check_amount(f"{where}: overrun_cost", record["overrun_cost"])
+    extra = {k: v for k, v in record.items() if k not in OWN_FIELDS}
+    if extra:
+        check_extra(where, extra)
+    return cast(UserRecord, record)
+
+
+def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
+    """Checked values for some of ``user``'s ``SETTABLE_FIELDS``, or raise naming the user,
+    the field and the problem; duration becomes days."""
+    checked: dict[str, Any] = {}
+    for name, value in fields.items():
+        where = f"field {name!r} of user {user!r}"
+        if name == "model_cost":
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"{where} must be a dict of model -> cost, got {type(value).__name__}")
+            checked[name] = {
+                check_model_name(model, where): check_amount(f"{where}[{model!r}]", cost)
+                for model, cost in value.items()
+            }
+        elif name == "duration":
+            try:
+                checked[name] = parse_duration(value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{where}: {exc}") from None
+        elif name == "total_budget" and value is None:
+            checked[name] = None
+        elif name in ("created_at", "last_updated_at"):
+            checked[name] = check_timestamp(where, value)
+        elif name in SETTABLE_FIELDS:
+            checked[name] = check_amount(where, value)
+        else:
+            raise ConfigurationError(
+                f"cannot set {where}: not a field of a budget; the fields are {', '.join(SETTABLE_FIELDS)}"
+            )
+    return checked
+
+
+def _set_or_drop(record: Any, key: str, value: dict[str, Any]) -> None:
+    """Keep the file readable: optional maps are written only when they hold something."""
+    if value:
+        record[key] = value
+    else:
+        record.pop(key, None)
