@@ -114,11 +114,15 @@ def check_mode(mode: object) -> Mode:
     return mode
 
 
-def check_reservation(user: object, call_id: object, amount: object, ttl: object, mode: object) -> tuple[float, float]:
+def check_reservation(
+    user: object, call_id: object, amount: object, ttl: object, mode: object, at_least: object = None
+) -> tuple[float, float]:
     """Every store's argument checks for ``reserve``: returns (amount, ttl) as floats."""
     check_user(user)
     check_call_id(call_id)
     check_mode(mode)
+    if at_least is not None:
+        check_amount("reservation at_least", at_least)
     return check_amount("reservation amount", amount), check_ttl(ttl)
 
 
@@ -243,6 +247,30 @@ def admits(spend: float, held: float, estimate: float, budget: float | None, mod
     return spend + held < budget
 
 
+def hold_amount(
+    spend: float, held: float, amount: float, budget: float | None, mode: Mode, at_least: float | None = None
+) -> float | None:
+    """What a call may hold next to ``spend`` and ``held``, or None: refused.
+
+    Without ``at_least``, ``amount`` if :func:`admits` it. With it, a call whose ``amount`` does
+    not fit holds what is left of the budget, if that is ``at_least`` or more (a guard then caps
+    the call's output to what it holds). In soft mode, while spend and holds are under budget,
+    a call holds what is left but never less than ``at_least``. Decided under the store's lock;
+    stores/redis_budget.lua mirrors it.
+    """
+    if at_least is None or budget is None or (mode == "strict" and admits(spend, held, amount, budget, mode)):
+        return amount if admits(spend, held, amount, budget, mode) else None
+    if not admits(spend, held, at_least, budget, mode):
+        return None
+    return min(amount, max(at_least, budget - spend - held))
+
+
+def held_for(record: UserRecord, call_id: str, amount: float) -> float:
+    """What ``record`` holds for a call just reserved (``amount`` if charged already: nothing more to hold)."""
+    hold = record.get("reservations", {}).get(call_id)
+    return amount if hold is None else hold["amount"]
+
+
 def litellm_view(record: UserRecord) -> dict[str, Any]:
     """The record as LiteLLM's BudgetManager shows it, without this package's fields."""
     view = {k: v for k, v in record.items() if k not in ("reservations", "applied")}
@@ -355,8 +383,10 @@ def reserve(
     ttl: float,
     mode: Mode,
     now: float,
+    at_least: float | None = None,
 ) -> UserRecord:
-    """Hold ``amount`` for a call in flight, or raise BudgetExceededError and change nothing.
+    """Hold ``amount`` for a call in flight (or less, see :func:`hold_amount`), or raise
+    BudgetExceededError and change nothing.
 
     Reserving again with the same call id replaces its hold; a call already charged holds
     nothing.
@@ -368,21 +398,30 @@ def reserve(
     updated = current_window(record, now)
     held = reserved(updated, now, exclude=call_id)
     budget = updated["total_budget"]
-    if not admits(updated["current_cost"], held, amount, budget, mode):
+    hold = hold_amount(updated["current_cost"], held, amount, budget, mode, at_least)
+    if hold is None:
         assert budget is not None
         raise over_budget(user, updated["current_cost"], budget, amount, held)
     updated["reservations"] = {
         **updated.get("reservations", {}),
-        call_id: {"amount": amount, "expires_at": now + ttl},
+        call_id: {"amount": hold, "expires_at": now + ttl},
     }
     return updated
 
 
 def lease_hold(
-    record: UserRecord, user: str, hold_id: str, in_flight: float, amount: float, spare: bool, now: float
-) -> float:
+    record: UserRecord,
+    user: str,
+    hold_id: str,
+    in_flight: float,
+    amount: float,
+    spare: bool,
+    now: float,
+    at_least: float | None = None,
+) -> tuple[float, float]:
     """What a process's lease (see :class:`~litellm_budget_plugin.stores.file.FileStore`) must
-    hold to admit one more call of ``amount`` in strict mode, or raise BudgetExceededError.
+    hold to admit one more call of ``amount`` in strict mode, and what that call holds (less
+    than ``amount`` only with ``at_least``, see :func:`hold_amount`), or raise BudgetExceededError.
 
     The hold covers the process's calls in flight and the new call; with ``spare`` it also
     covers its next few calls like this one, so that they are admitted without writing, but
@@ -391,14 +430,15 @@ def lease_hold(
     updated = current_window(record, now)
     spend, limit = updated["current_cost"], updated["total_budget"]
     others = reserved(updated, now, exclude=hold_id)
-    needed = in_flight + amount
-    if not admits(spend, others, needed, limit, "strict"):
+    call = hold_amount(spend, others + in_flight, amount, limit, "strict", at_least)
+    if call is None:
         assert limit is not None
         raise over_budget(user, spend, limit, amount, others + in_flight)
-    if not spare:
-        return needed
+    needed = in_flight + call
+    if not spare or call < amount:
+        return needed, call
     room = math.inf if limit is None else max(0.0, limit - spend - others - needed)
-    return needed + min(LEASE_SPARE_CALLS * amount, LEASE_SPARE_SHARE * room)
+    return needed + min(LEASE_SPARE_CALLS * amount, LEASE_SPARE_SHARE * room), call
 
 
 def lease_spare_fits(record: UserRecord, hold_id: str, in_flight: float, spare: float, now: float) -> bool:
