@@ -247,3 +247,9 @@ def text_cost(model: str, input_text: str, output_text: str) -> float:
     return prompt * float(entry.get("input_cost_per_token") or 0.0) + completion * float(
         entry.get("output_cost_per_token") or 0.0
     )
+
+
+def max_output_tokens(model: str) -> int | None:
+    """The most output tokens ``model`` can produce per choice, as litellm's cost map says (None: unknown)."""
+    value = prices(model).get("max_output_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
