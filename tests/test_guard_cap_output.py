@@ -115,9 +115,9 @@ def test_without_cap_output_the_request_is_left_as_it_was(server, manager, regis
     assert "max_tokens" not in sent(server) and "max_completion_tokens" not in sent(server)
 
 
-def test_a_reasoning_model_gets_max_completion_tokens(server, manager, register) -> None:
+@pytest.mark.parametrize("model", ["openai/o3-mini", "openai/gpt-5"])
+def test_a_reasoning_model_gets_max_completion_tokens(server, manager, register, model: str) -> None:
     """litellm maps the max_tokens the guard sets to OpenAI's reasoning models' max_completion_tokens."""
-    model = "openai/o3-mini"
     worst = pricing.worst_case("completion", model, {"messages": MESSAGES})
     manager.create_budget(worst.prompt_cost + 300.5 * worst.output_price, "alice")
     register(BudgetGuard(manager, cap_output=True))
