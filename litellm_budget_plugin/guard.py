@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import budget, pricing
+from . import budget, pricing, reservations
 from ._process_budget import GLOBAL_USER, PROCESS_BUDGET, StoreSpendShown
 from .budget import Mode, UserRecord
 from .errors import (
@@ -222,7 +222,7 @@ class BudgetGuard(CustomLogger):
             if self.mode == "strict":  # a store may admit it from this process's lease
                 return self.store.admit(user, call_id, estimate, self.lease_seconds, self._default, at_least)
             record = self.store.reserve(user, call_id, estimate, self.lease_seconds, self.mode, self._default, at_least)
-            return budget.held_for(record, call_id, estimate)
+            return reservations.held_for(record, call_id, estimate)
         except UnknownUserError:
             hint = f'user {user!r} has no budget and unknown_users="deny": give it one with create_budget'
             raise BudgetExceededError(user, 0.0, 0.0, estimate, hint=hint) from None
@@ -277,7 +277,7 @@ class BudgetGuard(CustomLogger):
             self._global_budget_seen = limit
         record = self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft", None, at_least)
         self._store_spend.show(record, admitted=True)  # the record is in its current window
-        return budget.held_for(record, call_id, estimate)
+        return reservations.held_for(record, call_id, estimate)
 
     def _held_in_memory(self, hold: _Hold) -> bool:
         return hold.user == GLOBAL_USER and self.global_budget == "process"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol, TypedDict, TypeVar, cast, runtime_checkable
 
-from .. import budget
+from .. import budget, reservations
 from ..budget import Mode, UserRecord
 from ..errors import UnknownUserError
 
@@ -113,8 +113,8 @@ class BudgetStore(Protocol):
         """Hold ``amount`` for ``ttl`` seconds or raise BudgetExceededError, changing nothing.
 
         With ``at_least``, a call whose ``amount`` does not fit holds what is left of the
-        budget if that is ``at_least`` or more (``budget.hold_amount``), decided in the same
-        atomic step; the record returned shows the hold (``budget.held_for``).
+        budget if that is ``at_least`` or more (``reservations.hold_amount``), decided in the same
+        atomic step; the record returned shows the hold (``reservations.held_for``).
         """
         ...
 
@@ -161,7 +161,7 @@ class WritesAtOnce:
         at_least: float | None = None,
     ) -> float:
         record = self.reserve(user, call_id, amount, ttl, "strict", default, at_least)
-        return budget.held_for(record, call_id, amount)
+        return reservations.held_for(record, call_id, amount)
 
     def charge_later(
         self: BudgetStore,
@@ -349,7 +349,7 @@ class RecordStore(abc.ABC):
 
         def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
             current = _or_default(user, record, default, now)
-            updated = budget.reserve(current, user, call_id, amount, ttl, mode, now, at_least)
+            updated = reservations.reserve(current, user, call_id, amount, ttl, mode, now, at_least)
             return updated, updated
 
         return self._update(user, change)

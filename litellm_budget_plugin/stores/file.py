@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .. import budget
+from .. import budget, reservations
 from ..budget import UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreError
 from ._deferred import _STORES_WITH_PENDING, _Deferred, _flush_soon, _flush_when_this_process_ends, _notify
@@ -254,7 +254,7 @@ class FileStore(RecordStore):
                     lease.spare = 0.0
                     self._schedule(user)  # and written, if this call is refused
                 in_flight = lease.in_flight
-            target, held = budget.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now, at_least)
+            target, held = reservations.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now, at_least)
             lease.ttl = ttl
             expires_at = max(now + ttl, lease.expires_at(now, spare=hot))
             granted = (lease, max(0.0, target - in_flight - held), expires_at, held)
@@ -298,7 +298,7 @@ class FileStore(RecordStore):
             if lease.spare and (
                 self._giving_back
                 or time.monotonic() - lease.last_used >= LEASE_IDLE_SECONDS
-                or not budget.lease_spare_fits(current, lease.hold_id, lease.in_flight, lease.spare, now)
+                or not reservations.lease_spare_fits(current, lease.hold_id, lease.in_flight, lease.spare, now)
             ):
                 lease.spare = 0.0
             elif lease.spare:

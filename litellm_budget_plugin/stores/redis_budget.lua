@@ -1,7 +1,8 @@
 -- One budget operation, run atomically by Redis for litellm_budget_plugin.stores.redis.
 --
--- The functions mirror those of the same name in litellm_budget_plugin/budget.py; Python
--- has validated every argument already, so nothing here checks input. The key layout is
+-- The functions mirror those of the same name in litellm_budget_plugin/budget.py and
+-- reservations.py; Python has validated every argument already, so nothing here checks
+-- input. The key layout is
 -- described in the docstring of stores/redis.py. Keys are built here from the project's
 -- prefix (settle and release find the user from the call id), so this is for a single
 -- Redis server, not Redis Cluster.
@@ -145,7 +146,7 @@ local function admits(spend, held, estimate, budget, mode)
   return spend + held < budget
 end
 
--- budget.hold_amount: amount if it fits; with at_least, what is left of the budget if at least that.
+-- reservations.hold_amount: amount if it fits; with at_least, what is left of the budget if at least that.
 local function hold_amount(spend, held, amount, budget, mode, at_least)
   if at_least == nil or budget == nil or (mode == 'strict' and admits(spend, held, amount, budget, mode)) then
     if admits(spend, held, amount, budget, mode) then return amount end
