@@ -164,12 +164,21 @@ def test_router_calls_are_capped(server, manager, register) -> None:
     assert sent(server)["max_tokens"] <= 60  # what is left once the first call is charged
 
 
-def test_async_calls_are_capped(server, manager, register) -> None:
+def test_async_calls_and_streams_are_capped(server, manager, register) -> None:
     manager.create_budget(PROMPT_COST + 80.5 * OUT_PRICE, "alice")
+    manager.create_budget(PROMPT_COST + 90.5 * OUT_PRICE, "bob")
     register(BudgetGuard(manager, cap_output=True))
+
+    async def stream() -> str:
+        response = await litellm.acompletion(
+            model=MODEL, api_base=server.url, api_key="k", messages=MESSAGES, user="bob", stream=True
+        )
+        return "".join([chunk.choices[0].delta.content or "" async for chunk in response])
 
     asyncio.run(litellm.acompletion(model=MODEL, api_base=server.url, api_key="k", messages=MESSAGES, user="alice"))
     assert sent(server)["max_tokens"] == 80
+    assert asyncio.run(stream())
+    assert sent(server)["max_tokens"] == 90
 
 
 # --- refusing -------------------------------------------------------------------------------------
