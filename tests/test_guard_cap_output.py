@@ -230,6 +230,15 @@ def test_the_issue_s_example_a_tiny_budget_answers_several_questions(server, man
 # --- strict mode never overspends under concurrency --------------------------------------------
 
 
+async def logging_worker_idle() -> None:
+    """litellm 1.80's asyncio.run can hang at exit while its logging worker is busy (see
+    test_guard.litellm_logging_worker_idle); its queue is looked up each time, as litellm may
+    replace it when a new event loop starts."""
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    await async_wait_until(lambda: getattr(getattr(GLOBAL_LOGGING_WORKER, "_queue", None), "_unfinished_tasks", 0) == 0)
+
+
 def concurrent_budget(manager: BudgetManager) -> float:
     """A budget for about three calls of 40 output tokens, so most of 20 calls are refused or capped."""
     budget = 3.8 * (PROMPT_COST + 40 * OUT_PRICE)  # the fourth call usually gets ~31 tokens
@@ -284,6 +293,7 @@ def test_asyncio_tasks_never_overspend_with_cap_output(server, manager, register
     async def main() -> int:
         answered = sum(await asyncio.gather(*(ask() for _ in range(20))))
         await async_wait_until(lambda: manager.get_current_cost("alice") == pytest.approx(answered * SERVER_COST))
+        await logging_worker_idle()
         return answered
 
     check_no_overspend(server, manager, budget, asyncio.run(main()))
