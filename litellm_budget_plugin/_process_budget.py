@@ -15,7 +15,7 @@ import time
 
 import litellm
 
-from . import budget
+from . import reservations
 from .budget import UserRecord
 from .errors import BudgetExceededError
 
@@ -42,16 +42,19 @@ class ProcessBudget:
         self._holds: dict[str, tuple[float, float]] = {}  # call id -> (estimate, expires at)
         self._counted: dict[str, None] = {}  # recent call ids already in litellm._current_cost, oldest first
 
-    def hold(self, call_id: str, limit: float, estimate: float, ttl: float) -> None:
+    def hold(self, call_id: str, limit: float, estimate: float, ttl: float, at_least: float | None = None) -> float:
+        """Hold the call's estimate (or less, see ``reservations.hold_amount``); returns what is held."""
         now = time.time()
         with self._lock:
             self._holds = {call: held for call, held in self._holds.items() if held[1] > now and call != call_id}
             held = sum(amount for amount, _ in self._holds.values())
             spend = float(litellm._current_cost or 0.0)
-            if not budget.admits(spend, held, estimate, limit, "soft"):
+            amount = reservations.hold_amount(spend, held, estimate, limit, "soft", at_least)
+            if amount is None:
                 hint = "litellm.max_budget limits this process's spend (litellm._current_cost): raise it to go on"
                 raise BudgetExceededError(GLOBAL_USER, spend, limit, estimate, held, hint=hint)
-            self._holds[call_id] = (estimate, now + ttl)
+            self._holds[call_id] = (amount, now + ttl)
+            return amount
 
     def end(self, call_id: str, cost: float = 0.0) -> None:
         """The call ended, costing ``cost`` (0 if it failed): litellm._current_cost includes it,

@@ -1,4 +1,5 @@
-"""Budget arithmetic: records, windows, reservations and admission, as pure functions.
+"""Budget arithmetic: records, windows, charges and holds, as pure functions (admission is in
+:mod:`.reservations`).
 
 Every function takes the time ``now`` as an argument and returns a new record instead of
 changing the one it was given, so a store can apply one under its lock, persist the result,
@@ -17,7 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
-from .errors import ConfigurationError, over_budget
+from .errors import ConfigurationError
 
 # The shape and range of every value are checked in limits.py, re-exported here.
 from .limits import NAMED_DURATIONS_DAYS as NAMED_DURATIONS_DAYS
@@ -65,11 +66,15 @@ def check_mode(mode: object) -> Mode:
     return mode
 
 
-def check_reservation(user: object, call_id: object, amount: object, ttl: object, mode: object) -> tuple[float, float]:
+def check_reservation(
+    user: object, call_id: object, amount: object, ttl: object, mode: object, at_least: object = None
+) -> tuple[float, float]:
     """Every store's argument checks for ``reserve``: returns (amount, ttl) as floats."""
     check_user(user)
     check_call_id(call_id)
     check_mode(mode)
+    if at_least is not None:
+        check_amount("reservation at_least", at_least)
     return check_amount("reservation amount", amount), check_ttl(ttl)
 
 
@@ -87,29 +92,6 @@ def next_reset(record: UserRecord, now: float) -> float | None:
     if period is None:
         return None
     return current_window(record, now)["last_updated_at"] + period
-
-
-def reserved(record: UserRecord, now: float, exclude: str | None = None) -> float:
-    """Sum held by unexpired reservations of other calls."""
-    return sum(
-        held["amount"]
-        for call_id, held in record.get("reservations", {}).items()
-        if held["expires_at"] > now and call_id != exclude
-    )
-
-
-def admits(spend: float, held: float, estimate: float, budget: float | None, mode: Mode) -> bool:
-    """Whether a call estimated at ``estimate`` may start.
-
-    strict: it fits next to what is spent and held, so the budget is never exceeded while
-    estimates are upper bounds. soft (LiteLLM's rule): spend and holds are still under budget.
-    """
-    if budget is None:
-        return True
-    if mode == "strict":
-        # A relative tolerance so that a budget spent exactly to the cent still admits.
-        return spend + held + estimate <= budget * (1 + 1e-12)
-    return spend + held < budget
 
 
 def litellm_view(record: UserRecord) -> dict[str, Any]:
@@ -224,67 +206,6 @@ def charge(
         _set_or_drop(updated, "reservations", holds)
         updated["applied"] = {**updated.get("applied", {}), call_id: now}
     return updated, True
-
-
-def reserve(
-    record: UserRecord,
-    user: str,
-    call_id: str,
-    amount: float,
-    ttl: float,
-    mode: Mode,
-    now: float,
-) -> UserRecord:
-    """Hold ``amount`` for a call in flight, or raise BudgetExceededError and change nothing.
-
-    Reserving again with the same call id replaces its hold; a call already charged holds
-    nothing.
-    """
-    amount = check_amount("reservation amount", amount)
-    ttl = check_ttl(ttl)
-    if call_id in record.get("applied", {}):
-        return record
-    updated = current_window(record, now)
-    held = reserved(updated, now, exclude=call_id)
-    budget = updated["total_budget"]
-    if not admits(updated["current_cost"], held, amount, budget, mode):
-        assert budget is not None
-        raise over_budget(user, updated["current_cost"], budget, amount, held)
-    updated["reservations"] = {
-        **updated.get("reservations", {}),
-        call_id: {"amount": amount, "expires_at": now + ttl},
-    }
-    return updated
-
-
-def lease_hold(
-    record: UserRecord, user: str, hold_id: str, in_flight: float, amount: float, spare: bool, now: float
-) -> float:
-    """What a process's lease (see :class:`~litellm_budget_plugin.stores.file.FileStore`) must
-    hold to admit one more call of ``amount`` in strict mode, or raise BudgetExceededError.
-
-    The hold covers the process's calls in flight and the new call; with ``spare`` it also
-    covers its next few calls like this one, so that they are admitted without writing, but
-    never more than half of what others leave of the budget.
-    """
-    updated = current_window(record, now)
-    spend, limit = updated["current_cost"], updated["total_budget"]
-    others = reserved(updated, now, exclude=hold_id)
-    needed = in_flight + amount
-    if not admits(spend, others, needed, limit, "strict"):
-        assert limit is not None
-        raise over_budget(user, spend, limit, amount, others + in_flight)
-    if not spare:
-        return needed
-    room = math.inf if limit is None else max(0.0, limit - spend - others - needed)
-    return needed + min(LEASE_SPARE_CALLS * amount, LEASE_SPARE_SHARE * room)
-
-
-def lease_spare_fits(record: UserRecord, hold_id: str, in_flight: float, spare: float, now: float) -> bool:
-    """Whether a lease's spare still fits the budget (it may have been lowered since it was taken)."""
-    updated = current_window(record, now)
-    others = reserved(updated, now, exclude=hold_id)
-    return admits(updated["current_cost"], others, in_flight + spare, updated["total_budget"], "strict")
 
 
 def set_hold(record: UserRecord, hold_id: str, amount: float, expires_at: float, now: float) -> UserRecord:

@@ -24,13 +24,13 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Literal, NamedTuple
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import budget, pricing
+from . import budget, pricing, reservations
 from ._process_budget import GLOBAL_USER, PROCESS_BUDGET, StoreSpendShown
 from .budget import Mode, UserRecord
 from .errors import (
@@ -86,6 +86,11 @@ class BudgetGuard(CustomLogger):
         process, an abandoned stream).
     :param output_token_cap: the most output tokens held for a call without ``max_tokens``
         (its model's output limit if lower): 1 to 10,000,000.
+    :param cap_output: for chat and text completions, set the request's output limit to what
+        the budget can pay after the prompt (at most the model's maximum, which a call without
+        ``max_tokens`` is then held for), so a small budget answers instead of refusing; a call
+        is refused only when not even ``min_output_tokens`` fit. It changes the request.
+    :param min_output_tokens: the fewest output tokens a capped call may be given: 1 to 10,000,000.
     :param alert_threshold: fraction of a budget whose crossing calls ``on_alert(user, spend,
         budget)`` (default: a warning in the log).
     :param global_budget: what ``litellm.max_budget`` limits: ``"process"`` (litellm's meaning:
@@ -107,6 +112,8 @@ class BudgetGuard(CustomLogger):
         on_store_error: StoreFailure = "closed",
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         output_token_cap: int = pricing.DEFAULT_OUTPUT_TOKEN_CAP,
+        cap_output: bool = False,
+        min_output_tokens: int = 16,
         alert_threshold: float | None = None,
         on_alert: AlertHandler | None = None,
         global_budget: GlobalBudget = "process",
@@ -137,7 +144,11 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError(f"on_store_error must be closed or open, got {on_store_error!r}")
         self.on_store_error = on_store_error
         self.lease_seconds = budget.check_lease_seconds(lease_seconds)
-        self.output_token_cap = _check_output_token_cap(output_token_cap)
+        self.output_token_cap = _check_tokens("output_token_cap", output_token_cap)
+        if not isinstance(cap_output, bool):
+            raise ConfigurationError(f"cap_output must be True or False, got {cap_output!r}")
+        self.cap_output = cap_output
+        self.min_output_tokens = _check_tokens("min_output_tokens", min_output_tokens)
         if alert_threshold is not None and not 0 < budget.check_amount("alert_threshold", alert_threshold) <= 1:
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
         self.alert_threshold = alert_threshold
@@ -164,8 +175,9 @@ class BudgetGuard(CustomLogger):
 
     # -- admission -----------------------------------------------------------------------
 
-    def check(self, call_type: str, kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> None:
-        """Reserve the call's worst-case cost, or raise BudgetExceededError.
+    def check(self, call_type: str, kwargs: MutableMapping[str, Any], args: tuple[Any, ...] = ()) -> None:
+        """Reserve the call's worst-case cost, or raise BudgetExceededError; with ``cap_output``,
+        lower the output limit in ``kwargs`` (the request) to what the holds pay for.
 
         Called before the provider is contacted, from the sync hook or the async hook.
         """
@@ -177,76 +189,108 @@ class BudgetGuard(CustomLogger):
         if not isinstance(call_id, str) or not call_id:
             return  # litellm gives every call an id; without one the result cannot be matched
         model = str(kwargs.get("model") or (args[0] if args else ""))
-        estimate = self._estimate(call_type, model, kwargs, args)
+        capped = self.cap_output and call_type in pricing.OUTPUT_CALLS
+        worst = self._worst_case(call_type, model, kwargs, args, capped)
+        estimate = worst.total
+        at_least = worst.prompt_cost + self.min_output_tokens * worst.output_price if capped else None
         holds: list[_Hold] = []
+        untracked: BaseException | None = None  # the store is down, and on_store_error="open"
         try:
-            if global_budget is not None:
-                self._hold_global(float(global_budget), call_id, estimate)
-                holds.append(_Hold(GLOBAL_USER, call_id, estimate))
+            # The user's hold first: the next one holds no more than it (a capped call needs no more).
             if user is not None:
-                self._reserve_for(budget.check_user(user), call_id, estimate)
-                holds.append(_Hold(user, call_id, estimate))
+                try:
+                    estimate = self._reserve_for(budget.check_user(user), call_id, estimate, at_least)
+                    holds.append(_Hold(user, call_id, estimate))
+                except StoreError as exc:
+                    if self.on_store_error != "open":
+                        raise
+                    untracked = exc
+            if global_budget is not None and (untracked is None or self.global_budget == "process"):
+                estimate = self._hold_global(float(global_budget), call_id, estimate, at_least)
+                holds.append(_Hold(GLOBAL_USER, call_id, estimate))
         except BaseException as exc:
             store_down = isinstance(exc, StoreError) and self.on_store_error == "open"
             kept = [hold for hold in holds if store_down and self._held_in_memory(hold)]
             for hold in holds:  # one refusal undoes the other hold
                 if hold not in kept:
                     self._release_hold(hold)
-            if store_down:  # the process budget still counts the call
-                logger.warning("budget store unusable, letting call %s through untracked: %s", call_id, exc)
-                if kept:
-                    with self._holds_lock:
-                        self._holds[call_id] = kept
-                return
-            if isinstance(exc, BudgetExceededError) and not exc.hint:
-                raise self._explained(exc, call_type, model, kwargs, estimate) from None
-            raise
+            if not store_down:
+                if isinstance(exc, BudgetExceededError) and not exc.hint:
+                    raise self._explained(exc, call_type, model, kwargs, worst) from None
+                raise
+            untracked, holds = exc, kept
+        if untracked is not None:  # the process budget still counts the call
+            logger.warning("budget store unusable, letting call %s through untracked: %s", call_id, untracked)
+        if not holds:
+            return
         with self._holds_lock:
             self._holds[call_id] = holds
+        if capped:
+            held = min(hold.amount for hold in holds)
+            _limit_output(kwargs, worst.output_tokens if held >= worst.total else worst.output_tokens_for(held))
 
-    def _reserve_for(self, user: str, call_id: str, estimate: float) -> None:
+    def _reserve_for(self, user: str, call_id: str, estimate: float, at_least: float | None) -> float:
+        """Hold the call for ``user``; returns the amount held (less than ``estimate`` only with ``at_least``)."""
         try:
             if self.mode == "strict":  # a store may admit it from this process's lease
-                self.store.admit(user, call_id, estimate, self.lease_seconds, self._default)
-            else:
-                self.store.reserve(user, call_id, estimate, self.lease_seconds, self.mode, self._default)
+                return self.store.admit(user, call_id, estimate, self.lease_seconds, self._default, at_least)
+            record = self.store.reserve(user, call_id, estimate, self.lease_seconds, self.mode, self._default, at_least)
+            return reservations.held_for(record, call_id, estimate)
         except UnknownUserError:
             hint = f'user {user!r} has no budget and unknown_users="deny": give it one with create_budget'
             raise BudgetExceededError(user, 0.0, 0.0, estimate, hint=hint) from None
 
     def _explained(
-        self, refusal: BudgetExceededError, call_type: str, model: str, kwargs: Mapping[str, Any], estimate: float
+        self,
+        refusal: BudgetExceededError,
+        call_type: str,
+        model: str,
+        kwargs: Mapping[str, Any],
+        worst: pricing.WorstCase,
     ) -> BudgetExceededError:
-        """The refusal, saying so when most of the estimate is output tokens the caller never asked for."""
-        if call_type not in pricing.OUTPUT_CALLS or any(kwargs.get(key) is not None for key in _OUTPUT_LIMITS):
+        """The refusal, saying so when most of the estimate is output tokens the caller never asked for,
+        or when output was capped and not even ``min_output_tokens`` fit."""
+        if call_type not in pricing.OUTPUT_CALLS:
             return refusal
-        worst = pricing.worst_case(call_type, model, kwargs, (), self.output_token_cap)
-        if worst.output_cost <= estimate / 2:
+        if self.cap_output:
+            hint = (
+                f"not even min_output_tokens={self.min_output_tokens} output tokens fit after the prompt "
+                f"(${worst.prompt_cost:.6f}) with cap_output=True"
+            )
+        elif any(kwargs.get(key) is not None for key in _OUTPUT_LIMITS) or worst.output_cost <= worst.total / 2:
             return refusal
-        choices = kwargs.get("n") or 1
-        per_choice = f" for each of {choices} choices" if choices > 1 else ""
-        hint = (
-            f"of which ${worst.output_cost:.6f} is {worst.output_tokens:,} assumed output tokens{per_choice} "
-            "(no max_tokens given): pass max_tokens= to hold less"
-        )
+        else:
+            choices = kwargs.get("n") or 1
+            per_choice = f" for each of {choices} choices" if choices > 1 else ""
+            hint = (
+                f"of which ${worst.output_cost:.6f} is {worst.output_tokens:,} assumed output tokens{per_choice} "
+                "(no max_tokens given): pass max_tokens= to hold less, or cap_output=True"
+            )
         return BudgetExceededError(
             refusal.user, refusal.spend, refusal.budget, refusal.estimate, refusal.reserved, hint=hint
         )
 
-    def _estimate(self, call_type: str, model: str, kwargs: Mapping[str, Any], args: tuple[Any, ...]) -> float:
-        return pricing.worst_case(call_type, model, kwargs, args, self.output_token_cap).total
+    def _worst_case(
+        self, call_type: str, model: str, kwargs: Mapping[str, Any], args: tuple[Any, ...], capped: bool
+    ) -> pricing.WorstCase:
+        """The call's worst case; a capped call without an output limit is held for its model's
+        maximum (the guard then sets that limit), not ``output_token_cap``."""
+        cap = self.output_token_cap
+        if capped and all(kwargs.get(key) is None for key in _OUTPUT_LIMITS):
+            cap = pricing.max_output_tokens(model) or cap
+        return pricing.worst_case(call_type, model, kwargs, args, cap)
 
-    def _hold_global(self, limit: float, call_id: str, estimate: float) -> None:
+    def _hold_global(self, limit: float, call_id: str, estimate: float, at_least: float | None) -> float:
         """Hold the call's estimate against litellm.max_budget, with litellm's own (soft) rule:
-        a call starts while spend and holds are under the budget."""
+        a call starts while spend and holds are under the budget; returns the amount held."""
         if self.global_budget == "process":
-            self._process_budget.hold(call_id, limit, estimate, self.lease_seconds)
-            return
+            return self._process_budget.hold(call_id, limit, estimate, self.lease_seconds, at_least)
         if limit != self._global_budget_seen:
             self.store.set_budget(GLOBAL_USER, limit, self.global_duration)
             self._global_budget_seen = limit
-        record = self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft")
+        record = self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft", None, at_least)
         self._store_spend.show(record, admitted=True)  # the record is in its current window
+        return reservations.held_for(record, call_id, estimate)
 
     def _held_in_memory(self, hold: _Hold) -> bool:
         return hold.user == GLOBAL_USER and self.global_budget == "process"
@@ -357,7 +401,7 @@ class BudgetGuard(CustomLogger):
             self.check(name, kwargs)  # no store operation: no thread hop either
         else:
             await asyncio.to_thread(self.check, name, kwargs)
-        return None
+        return kwargs  # litellm sends what this returns: an output limit cap_output lowered
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._settle(kwargs, response_obj, kwargs.get("response_cost"))
@@ -419,13 +463,24 @@ def _store_of(budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | No
 _MAX_OUTPUT_TOKEN_CAP = 10_000_000
 
 
-def _check_output_token_cap(cap: object) -> int:
-    """The cap on output tokens assumed for a call without max_tokens: a positive int, not a price."""
-    if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= _MAX_OUTPUT_TOKEN_CAP:
+def _check_tokens(name: str, tokens: object) -> int:
+    """A number of output tokens given as an option: a positive int, not a price."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= _MAX_OUTPUT_TOKEN_CAP:
         raise ConfigurationError(
-            f"output_token_cap must be a whole number of tokens from 1 to {_MAX_OUTPUT_TOKEN_CAP:,}, got {cap!r}"
+            f"{name} must be a whole number of tokens from 1 to {_MAX_OUTPUT_TOKEN_CAP:,}, got {tokens!r}"
         )
-    return cap
+    return tokens
+
+
+def _limit_output(request: MutableMapping[str, Any], tokens: int) -> None:
+    """Lower the request's output limit to ``tokens``: the key it uses, else ``max_tokens``,
+    which litellm maps to each provider's own (``max_completion_tokens`` for OpenAI's reasoning models)."""
+    named = [key for key in _OUTPUT_LIMITS if request.get(key) is not None]
+    for key in named:
+        if request[key] > tokens:
+            request[key] = tokens
+    if not named:
+        request["max_tokens"] = tokens
 
 
 def _log_alert(user: str, spend: float, limit: float) -> None:

@@ -374,3 +374,8 @@ def _tokens_cost(model: str, prompt: int, completion: int, options: Options) -> 
     table = price_table(model)
     rates = table.rates(options, prompt)
     return float((prompt * rates.input + completion * rates.output) * table.multiplier)
+
+
+def max_output_tokens(model: str) -> int | None:
+    """The most output tokens ``model`` can produce per choice, as litellm's cost map says (None: unknown)."""
+    return price_table(model).max_output_tokens

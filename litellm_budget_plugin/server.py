@@ -163,9 +163,10 @@ _OPS: dict[str, _Op] = {
             "ttl": (_amount("reservation ttl"), True),
             "mode": (budget.check_mode, False),
             "default": _DEFAULT,
+            "at_least": (_optional(_amount("reservation at_least")), False),
         },
         lambda s, a: s.reserve(
-            a["user"], a["call_id"], a["amount"], a["ttl"], a.get("mode", "strict"), a.get("default")
+            a["user"], a["call_id"], a["amount"], a["ttl"], a.get("mode", "strict"), a.get("default"), a.get("at_least")
         ),
         _unknown_user,
         creates=lambda a: a.get("default") is not None,

@@ -6,6 +6,7 @@ which every store honours, so no test sleeps to cross a window or a lease.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable
@@ -338,3 +339,96 @@ def test_settle_by_call_id_ends_an_admitted_call(store_factory: Callable[[], Bud
     assert other.get("alice")["current_cost"] == pytest.approx(0.1)  # type: ignore[index]
     assert 0.4 <= held(other) <= 0.5 + 1e-9  # c2 (with a lease's spare of 0.1, on a file); c1 gone
     store.admit("alice", "c3", 0.5, ttl=60)  # 0.1 spent + 0.4 held + 0.5 fits exactly
+
+
+# --- at_least: a call holds what is left when its whole amount does not fit -----------------
+
+
+def hold_of(record: object, call_id: str) -> float:
+    assert isinstance(record, dict)
+    return float(record["reservations"][call_id]["amount"])
+
+
+def test_reserve_at_least_holds_the_amount_when_it_fits(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    record = store.reserve("alice", "c1", 0.4, ttl=60, at_least=0.1)
+    assert hold_of(record, "c1") == 0.4
+
+
+def test_reserve_at_least_holds_what_is_left_when_the_amount_does_not_fit(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.charge("alice", 0.5, "m")
+    store.reserve("alice", "c1", 0.25, ttl=60)
+    record = store.reserve("alice", "c2", 0.9, ttl=60, at_least=0.1)
+    assert hold_of(record, "c2") == pytest.approx(0.25)
+    assert hold_of(store.get("alice"), "c2") == hold_of(record, "c2")  # what every handle sees
+    with pytest.raises(BudgetExceededError):  # nothing is left now
+        store.reserve("alice", "c3", 0.9, ttl=60, at_least=1e-9)
+
+
+def test_reserve_at_least_refuses_when_not_even_that_fits_and_changes_nothing(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.charge("alice", 0.8, "m")
+    before = store.get("alice")
+    with pytest.raises(BudgetExceededError) as info:
+        store.reserve("alice", "c1", 0.9, ttl=60, at_least=0.21)
+    assert (info.value.spend, info.value.budget, info.value.estimate) == (0.8, 1.0, 0.9)
+    assert store.get("alice") == before
+
+
+def test_soft_reserve_at_least_holds_what_is_left_but_never_less_than_at_least(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    store.charge("alice", 0.7, "m")
+    assert hold_of(store.reserve("alice", "c1", 0.2, ttl=60, mode="soft", at_least=0.1), "c1") == 0.2
+    # 0.1 is left: held in full, though more was asked
+    assert hold_of(store.reserve("alice", "c2", 0.5, ttl=60, mode="soft", at_least=0.05), "c2") == pytest.approx(0.1)
+    # spend and holds reach the budget (0.7 + 0.2 + 0.1): refused, as without at_least
+    with pytest.raises(BudgetExceededError):
+        store.reserve("alice", "c3", 0.5, ttl=60, mode="soft", at_least=0.05)
+    store.release("c2", user="alice")  # 0.1 left again, less than at_least: soft admits at_least
+    assert hold_of(store.reserve("alice", "c4", 0.5, ttl=60, mode="soft", at_least=0.15), "c4") == 0.15
+
+
+def test_admit_at_least_returns_what_it_holds(store_factory: Callable[[], BudgetStore]) -> None:
+    store, other = store_factory(), store_factory()
+    store.set_budget("alice", 1.0)
+    assert store.admit("alice", "c1", 0.5, ttl=60, at_least=0.1) == 0.5
+    assert other.admit("alice", "c2", 0.9, ttl=60, at_least=0.1) == pytest.approx(0.5)
+    with pytest.raises(BudgetExceededError):
+        store.admit("alice", "c3", 0.9, ttl=60, at_least=0.01)
+    assert held(other) == pytest.approx(1.0)
+    store.charge_later("alice", 0.2, "m", call_id="c1")  # c1 ends: 0.3 of its hold is free again
+    assert store.admit("alice", "c4", 0.9, ttl=60, at_least=0.1) == pytest.approx(0.3)
+
+
+def test_admit_at_least_refuses_bad_input(store: BudgetStore) -> None:
+    store.set_budget("alice", 1.0)
+    before = store.get("alice")
+    for bad in (-0.1, math.nan, math.inf, "0.1"):
+        with pytest.raises(ConfigurationError, match="at_least"):
+            store.admit("alice", "c1", 0.5, ttl=60, at_least=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="at_least"):
+            store.reserve("alice", "c1", 0.5, ttl=60, at_least=bad)  # type: ignore[arg-type]
+    assert store.get("alice") == before
+
+
+def test_concurrent_admits_at_least_never_hold_more_than_the_budget(store: BudgetStore) -> None:
+    """40 threads each ask for 0.3 of a 1.0 budget, taking 0.05 or more: the holds add up to it."""
+    store.set_budget("alice", 1.0)
+    got: list[float] = []
+    barrier = threading.Barrier(40)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        with contextlib.suppress(BudgetExceededError):
+            got.append(store.admit("alice", f"call-{i}", 0.3, ttl=60, at_least=0.05))
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(got) == pytest.approx(1.0)
+    assert all(0.05 <= amount <= 0.3 for amount in got)
+    assert sorted(got)[1:] == [0.3] * (len(got) - 1)  # only the last one admitted was cut short
+    assert held(store) == pytest.approx(1.0)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol, TypedDict, TypeVar, cast, runtime_checkable
 
-from .. import budget
+from .. import budget, reservations
 from ..budget import Mode, UserRecord
 from ..errors import UnknownUserError
 
@@ -113,12 +113,27 @@ class BudgetStore(Protocol):
         ttl: float,
         mode: Mode = "strict",
         default: NewBudget | None = None,
+        at_least: float | None = None,
     ) -> UserRecord:
-        """Hold ``amount`` for ``ttl`` seconds or raise BudgetExceededError, changing nothing."""
+        """Hold ``amount`` for ``ttl`` seconds or raise BudgetExceededError, changing nothing.
+
+        With ``at_least``, a call whose ``amount`` does not fit holds what is left of the
+        budget if that is ``at_least`` or more (``reservations.hold_amount``), decided in the same
+        atomic step; the record returned shows the hold (``reservations.held_for``).
+        """
         ...
 
-    def admit(self, user: str, call_id: str, amount: float, ttl: float, default: NewBudget | None = None) -> None:
-        """``reserve`` in strict mode for a call that ``charge_later`` or ``release`` will end.
+    def admit(
+        self,
+        user: str,
+        call_id: str,
+        amount: float,
+        ttl: float,
+        default: NewBudget | None = None,
+        at_least: float | None = None,
+    ) -> float:
+        """``reserve`` in strict mode for a call that ``charge_later`` or ``release`` will end;
+        returns what it holds for the call (``amount``, or less with ``at_least``).
 
         A store with a local lock may hold more than the call needs for this process (a
         lease) and admit the process's next calls from it without writing; other processes
@@ -144,9 +159,16 @@ class WritesAtOnce:
     trip there, so each is one write, now."""
 
     def admit(
-        self: BudgetStore, user: str, call_id: str, amount: float, ttl: float, default: NewBudget | None = None
-    ) -> None:
-        self.reserve(user, call_id, amount, ttl, "strict", default)
+        self: BudgetStore,
+        user: str,
+        call_id: str,
+        amount: float,
+        ttl: float,
+        default: NewBudget | None = None,
+        at_least: float | None = None,
+    ) -> float:
+        record = self.reserve(user, call_id, amount, ttl, "strict", default, at_least)
+        return reservations.held_for(record, call_id, amount)
 
     def charge_later(
         self: BudgetStore,
@@ -338,13 +360,14 @@ class RecordStore(abc.ABC):
         ttl: float,
         mode: Mode = "strict",
         default: NewBudget | None = None,
+        at_least: float | None = None,
     ) -> UserRecord:
-        budget.check_reservation(user, call_id, amount, ttl, mode)
+        budget.check_reservation(user, call_id, amount, ttl, mode, at_least)
         now = self.clock()
 
         def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
             current = _or_default(user, record, default, now)
-            updated = budget.reserve(current, user, call_id, amount, ttl, mode, now)
+            updated = reservations.reserve(current, user, call_id, amount, ttl, mode, now, at_least)
             return updated, updated
 
         return self._update(user, change)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .. import budget
+from .. import budget, reservations
 from ..budget import UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreError
 from ._deferred import (
@@ -237,18 +237,27 @@ class FileStore(RecordStore):
 
     # -- leases ----------------------------------------------------------------------------
 
-    def admit(self, user: str, call_id: str, amount: float, ttl: float, default: NewBudget | None = None) -> None:
+    def admit(
+        self,
+        user: str,
+        call_id: str,
+        amount: float,
+        ttl: float,
+        default: NewBudget | None = None,
+        at_least: float | None = None,
+    ) -> float:
         """Admit a call in strict mode, from this process's lease for the user when it can.
 
         From the lease's spare, a call costs no write. Otherwise the lease is regrown under
-        the lock: to the calls in flight plus this one, with spare for the next ones when the
-        user was called for in the last :data:`LEASE_HOT_SECONDS` (and the budget allows).
-        Near the end of a budget this admits exactly what :meth:`reserve` would, as far as
-        this process goes; another process's unused spare can refuse a call that would fit
-        for up to :data:`LEASE_IDLE_SECONDS` after that process stops calling (or its lease
-        expires, if it was killed).
+        the lock: to the calls in flight plus this one (or what is left for it, with
+        ``at_least``), with spare for the next ones when the user was called for in the last
+        :data:`LEASE_HOT_SECONDS` (and the budget allows). Near the end of a budget this admits
+        exactly what :meth:`reserve` would, as far as this process goes; another process's
+        unused spare can refuse a call that would fit for up to :data:`LEASE_IDLE_SECONDS`
+        after that process stops calling (or its lease expires, if it was killed). A call is
+        held less than ``amount`` only once the spare is given back and the budget has no more.
         """
-        amount, ttl = budget.check_reservation(user, call_id, amount, ttl, "strict")
+        amount, ttl = budget.check_reservation(user, call_id, amount, ttl, "strict", at_least)
         self._own_process()
         now = self.clock()
         with self._deferred_lock:
@@ -256,9 +265,9 @@ class FileStore(RecordStore):
             if lease is not None and call_id not in self._leased and lease.take(call_id, amount, now + ttl):
                 self._leased[call_id] = user
                 self._schedule(user)  # the hold must last as long as this call
-                return
+                return amount
 
-        def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float, float]]:
+        def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float, float, float]]:
             current = _or_default(user, record, default, now)
             with self._deferred_lock:
                 lease = self._leases.get(user) or self._leases.setdefault(user, _Lease(ttl))
@@ -270,23 +279,23 @@ class FileStore(RecordStore):
                     lease.spare = 0.0
                     self._schedule(user)  # and written, if this call is refused
                 in_flight = lease.in_flight
-            target = budget.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now)
+            target, held = reservations.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now, at_least)
             lease.ttl = ttl
             expires_at = max(now + ttl, lease.expires_at(now, spare=hot))
-            granted = (lease, max(0.0, target - in_flight - amount), expires_at)
+            granted = (lease, max(0.0, target - in_flight - held), expires_at, held)
             return budget.set_hold(current, lease.hold_id, target, expires_at, now), granted
 
-        def install(granted: tuple[_Lease, float, float]) -> None:
-            lease, spare, expires_at = granted
+        def install(granted: tuple[_Lease, float, float, float]) -> None:
+            lease, spare, expires_at, held = granted
             with self._deferred_lock:
                 lease.written_until = expires_at
-                lease.add(call_id, amount, now + ttl)
+                lease.add(call_id, held, now + ttl)
                 lease.spare = 0.0 if self._giving_back else spare  # closing or exiting meanwhile
                 self._leased[call_id] = user
                 if spare:
                     self._schedule(user)  # looked at again, to give the spare back once idle
 
-        self._update(user, change, install)
+        return self._update(user, change, install)[3]
 
     def _end_leased_call(self, call_id: str) -> bool:
         """Take a call admitted from a lease out of it, marking its hold to rewrite. Under _deferred_lock."""
@@ -314,7 +323,7 @@ class FileStore(RecordStore):
             if lease.spare and (
                 self._giving_back
                 or time.monotonic() - lease.last_used >= LEASE_IDLE_SECONDS
-                or not budget.lease_spare_fits(current, lease.hold_id, lease.in_flight, lease.spare, now)
+                or not reservations.lease_spare_fits(current, lease.hold_id, lease.in_flight, lease.spare, now)
             ):
                 lease.spare = 0.0
             elif lease.spare:

@@ -164,9 +164,14 @@ class HttpStore(WritesAtOnce):
         ttl: float,
         mode: Mode = "strict",
         default: NewBudget | None = None,
+        at_least: float | None = None,
     ) -> UserRecord:
-        budget.check_reservation(user, call_id, amount, ttl, mode)
-        return self._record("reserve", user=user, call_id=call_id, amount=amount, ttl=ttl, mode=mode, default=default)
+        budget.check_reservation(user, call_id, amount, ttl, mode, at_least)
+        # at_least only when given: a server older than it refuses the field
+        lower = {} if at_least is None else {"at_least": at_least}
+        return self._record(
+            "reserve", user=user, call_id=call_id, amount=amount, ttl=ttl, mode=mode, default=default, **lower
+        )
 
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
         budget.check_call_id(call_id)

@@ -221,10 +221,11 @@ class RedisStore(WritesAtOnce):
         ttl: float,
         mode: Mode = "strict",
         default: NewBudget | None = None,
+        at_least: float | None = None,
     ) -> UserRecord:
-        amount, ttl = budget.check_reservation(user, call_id, amount, ttl, mode)
+        amount, ttl = budget.check_reservation(user, call_id, amount, ttl, mode, at_least)
         now = self.clock()
-        reply = self._run("reserve", now, user, call_id, amount, ttl, mode, *_default(default, now))
+        reply = self._run("reserve", now, user, call_id, amount, ttl, mode, *_default(default, now), _opt(at_least))
         if reply[0] == "over":
             spend, limit, held = (float(x) for x in reply[1:4])
             raise over_budget(user, spend, limit, amount, held)

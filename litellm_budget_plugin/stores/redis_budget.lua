@@ -1,7 +1,8 @@
 -- One budget operation, run atomically by Redis for litellm_budget_plugin.stores.redis.
 --
--- The functions mirror those of the same name in litellm_budget_plugin/budget.py; Python
--- has validated every argument already, so nothing here checks input. The key layout is
+-- The functions mirror those of the same name in litellm_budget_plugin/budget.py and
+-- reservations.py; Python has validated every argument already, so nothing here checks
+-- input. The key layout is
 -- described in the docstring of stores/redis.py. Keys are built here from the project's
 -- prefix (settle and release find the user from the call id), so this is for a single
 -- Redis server, not Redis Cluster.
@@ -160,6 +161,16 @@ local function admits(spend, held, estimate, budget, mode)
   return spend + held < budget
 end
 
+-- reservations.hold_amount: amount if it fits; with at_least, what is left of the budget if at least that.
+local function hold_amount(spend, held, amount, budget, mode, at_least)
+  if at_least == nil or budget == nil or (mode == 'strict' and admits(spend, held, amount, budget, mode)) then
+    if admits(spend, held, amount, budget, mode) then return amount end
+    return nil
+  end
+  if not admits(spend, held, at_least, budget, mode) then return nil end
+  return math.min(amount, math.max(at_least, budget - spend - held))
+end
+
 local ops = {}
 
 function ops.get(user) return {'ok', redis.call('HGETALL', user_key(user))} end
@@ -248,21 +259,21 @@ function ops.charge(user, cost, model, call_id, default_total, default_duration,
   return {'ok', save(r)}
 end
 
-function ops.reserve(user, call_id, amount, ttl, mode, default_total, default_duration, has_default)
+function ops.reserve(user, call_id, amount, ttl, mode, default_total, default_duration, has_default, at_least)
   local r = load_or_default(user, default_total, default_duration, has_default)
   if not r then return {'unknown'} end
   if was_applied(r, call_id) then return {'ok', r.flat} end
   current_window(r)
-  amount = tonumber(amount)
   local held = 0
   for other, hold in pairs(r.held) do
     if other ~= call_id then held = held + hold.amount end
   end
-  if not admits(r.current_cost, held, amount, r.total_budget, mode) then
+  local hold = hold_amount(r.current_cost, held, tonumber(amount), r.total_budget, mode, optnum(at_least or ''))
+  if not hold then
     return {'over', fmt(r.current_cost), fmt(r.total_budget), fmt(held)}
   end
   local expires_at = now + tonumber(ttl)
-  r.held[call_id] = {amount = amount, expires_at = expires_at}
+  r.held[call_id] = {amount = hold, expires_at = expires_at}
   local fields = save(r)
   redis.call('SET', call_key(call_id), user, 'PX', lease_ms(expires_at))
   return {'ok', fields}
@@ -296,5 +307,5 @@ function ops.release(call_id, user)
   return {'ok', found and 1 or 0}
 end
 
--- At most 8 arguments (reserve's): put's field list stays in ARGV.
-return cjson.encode(ops[op](unpack(ARGV, 6, math.min(#ARGV, 13))))
+-- At most 9 arguments (reserve's): put's field list stays in ARGV.
+return cjson.encode(ops[op](unpack(ARGV, 6, math.min(#ARGV, 14))))
