@@ -20,7 +20,7 @@ from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDeta
 
 from litellm_budget_plugin import ConfigurationError, UnknownModelError, UnpricedModelError
 from litellm_budget_plugin._price_table import Parts, PriceTable
-from litellm_budget_plugin.pricing import priced_worst_case
+from litellm_budget_plugin.pricing import priced_worst_case, worst_case
 
 # litellm's perplexity calculator prices these names with the entry of the name without its first
 # "perplexity/" (perplexity/sonar), though get_model_info finds the entry as written.
@@ -248,10 +248,10 @@ def test_priority_tier_is_held_at_its_price(server, manager, register, tiered_mo
     server.bill_words = True
     server.echo_service_tier = True
     manager.create_budget(0.25, "alice")
-    guard = register(BudgetGuard(manager))
+    register(BudgetGuard(manager))
     request = {"model": tiered_model, "messages": _words(100_000), "user": "alice", "max_tokens": 100}
-    standard = guard._estimate("completion", tiered_model, request, ())
-    priority = guard._estimate("completion", tiered_model, {**request, "service_tier": "priority"}, ())
+    standard = worst_case("completion", tiered_model, request).total
+    priority = worst_case("completion", tiered_model, {**request, "service_tier": "priority"}).total
     assert standard < 0.25 < priority
     assert priority >= 100_000 * PRIORITY_IN + 100 * OUT
     with pytest.raises(BudgetExceededError):
