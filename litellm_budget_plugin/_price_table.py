@@ -120,6 +120,9 @@ class PriceTable:
                 raise UnknownModelError(model)
             raise UnpricedModelError(model, field)
         self.unbounded = next((name for name in _UNBOUNDED_FIELDS if entry.get(name)), None)
+        if "model_router" in model and self.unbounded is None:
+            # litellm adds the price of whichever model Azure's router picks to this flat price.
+            self.unbounded = "the price of the model Azure's router picks"
         self.max_output_tokens = entry.get("max_output_tokens")
         search = entry.get("search_context_cost_per_query")
         self.search_fee = max(search.values(), default=0.0) if isinstance(search, Mapping) else 0.0
@@ -176,11 +179,13 @@ class PriceTable:
 
 
 def _tier_price(by_tier: Mapping[str | None, float], tier: str | None) -> float | None:
-    """litellm's choice for a tier: its own key, else the standard one; any tier: the worst."""
+    """The worst of what litellm may charge for a tier: its own key or the standard one (a
+    cheaper tier is a discount litellm does not always apply: 1.95 charges Vertex's flex calls
+    standard input prices); any tier: the worst of all."""
     if tier == ANY_TIER:
         return max(by_tier.values())
     if tier is not None and tier in by_tier:
-        return by_tier[tier]
+        return max(by_tier[tier], by_tier.get(None, 0.0))
     return by_tier.get(None)
 
 
