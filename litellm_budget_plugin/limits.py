@@ -306,6 +306,8 @@ def check_record(user: str, raw: object) -> UserRecord:
 def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
     """Checked values for some of ``user``'s ``SETTABLE_FIELDS``, or raise naming the user,
     the field and the problem; duration becomes days."""
+    if not isinstance(fields, Mapping):
+        raise ConfigurationError(f"fields of user {user!r} must be a dict of field -> value, got {type(fields).__name__}")
     checked: dict[str, Any] = {}
     for name, value in fields.items():
         where = f"field {name!r} of user {user!r}"
