@@ -28,6 +28,7 @@ from .limits import UserRecord as UserRecord
 from .limits import _set_or_drop as _set_or_drop
 from .limits import check_amount as check_amount
 from .limits import check_call_id as check_call_id
+from .limits import check_default as check_default
 from .limits import check_fields as check_fields
 from .limits import check_lease_seconds as check_lease_seconds
 from .limits import check_model_name as check_model_name

@@ -261,3 +261,95 @@ def jsonable(value: object) -> bool:
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
         return False
     return True
+
+
+# --- arguments: valid ones with at most two hostile ones among them ----------------------
+
+T0 = 1_800_000_000.0  # the fuzz suite's "now"
+small_amounts = st.one_of(st.floats(0, 3), st.sampled_from([0, 1, 2]))
+good_records = st.fixed_dictionaries(
+    {"total_budget": st.one_of(st.none(), st.floats(0, 100), st.integers(0, 100))},
+    optional={
+        "duration": st.sampled_from(["daily", 7, "1h"]),
+        "current_cost": small_amounts,
+        "model_cost": st.dictionaries(st.sampled_from(["m", "gpt-4o"]), small_amounts, max_size=2),
+        "created_at": st.floats(T0 - 1e6, T0),
+        "reservations": st.just({"fresh-1": {"amount": 0.5, "expires_at": T0 + 60}}),
+        "note": st.recursive(st.one_of(st.none(), st.integers(), st.text(max_size=5)), st.lists, max_leaves=5),
+    },
+)
+VALID: dict[str, st.SearchStrategy[Any]] = {
+    "user": st.sampled_from([*SEEDED_USERS, "dave"]),
+    "maybe_user": st.one_of(st.none(), st.sampled_from([*SEEDED_USERS, "dave"])),
+    "budget": st.one_of(st.none(), st.floats(0, 20), st.integers(0, 20)),
+    "duration": st.sampled_from(GOOD_DURATIONS),
+    "created_at": st.one_of(st.none(), st.floats(T0 - 1e6, T0)),
+    "amount": small_amounts,
+    "maybe_amount": st.one_of(st.none(), small_amounts),
+    "model": st.sampled_from(["gpt-4o", "m", "\u00e9-model"]),
+    "call_id": st.sampled_from(["held-b1", "held-b2", "fresh-1", "seed-a"]),
+    "maybe_call_id": st.one_of(st.none(), st.sampled_from(["held-b1", "fresh-1", "seed-a"])),
+    "ttl": st.sampled_from([1, 60, 3600.5]),
+    "mode": st.sampled_from(["strict", "soft"]),
+    "default": st.sampled_from(
+        [None, {"total_budget": 5.0, "duration": None}, {"total_budget": None, "duration": "daily"}]
+    ),
+    "record": good_records,
+    "fields": st.fixed_dictionaries(
+        {},
+        optional={
+            "total_budget": st.one_of(st.none(), st.floats(0, 20)),
+            "current_cost": small_amounts,
+            "duration": st.sampled_from(GOOD_DURATIONS),
+            "model_cost": st.dictionaries(st.sampled_from(["m", "gpt-4o"]), small_amounts, max_size=2),
+        },
+    ),
+}
+messages = st.one_of(
+    st.lists(st.fixed_dictionaries({"role": hostile_text, "content": st.one_of(hostile_text, anything)}), max_size=3),
+    st.lists(anything, min_size=1, max_size=3),
+    anything,
+)
+VALID["text"] = st.text(max_size=30)
+VALID["messages"] = st.lists(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": st.text(max_size=30)}),
+    min_size=1,
+    max_size=3,
+)
+VALID["key"] = VALID["user"]
+VALID["field"] = st.sampled_from(["total_budget", "current_cost", "duration", "model_cost"])
+VALID["value"] = small_amounts
+HOSTILE: dict[str, st.SearchStrategy[Any]] = {
+    "text": st.one_of(hostile_text, anything),
+    "messages": messages,
+    "key": st.one_of(hostile_text, keys),  # a mapping's keys are hashable
+    "field": st.one_of(st.sampled_from(["created_at", "reservations", "applied", "x"]), hostile_text),
+    "value": st.one_of(anything, durations, records),
+    "user": users,
+    "maybe_user": users,
+    "budget": amounts,
+    "duration": durations,
+    "created_at": timestamps,
+    "amount": amounts,
+    "maybe_amount": amounts,
+    "model": models,
+    "call_id": call_ids,
+    "maybe_call_id": call_ids,
+    "ttl": ttls,
+    "mode": modes,
+    "default": defaults,
+    "record": records,
+    "fields": field_dicts,
+}
+
+
+def arguments(**kinds: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Arguments named as given, each of the kind given (a key of VALID): valid, but for at
+    most two of them, hostile (so that about one example in three is all valid)."""
+
+    @st.composite
+    def draw_arguments(draw: st.DrawFn) -> dict[str, Any]:
+        hostile = draw(st.sets(st.sampled_from(sorted(kinds)), max_size=min(2, len(kinds))))
+        return {name: draw(HOSTILE[kind] if name in hostile else VALID[kind]) for name, kind in kinds.items()}
+
+    return draw_arguments()

@@ -398,4 +398,5 @@ def _or_default(user: str, record: UserRecord | None, default: NewBudget | None,
         return record
     if default is None:
         raise UnknownUserError(user)
-    return budget.new_record(default["total_budget"], default["duration"], now)
+    checked = budget.check_default(default)
+    return budget.new_record(checked["total_budget"], checked["duration"], now)

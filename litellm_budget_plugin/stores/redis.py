@@ -329,7 +329,8 @@ def _default(default: NewBudget | None, now: float) -> tuple[str | float, str | 
     """A new user's budget as script arguments, validated now so bad input never reaches Redis."""
     if default is None:
         return "", "", "0"
-    fresh = budget.new_record(default["total_budget"], default["duration"], now)
+    checked = budget.check_default(default)
+    fresh = budget.new_record(checked["total_budget"], checked["duration"], now)
     return _opt(fresh["total_budget"]), _opt(fresh.get("duration")), "1"
 
 
