@@ -353,3 +353,18 @@ def arguments(**kinds: str) -> st.SearchStrategy[dict[str, Any]]:
         return {name: draw(HOSTILE[kind] if name in hostile else VALID[kind]) for name, kind in kinds.items()}
 
     return draw_arguments()
+
+
+# BudgetGuard's settings (see guard.BudgetGuard.__init__).
+for kind, good in {
+    "guard_mode": st.sampled_from(["strict", "soft"]),
+    "unknown_users": st.sampled_from(["track", "deny", "create"]),
+    "on_store_error": st.sampled_from(["closed", "open"]),
+    "lease_seconds": st.sampled_from([1, 30, 86_400, 2.5]),
+    "output_token_cap": st.sampled_from([1, 4096, 100_000]),
+    "alert_threshold": st.sampled_from([None, 0.5, 1]),
+    "global_budget": st.just("process"),
+    "global_duration": st.just(None),
+}.items():
+    VALID[kind] = good
+    HOSTILE[kind] = st.one_of(anything, amounts, durations, st.sampled_from([0, -1, 0.5, 86_401, 10**400, "store"]))

@@ -417,6 +417,7 @@ def test_litellm_set_budget(
                 b"{" * 100_000,
                 b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
                 b'{"project_name": "ops", "user": "' + b"x" * 2_000_000 + b'"}',
+                b'{"project_name": "ops", "x": "' + b"x" * (9 * 1024 * 1024) + b'"}',  # past the largest body
             ]
         ),
     ),
@@ -600,6 +601,32 @@ def test_budget_manager(fuzz_manager: BudgetManager, name: str, data: st.DataObj
     check_outcome(f"BudgetManager.{name}", exc, before, fuzz_manager.store.all(), kwargs.get("user"))
 
 
+@examples(100)
+@given(
+    settings=arguments(
+        mode="guard_mode",
+        unknown_users="unknown_users",
+        default_budget="budget",
+        default_duration="duration",
+        anonymous_user="maybe_user",
+        on_store_error="on_store_error",
+        lease_seconds="lease_seconds",
+        output_token_cap="output_token_cap",
+        alert_threshold="alert_threshold",
+        global_budget="global_budget",
+        global_duration="global_duration",
+    )
+)
+def test_budget_guard_settings(fuzz_manager: BudgetManager, settings: dict[str, Any]) -> None:
+    """A guard is made with settings in range, or refused with ConfigurationError."""
+    from litellm_budget_plugin import BudgetGuard
+
+    before = fuzz_manager.store.all()
+    exc = run("BudgetGuard(...)", lambda: BudgetGuard(fuzz_manager.store, **settings))
+    assert exc is None or isinstance(exc, ConfigurationError), exc
+    assert fuzz_manager.store.all() == before
+
+
 # --- the CLI -------------------------------------------------------------------------------------
 
 cli_text = st.one_of(st.sampled_from(["-5", "--help", "1e400", "nan", "--store"]), hostile_text)
@@ -718,3 +745,15 @@ def test_a_default_of_the_wrong_shape_is_refused(stores: Any, default: object, u
                 assert user in before  # only a known user may go through, its default unused
         if user not in before:
             assert store.all() == before
+
+
+@pytest.mark.parametrize("user", [bytearray(b"1"), ["alice"], "", "a\x00", "\ud800"])
+def test_settle_and_release_check_the_user_given(stores: Any, user: object) -> None:
+    """Was TypeError (unhashable type) from the file store; now ConfigurationError, nothing changed."""
+    with stores() as store:
+        before = store.all()
+        with pytest.raises(ConfigurationError):
+            store.settle("held-b1", 0.1, "m", user=user)
+        with pytest.raises(ConfigurationError):
+            store.release("held-b1", user=user)
+        assert store.all() == before
