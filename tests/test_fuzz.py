@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -283,7 +284,10 @@ def test_store_operations(
             who = args.get("user")
             if who is None and op in ("settle", "release"):
                 who = owner_of(before, args["call_id"])
-            check_outcome(f"{kind} {op}", exc, before, store.all(), who)
+            after = store.all()
+            check_outcome(f"{kind} {op}", exc, before, after, who)
+            if isinstance(store, FileStore):  # what was written reads back the same elsewhere
+                assert file_state(store.path) == after
 
     property_()
 
@@ -353,12 +357,14 @@ def test_v1_endpoints(
     path, body = sent
     seed(ops_store)
     files_before, before = server_state(client, fuzz_server[1])
-    response = client.post(path, content=encode(body), headers={"Content-Type": "application/json"})
+    raw = encode(body)
+    response = client.post(path, content=raw, headers={"Content-Type": "application/json"})
     check_answer(f"http {path.split('/')[1]}", response)
     files_after, after = server_state(client, fuzz_server[1])
     if response.status_code >= 400:
         assert (files_after, after) == (files_before, before), f"{path} answered {response.status_code}, changed data"
     else:
+        body = json.loads(raw)  # as the server read it (a Decimal was sent as its repr)
         who = body.get("user") or owner_of(before, body.get("call_id"))
         check_outcome(path, None, before, after, who)
 
@@ -757,3 +763,33 @@ def test_settle_and_release_check_the_user_given(stores: Any, user: object) -> N
         with pytest.raises(ConfigurationError):
             store.release("held-b1", user=user)
         assert store.all() == before
+
+
+@pytest.mark.parametrize(
+    ("fields", "model"),
+    [
+        ({}, "m"),  # alice has spent 1.0: 1.0 + 1e15 is past the ceiling
+        ({"current_cost": 0.0, "model_cost": {"m": 1e15}}, "m"),  # the model's sum passes it
+    ],
+)
+def test_a_charge_past_the_ceiling_is_refused(stores: Any, fields: dict[str, Any], model: str) -> None:
+    """Was accepted: the Redis store wrote a record it then refused to read (StoreCorruptError
+    for alice ever after, left out of every listing), the file store one it refuses on reopening."""
+    with stores() as store:
+        if fields:
+            store.set_fields("alice", fields)
+        before = store.all()
+        with pytest.raises(ConfigurationError, match="past 1e\\+15"):
+            store.charge("alice", 1e15, model)
+        assert store.all() == before
+        assert store.get("alice") == before["alice"]
+
+
+def test_the_redis_script_has_the_same_ceiling() -> None:
+    from importlib import resources
+
+    from litellm_budget_plugin.limits import MAX_AMOUNT
+
+    source = resources.files("litellm_budget_plugin.stores").joinpath("redis_budget.lua").read_text()
+    found = re.search(r"^local MAX_AMOUNT = (\S+)$", source, re.MULTILINE)
+    assert found is not None and float(found.group(1)) == MAX_AMOUNT
