@@ -48,6 +48,13 @@ def tally(target: str, outcome: str) -> None:
     TALLY[(target, outcome)] += 1
 
 
+def tally_input(target: str, drawn: object) -> None:
+    """Count an input as all valid or as holding a hostile value (Arguments tell which;
+    other inputs count as hostile)."""
+    valid = isinstance(drawn, Arguments) and not drawn.hostile
+    TALLY[(target, "(input all valid)" if valid else "(input with a hostile value)")] += 1
+
+
 # --- scalars --------------------------------------------------------------------------------
 
 SUBNORMALS = [5e-324, 1e-320, 2.2e-308, -5e-324]
@@ -343,14 +350,24 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-def arguments(**kinds: str) -> st.SearchStrategy[dict[str, Any]]:
+class Arguments(dict[str, Any]):
+    """Drawn arguments, and the names of those drawn hostile (for the tally)."""
+
+    hostile: frozenset[str] = frozenset()
+
+
+def arguments(**kinds: str) -> st.SearchStrategy[Arguments]:
     """Arguments named as given, each of the kind given (a key of VALID): valid, but for at
     most two of them, hostile (so that about one example in three is all valid)."""
 
     @st.composite
-    def draw_arguments(draw: st.DrawFn) -> dict[str, Any]:
+    def draw_arguments(draw: st.DrawFn) -> Arguments:
         hostile = draw(st.sets(st.sampled_from(sorted(kinds)), max_size=min(2, len(kinds))))
-        return {name: draw(HOSTILE[kind] if name in hostile else VALID[kind]) for name, kind in kinds.items()}
+        drawn = Arguments(
+            {name: draw(HOSTILE[kind] if name in hostile else VALID[kind]) for name, kind in kinds.items()}
+        )
+        drawn.hostile = frozenset(hostile)
+        return drawn
 
     return draw_arguments()
 
