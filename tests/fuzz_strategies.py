@@ -385,3 +385,6 @@ for kind, good in {
 }.items():
     VALID[kind] = good
     HOSTILE[kind] = st.one_of(anything, amounts, durations, st.sampled_from([0, -1, 0.5, 86_401, 10**400, "store"]))
+
+
+hostile_users = st.dictionaries(hostile_text, records, max_size=4)  # users of a store file
