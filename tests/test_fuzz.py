@@ -253,7 +253,9 @@ def test_cli(tmp_path_factory: pytest.TempPathFactory, command: tuple[list[str],
         source.write_bytes(encode(import_file))
         args = [*args, str(source)]
     before = file_state(path)
-    result = CliRunner().invoke(cli, [*args, "--store", str(path)])
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=folder):  # a word taken for a store path is a file here
+        result = runner.invoke(cli, [*args, "--store", str(path)])
     outcome = f"exit {result.exit_code}"
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         outcome = f"RAW {type(result.exception).__name__}"
