@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 from .errors import ConfigurationError
 
 # The shape and range of every value are checked in limits.py, re-exported here.
+from .limits import MAX_AMOUNT as MAX_AMOUNT
 from .limits import NAMED_DURATIONS_DAYS as NAMED_DURATIONS_DAYS
 from .limits import SECONDS_PER_DAY as SECONDS_PER_DAY
 from .limits import SETTABLE_FIELDS as SETTABLE_FIELDS
@@ -29,6 +30,7 @@ from .limits import UserRecord as UserRecord
 from .limits import _set_or_drop as _set_or_drop
 from .limits import check_amount as check_amount
 from .limits import check_call_id as check_call_id
+from .limits import check_default as check_default
 from .limits import check_fields as check_fields
 from .limits import check_lease_seconds as check_lease_seconds
 from .limits import check_model_name as check_model_name
@@ -179,6 +181,12 @@ def recent_applied(applied: dict[str, float], now: float) -> dict[str, float]:
     return dict(recent[-APPLIED_ID_LIMIT:])
 
 
+def too_large(cost: float) -> ConfigurationError:
+    """A charge refused because a sum would pass the most a record holds (a record read back
+    with it would be refused: the user's budget would be lost until someone fixed it)."""
+    return ConfigurationError(f"cost {cost!r} would take the spend past {MAX_AMOUNT:.0e}, the most a record holds")
+
+
 def charge(
     record: UserRecord, cost: float, model: str, call_id: str | None, now: float, held: float | None = None
 ) -> tuple[UserRecord, bool]:
@@ -192,14 +200,16 @@ def charge(
         return record, False
     updated = current_window(record, now)
     total = updated["current_cost"] + cost
-    if math.isinf(total):
-        raise ConfigurationError(f"cost {cost!r} would make the spend infinite")
-    updated["current_cost"] = total
-    updated["model_cost"][model] = updated["model_cost"].get(model, 0.0) + cost
+    model_total = updated["model_cost"].get(model, 0.0) + cost
     excess = overrun(cost, held)
+    overrun_total = updated.get("overrun_cost", 0.0) + excess
+    if max(total, model_total, overrun_total) > MAX_AMOUNT:
+        raise too_large(cost)
+    updated["current_cost"] = total
+    updated["model_cost"][model] = model_total
     if excess:
         updated["overruns"] = updated.get("overruns", 0) + 1
-        updated["overrun_cost"] = updated.get("overrun_cost", 0.0) + excess
+        updated["overrun_cost"] = overrun_total
     if call_id is not None:
         holds = dict(updated.get("reservations", {}))
         holds.pop(call_id, None)

@@ -206,6 +206,19 @@ def parse_duration(duration: object) -> float | None:
     return days
 
 
+def check_default(default: object) -> dict[str, Any]:
+    """The budget for a user a store has not seen: ``{"total_budget": ..., "duration": ...}``,
+    checked, its duration in days."""
+    if not isinstance(default, Mapping) or set(default) != {"total_budget", "duration"}:
+        given = sorted(map(str, default))[:4] if isinstance(default, Mapping) else type(default).__name__
+        raise ConfigurationError(f'default must be {{"total_budget": ..., "duration": ...}}, got {given}')
+    total = default["total_budget"]
+    return {
+        "total_budget": None if total is None else check_amount("default total_budget", total),
+        "duration": parse_duration(default["duration"]),
+    }
+
+
 # --- records ----------------------------------------------------------------------------
 
 
@@ -306,6 +319,10 @@ def check_record(user: str, raw: object) -> UserRecord:
 def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
     """Checked values for some of ``user``'s ``SETTABLE_FIELDS``, or raise naming the user,
     the field and the problem; duration becomes days."""
+    if not isinstance(fields, Mapping):
+        raise ConfigurationError(
+            f"fields of user {user!r} must be a dict of field -> value, got {type(fields).__name__}"
+        )
     checked: dict[str, Any] = {}
     for name, value in fields.items():
         where = f"field {name!r} of user {user!r}"

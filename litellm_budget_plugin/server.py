@@ -86,17 +86,6 @@ def _amount(name: str) -> Check:
     return lambda value: budget.check_amount(name, value)
 
 
-def _default(value: object) -> dict[str, Any]:
-    given = _object("default")(value)
-    if set(given) != {"total_budget", "duration"}:
-        raise ConfigurationError('default must be {"total_budget": ..., "duration": ...}')
-    total = given["total_budget"]
-    return {
-        "total_budget": None if total is None else budget.check_amount("default total_budget", total),
-        "duration": budget.parse_duration(given["duration"]),
-    }
-
-
 @dataclass(frozen=True)
 class _Op:
     fields: Mapping[str, tuple[Check, bool]]  # name -> (check, required)
@@ -112,7 +101,7 @@ def _unknown_user(args: dict[str, Any]) -> object:
 _USER = (budget.check_user, True)
 _CALL_ID = (budget.check_call_id, True)
 _MODEL = (budget.check_model_name, True)
-_DEFAULT = (_optional(_default), False)
+_DEFAULT = (_optional(budget.check_default), False)
 
 _OPS: dict[str, _Op] = {
     "get": _Op({"user": _USER}, lambda s, a: s.get(a["user"]), lambda _a: None),

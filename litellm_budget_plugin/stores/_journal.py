@@ -414,9 +414,10 @@ def _journal_entry(
 
 
 def _as_read(entry: dict[str, Any]) -> object:
-    """The record of a journal line as it stands, ids it appends included (kept as read)."""
-    raw, appended = entry.get("r"), entry.get("a")
-    return {**raw, "applied": appended} if isinstance(raw, dict) and isinstance(appended, dict) else raw
+    """The record of a journal line as it stands, ids it appends included (kept as read: an
+    "a" that is not an object stays in it, so that the record is refused again once folded)."""
+    raw = entry.get("r")
+    return {**raw, "applied": entry["a"]} if isinstance(raw, dict) and "a" in entry else raw
 
 
 def _replayed_record(user: str, entry: dict[str, Any], old: UserRecord | None) -> UserRecord | None:

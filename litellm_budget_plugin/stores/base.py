@@ -377,6 +377,8 @@ class RecordStore(abc.ABC):
         budget.check_call_id(call_id)
         budget.check_amount("actual cost", actual_cost)
         budget.check_model_name(model)
+        if user is not None:
+            budget.check_user(user)
         owner = user if user is not None else self._user_of_call(call_id)
         if owner is None:
             return False
@@ -393,6 +395,8 @@ class RecordStore(abc.ABC):
     @_at_one_time
     def release(self, call_id: str, user: str | None = None) -> bool:
         budget.check_call_id(call_id)
+        if user is not None:
+            budget.check_user(user)
         owner = user if user is not None else self._user_of_call(call_id)
         if owner is None:
             return False
@@ -421,4 +425,5 @@ def _or_default(user: str, record: UserRecord | None, default: NewBudget | None,
         return record
     if default is None:
         raise UnknownUserError(user)
-    return budget.new_record(default["total_budget"], default["duration"], now)
+    checked = budget.check_default(default)
+    return budget.new_record(checked["total_budget"], checked["duration"], now)

@@ -238,8 +238,8 @@ class RedisStore(WritesAtOnce):
         if user is not None:
             budget.check_user(user)
         reply = self._run("settle", self.clock(), call_id, cost, model, _opt(user))
-        if reply[0] == "infinite":
-            raise ConfigurationError(f"cost {cost!r} would make the spend infinite")
+        if reply[0] == "too_large":
+            raise budget.too_large(cost)
         return bool(reply[1])
 
     def release(self, call_id: str, user: str | None = None) -> bool:
@@ -330,7 +330,8 @@ def _default(default: NewBudget | None, now: float) -> tuple[str | float, str | 
     """A new user's budget as script arguments, validated now so bad input never reaches Redis."""
     if default is None:
         return "", "", "0"
-    fresh = budget.new_record(default["total_budget"], default["duration"], now)
+    checked = budget.check_default(default)
+    fresh = budget.new_record(checked["total_budget"], checked["duration"], now)
     return _opt(fresh["total_budget"]), _opt(fresh.get("duration")), "1"
 
 
@@ -411,8 +412,8 @@ def _written(user: str, reply: list[Any], cost: float = math.nan) -> UserRecord:
     status = reply[0]
     if status == "unknown":
         raise UnknownUserError(user)
-    if status == "infinite":
-        raise ConfigurationError(f"cost {cost!r} would make the spend infinite")
+    if status == "too_large":
+        raise budget.too_large(cost)
     record = _record(user, reply[1]) if len(reply) > 1 else None
     if record is None:
         raise StoreError(f"the record of user {user!r} vanished while it was written")

@@ -22,6 +22,8 @@ local function user_key(user) return prefix .. 'user:' .. user end
 local function call_key(call_id) return prefix .. 'call:' .. call_id end
 -- overruns.OVERRUN_TOLERANCE (a test checks that they agree)
 local OVERRUN_TOLERANCE = 1e-9
+-- limits.MAX_AMOUNT, the most a record holds (a test checks that they agree)
+local MAX_AMOUNT = 1e15
 
 -- The server-side lease of a hold: at least 1 ms, at most ~30,000 years (PX's range).
 local function lease_ms(expires_at)
@@ -132,19 +134,21 @@ local function overrun(cost, held)
   return cost - held
 end
 
--- budget.charge: 'applied' if the call id was charged already, 'infinite' if the spend
--- would overflow (nothing changed then), else 'ok'. A cost above held counts as an overrun.
+-- budget.charge: 'applied' if the call id was charged already, 'too_large' if a sum would
+-- pass MAX_AMOUNT (nothing changed then), else 'ok'. A cost above held counts as an overrun.
 local function charge(r, cost, model, call_id, held)
   if call_id and was_applied(r, call_id) then return 'applied' end
   current_window(r)
   local total = r.current_cost + cost
-  if total == math.huge then return 'infinite' end
-  r.current_cost = total
-  r.models[model] = (r.models[model] or 0) + cost
+  local model_total = (r.models[model] or 0) + cost
   local excess = overrun(cost, held)
+  local overrun_total = (r.overrun_cost or 0) + excess
+  if math.max(total, model_total, overrun_total) > MAX_AMOUNT then return 'too_large' end
+  r.current_cost = total
+  r.models[model] = model_total
   if excess > 0 then
     r.overruns = (r.overruns or 0) + 1
-    r.overrun_cost = (r.overrun_cost or 0) + excess
+    r.overrun_cost = overrun_total
   end
   if call_id then
     r.held[call_id] = nil
@@ -254,7 +258,7 @@ function ops.charge(user, cost, model, call_id, default_total, default_duration,
   local r = load_or_default(user, default_total, default_duration, has_default)
   if not r then return {'unknown'} end
   local status = charge(r, tonumber(cost), model, opt(call_id), optnum(held))
-  if status == 'infinite' then return {'infinite'} end
+  if status == 'too_large' then return {'too_large'} end
   if status == 'applied' then return {'ok', r.flat} end
   return {'ok', save(r)}
 end
@@ -289,7 +293,7 @@ function ops.settle(call_id, cost, model, user)
   if not r then return {'ok', 0} end
   local hold = r.held[call_id]  -- read before charge rolls the window and drops expired holds
   local status = charge(r, tonumber(cost), model, call_id, hold and hold.amount)
-  if status == 'infinite' then return {'infinite'} end
+  if status == 'too_large' then return {'too_large'} end
   if status == 'applied' then return {'ok', 0} end
   save(r)
   return {'ok', 1}
