@@ -25,9 +25,23 @@ from .errors import ConfigurationError, UnpricedModelError
 _TOKENS_PER_REQUEST = 3
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_NAME = 1
-# An image part is counted as a high-detail 2048x2048 image (OpenAI's 765-token tiling
-# upper bound for the usual downscale), so an estimate stays an upper bound.
-_TOKENS_PER_IMAGE = 765
+# The most prompt tokens one image part can bill, by the first rule matching the model's name
+# (lowercased), from each provider's documented image tokenization (sources in the README):
+_IMAGE_TOKEN_BOUNDS = (
+    # OpenAI tiles: base + per 512-px tile at high detail, at most 8 tiles (2048x768 after resizing)
+    ("gpt-4o-mini", 2_833 + 5_667 * 8),  # 48,169
+    # OpenAI patches: at most 1,536 32-px patches times the model's multiplier (up to 2.46)
+    *((name, math.ceil(1_536 * 2.46)) for name in ("gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-5-mini", "gpt-5-nano")),
+    *((name, 85 + 170 * 8) for name in ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "o1", "o3")),  # 1,445
+    # Anthropic: width x height / 750, resized to ~1,600 tokens (Claude 3-4.x); later models take
+    # larger images (about 4,000 tokens measured for a 12 MP photo): held at 4,800
+    ("claude", 4_800),
+    # Gemini: 258 tokens per 768-px tile (Gemini 3 at high media resolution: 1,120), with no
+    # published largest image: held at 24 tiles (a 4032x3024 photo)
+    ("gemini", 258 * 24),
+)
+# Any other model (no published bound: newer OpenAI models bill up to ~14,400 at full detail)
+_DEFAULT_IMAGE_TOKENS = 16_384
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _FILE_PARTS = frozenset({"file", "input_file", "document", "video_url", "video"})
 # Audio tokens of an input_audio part, bounded from its size: at most 32 tokens a second
@@ -82,7 +96,7 @@ def _content_tokens(content: object, model: str, parts: Parts | None = None) -> 
             if parts is not None and part.get("cache_control") is not None:
                 parts.caching = True
             if kind in _IMAGE_PARTS:
-                total += _TOKENS_PER_IMAGE
+                total += image_tokens(model)
                 if parts is not None:
                     parts.images += 1
             elif kind == "input_audio":
@@ -99,6 +113,13 @@ def _content_tokens(content: object, model: str, parts: Parts | None = None) -> 
         return total
     # tool calls, function calls, and anything else structured: count its JSON text
     return count_text_tokens(json.dumps(content, default=str, separators=(",", ":")), model)
+
+
+@functools.lru_cache(maxsize=1024)
+def image_tokens(model: str) -> int:
+    """The most prompt tokens one image part of a ``model`` call can bill (``_IMAGE_TOKEN_BOUNDS``)."""
+    name = model.lower()
+    return next((tokens for rule, tokens in _IMAGE_TOKEN_BOUNDS if rule in name), _DEFAULT_IMAGE_TOKENS)
 
 
 def _audio_bytes(audio: object) -> int:
@@ -164,14 +185,33 @@ def register_price(
     litellm.register_model({model: entry})
 
 
+# The request keys that limit output, in the call's keyword arguments and in its ``extra_body``
+# (which litellm merges into the body it sends the provider).
+OUTPUT_LIMIT_KEYS = ("max_completion_tokens", "max_tokens")
+
+
+def output_limit_places(request: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str]]:
+    """``(container, key)`` of every output limit the request gives: the request itself or its
+    ``extra_body``. The provider may honour any of them, so the largest counts."""
+    places = [(request, key) for key in OUTPUT_LIMIT_KEYS if request.get(key) is not None]
+    extra = request.get("extra_body")
+    if isinstance(extra, Mapping):
+        places += [(extra, key) for key in OUTPUT_LIMIT_KEYS if extra.get(key) is not None]
+    return places
+
+
 def output_token_limit(request: Mapping[str, Any], model: str, cap: int = DEFAULT_OUTPUT_TOKEN_CAP) -> int:
-    """The most output tokens the request can produce per choice."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = request.get(key)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{key} must be a non-negative integer, got {value!r}")
-            return value
+    """The most output tokens the request can produce per choice: the largest limit it gives
+    (:func:`output_limit_places`), else the model's maximum capped at ``cap``."""
+    largest = None
+    for container, key in output_limit_places(request):
+        value = container[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            where = "" if container is request else " in extra_body"
+            raise ConfigurationError(f"{key}{where} must be a non-negative integer, got {value!r}")
+        largest = value if largest is None else max(largest, value)
+    if largest is not None:
+        return largest
     model_max = price_table(model).max_output_tokens or cap
     return min(int(model_max), cap)
 
@@ -244,14 +284,61 @@ def _worst_case(
         prompt_tokens = count_message_tokens(messages, model, parts)
     else:
         prompt_tokens = _content_tokens(prompt, model, parts)
-    tools = request.get("tools")
-    if tools:
-        prompt_tokens += _content_tokens(tools, model)
-        parts.searches, parts.maps = _tool_searches(tools, parts)
+    tool_prompt = 0  # counted by the provider, so no tokenizer margin
+    if not _PROMPT_KEYS.isdisjoint(request):
+        prompt_tokens += _request_prompt_tokens(request, model, parts)
+        if (request.get("tools") or request.get("functions")) and _is_anthropic(model):
+            tool_prompt = ANTHROPIC_TOOL_PROMPT_TOKENS
     # The prompt's token count, once, with the provider's tokenizer margin: every price,
     # tier and fee below is read at this size.
-    prompt_tokens = math.ceil(prompt_tokens * token_margins.prompt_margin(model))
+    prompt_tokens = math.ceil(prompt_tokens * token_margins.prompt_margin(model)) + tool_prompt
     return priced_worst_case(table, request, prompt_tokens, parts, output_token_cap)
+
+
+# What a request sends as prompt besides its messages: tool and function definitions, the tool
+# choice, a response schema, and a top-level system prompt (passed through to Anthropic).
+_PROMPT_KEYS = frozenset({"tools", "functions", "tool_choice", "response_format", "system"})
+# The system prompt Anthropic adds when a request has tools, at its largest in Anthropic's
+# per-model table (Claude 3 Opus, tool_choice auto: 530 tokens; Claude 4.x: 346).
+ANTHROPIC_TOOL_PROMPT_TOKENS = 530
+
+
+def _request_prompt_tokens(request: Mapping[str, Any], model: str, parts: Parts) -> int:
+    """Tokens of the request's :data:`_PROMPT_KEYS`, noting the searches its tools can make."""
+    total = 0
+    for key in _PROMPT_KEYS:
+        value = request.get(key)
+        if value is None:
+            continue
+        if isinstance(value, type) and hasattr(value, "model_json_schema"):  # a pydantic response_format
+            value = value.model_json_schema()
+        total += _content_tokens(value, model, parts if key == "system" else None)
+    tools = request.get("tools")
+    if tools:
+        parts.searches, parts.maps = _tool_searches(tools, parts)
+    return total
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_anthropic(model: str) -> bool:
+    return token_margins.family(model) == "anthropic"
+
+
+# Request keys that change prices, fees or the number of outputs: a request with none of them
+# (the usual one) skips reading each.
+_PRICED_KEYS = frozenset(
+    {
+        "service_tier",
+        "modalities",
+        "audio",
+        "cache_control_injection_points",
+        "web_search_options",
+        "speed",
+        "n",
+        "best_of",
+        "prediction",
+    }
+)
 
 
 def priced_worst_case(
@@ -262,28 +349,49 @@ def priced_worst_case(
     output_token_cap: int | None,
 ) -> WorstCase:
     """The worst case of a request whose prompt is ``prompt_tokens`` tokens holding ``parts``."""
-    options = _options(request, parts)
     if table.unbounded is not None:
         raise UnpricedModelError(table.model, table.unbounded)
     if parts.files and table.video_second_fee:
         raise UnpricedModelError(table.model, "input_cost_per_video_per_second")
+    plain = _PRICED_KEYS.isdisjoint(request)
+    media = parts.images or parts.audio_bytes or parts.files
+    options = _NO_OPTIONS if plain and not (media or parts.caching) else _options(request, parts)
     rates = table.rates(options, prompt_tokens)
-    multiplier = table.multiplier * (table.fast_multiplier if request.get("speed") == "fast" else 1.0)
+    multiplier = table.multiplier
+    if not plain and request.get("speed") == "fast":
+        multiplier *= table.fast_multiplier
     if table.residency_multiplier != 1.0 and _regional_api_base(request):
         multiplier *= table.residency_multiplier
-    fees = table.request_fee + parts.images * table.image_fee
-    if parts.audio_bytes:
-        fees += parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
-    if parts.searches or request.get("web_search_options") is not None:
-        fees += max(parts.searches, 1) * table.search_fee
-    fees += parts.maps * table.maps_fee
+    fees = table.request_fee
+    if media:
+        fees += parts.images * table.image_fee + parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
+    if table.search_fee or table.maps_fee:
+        fees += _search_fees(table, request, parts)
     prompt_cost = (prompt_tokens * rates.input + fees) * multiplier
-    prompt_cost = prompt_cost if math.isfinite(prompt_cost) else math.inf
     if output_token_cap is None:
-        return WorstCase(prompt_cost, 0.0, 0)
+        return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, 0.0, 0)
     output_tokens = output_token_limit(request, table.model, output_token_cap)
-    output_price = max(request.get("n") or 1, 1) * rates.output * multiplier
+    output_price = rates.output * multiplier
+    if not plain:
+        output_price *= _choices(request)
+        prediction = request.get("prediction")
+        if prediction is not None:  # OpenAI bills a prediction's rejected tokens as output
+            prompt_cost += _content_tokens(prediction, table.model) * output_price
+    prompt_cost = prompt_cost if math.isfinite(prompt_cost) else math.inf
     return WorstCase(prompt_cost, output_price, output_tokens)
+
+
+def _choices(request: Mapping[str, Any]) -> int:
+    """Outputs the provider bills: ``n``, or ``best_of`` candidates (text completions) if more."""
+    most = 1
+    for key in ("n", "best_of"):
+        value = request.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{key} must be a positive integer, got {value!r}")
+        most = max(most, value)
+    return most
 
 
 _NO_OPTIONS = Options()
@@ -332,6 +440,48 @@ def _tool_searches(tools: object, parts: Parts) -> tuple[int, int]:
         if any(key in tool for key in _MAPS_TOOL_KEYS):
             maps += count
     return searches, maps
+
+
+# How litellm bills a model's searches, read from its price entry (see _search_rule).
+_SEARCHES_UNASKED = "searches unasked"
+_PER_QUERY = "per query"
+_SELF_SEARCHING_NAMES = ("sonar", "search", "perplexity")
+_SEARCH_RULES: dict[int, tuple[PriceTable, str | None]] = {}
+
+
+def _search_rule(table: PriceTable) -> str | None:
+    """``_SEARCHES_UNASKED`` for a model that searches by itself (Perplexity's Sonar, OpenAI's
+    search models: litellm bills a search whenever the answer reports one), ``_PER_QUERY`` for a
+    model billed per grounding query (Gemini 3), else None. Cached per table."""
+    cached = _SEARCH_RULES.get(id(table))
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    entry = find_entry(table.model)
+    name = table.model.lower()
+    rule = None
+    if entry.get("web_search_billing_unit") == "per_query":
+        rule = _PER_QUERY
+    elif entry.get("litellm_provider") == "perplexity" or any(word in name for word in _SELF_SEARCHING_NAMES):
+        rule = _SEARCHES_UNASKED
+    if len(_SEARCH_RULES) > 4096:
+        _SEARCH_RULES.clear()
+    _SEARCH_RULES[id(table)] = (table, rule)
+    return rule
+
+
+def _search_fees(table: PriceTable, request: Mapping[str, Any], parts: Parts) -> float:
+    """Search and map-grounding fees: one search per tool (its ``max_uses``) or for
+    ``web_search_options``, and one for a model that searches unasked. A model billed per query
+    the model chooses is refused: nothing in the request bounds their number."""
+    rule = _search_rule(table)
+    searches = parts.searches
+    if searches or request.get("web_search_options") is not None:
+        if rule == _PER_QUERY:
+            raise UnpricedModelError(table.model, "Google Search grounding queries (the model chooses how many)")
+        searches = max(searches, 1)
+    elif rule == _SEARCHES_UNASKED:
+        searches = 1
+    return searches * table.search_fee + parts.maps * table.maps_fee
 
 
 def estimate_cost(
