@@ -31,7 +31,10 @@ _IMAGE_TOKEN_BOUNDS = (
     # OpenAI tiles: base + per 512-px tile at high detail, at most 8 tiles (2048x768 after resizing)
     ("gpt-4o-mini", 2_833 + 5_667 * 8),  # 48,169
     # OpenAI patches: at most 1,536 32-px patches times the model's multiplier (up to 2.46)
-    *((name, math.ceil(1_536 * 2.46)) for name in ("gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-5-mini", "gpt-5-nano")),
+    *(
+        (name, math.ceil(1_536 * 2.46))
+        for name in ("gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-5-mini", "gpt-5-nano")
+    ),
     *((name, 85 + 170 * 8) for name in ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "o1", "o3")),  # 1,445
     # Anthropic: width x height / 750, resized to ~1,600 tokens (Claude 3-4.x); later models take
     # larger images (about 4,000 tokens measured for a 12 MP photo): held at 4,800
@@ -134,7 +137,7 @@ def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str, part
     encoding = encoding_for(model).name
     total = _TOKENS_PER_REQUEST
     for message in messages:
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):  # a dict skips the ABC check
             raise ConfigurationError(f"each message must be a mapping, got {type(message).__name__}")
         total += _TOKENS_PER_MESSAGE
         for key, value in message.items():
@@ -193,24 +196,37 @@ OUTPUT_LIMIT_KEYS = ("max_completion_tokens", "max_tokens")
 def output_limit_places(request: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str]]:
     """``(container, key)`` of every output limit the request gives: the request itself or its
     ``extra_body``. The provider may honour any of them, so the largest counts."""
-    places = [(request, key) for key in OUTPUT_LIMIT_KEYS if request.get(key) is not None]
+    return [
+        (container, key)
+        for container in _limit_containers(request)
+        for key in OUTPUT_LIMIT_KEYS
+        if container.get(key) is not None
+    ]
+
+
+def _limit_containers(request: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
     extra = request.get("extra_body")
-    if isinstance(extra, Mapping):
-        places += [(extra, key) for key in OUTPUT_LIMIT_KEYS if extra.get(key) is not None]
-    return places
+    return (request,) if extra is None or not isinstance(extra, Mapping) else (request, extra)
 
 
 def output_token_limit(request: Mapping[str, Any], model: str, cap: int = DEFAULT_OUTPUT_TOKEN_CAP) -> int:
     """The most output tokens the request can produce per choice: the largest limit it gives
     (:func:`output_limit_places`), else the model's maximum capped at ``cap``."""
-    largest = None
-    for container, key in output_limit_places(request):
-        value = container[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            where = "" if container is request else " in extra_body"
-            raise ConfigurationError(f"{key}{where} must be a non-negative integer, got {value!r}")
-        largest = value if largest is None else max(largest, value)
-    if largest is not None:
+    if "extra_body" not in request and "max_completion_tokens" not in request:  # the usual request
+        value = request.get("max_tokens")
+        if type(value) is int and value >= 0:
+            return value
+    largest = -1
+    for container in _limit_containers(request):
+        for key in OUTPUT_LIMIT_KEYS:
+            value = container.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                where = "" if container is request else " in extra_body"
+                raise ConfigurationError(f"{key}{where} must be a non-negative integer, got {value!r}")
+            largest = max(largest, value)
+    if largest >= 0:
         return largest
     model_max = price_table(model).max_output_tokens or cap
     return min(int(model_max), cap)
@@ -353,20 +369,25 @@ def priced_worst_case(
         raise UnpricedModelError(table.model, table.unbounded)
     if parts.files and table.video_second_fee:
         raise UnpricedModelError(table.model, "input_cost_per_video_per_second")
-    plain = _PRICED_KEYS.isdisjoint(request)
-    media = parts.images or parts.audio_bytes or parts.files
-    options = _NO_OPTIONS if plain and not (media or parts.caching) else _options(request, parts)
-    rates = table.rates(options, prompt_tokens)
+    # The usual request (text only, none of the priced keys) reads no options and no fees it cannot have.
+    plain = _PRICED_KEYS.isdisjoint(request) and not (
+        parts.images or parts.audio_bytes or parts.files or parts.caching or parts.searches or parts.maps
+    )
     multiplier = table.multiplier
-    if not plain and request.get("speed") == "fast":
-        multiplier *= table.fast_multiplier
+    fees = table.request_fee
+    if plain:
+        rates = table.rates(_NO_OPTIONS, prompt_tokens)
+        if table.search_fee and _search_rule(table) == _SEARCHES_UNASKED:
+            fees += table.search_fee
+    else:
+        rates = table.rates(_options(request, parts), prompt_tokens)
+        if request.get("speed") == "fast":
+            multiplier *= table.fast_multiplier
+        fees += parts.images * table.image_fee + parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
+        if table.search_fee or table.maps_fee:
+            fees += _search_fees(table, request, parts)
     if table.residency_multiplier != 1.0 and _regional_api_base(request):
         multiplier *= table.residency_multiplier
-    fees = table.request_fee
-    if media:
-        fees += parts.images * table.image_fee + parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
-    if table.search_fee or table.maps_fee:
-        fees += _search_fees(table, request, parts)
     prompt_cost = (prompt_tokens * rates.input + fees) * multiplier
     if output_token_cap is None:
         return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, 0.0, 0)
@@ -377,8 +398,7 @@ def priced_worst_case(
         prediction = request.get("prediction")
         if prediction is not None:  # OpenAI bills a prediction's rejected tokens as output
             prompt_cost += _content_tokens(prediction, table.model) * output_price
-    prompt_cost = prompt_cost if math.isfinite(prompt_cost) else math.inf
-    return WorstCase(prompt_cost, output_price, output_tokens)
+    return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, output_price, output_tokens)
 
 
 def _choices(request: Mapping[str, Any]) -> int:
@@ -400,8 +420,8 @@ _REGIONAL_HOSTS = ("://eu.", "://us.", "://gov.")
 
 def _regional_api_base(request: Mapping[str, Any]) -> bool:
     """Whether the call goes to an OpenAI regional or FedRAMP host (litellm prices those higher)."""
-    base = request.get("api_base") or request.get("base_url") or litellm.api_base or ""
-    return isinstance(base, str) and any(host in base for host in _REGIONAL_HOSTS)
+    base = request.get("api_base") or request.get("base_url") or litellm.api_base
+    return bool(base) and isinstance(base, str) and any(host in base for host in _REGIONAL_HOSTS)
 
 
 def _options(request: Mapping[str, Any], parts: Parts) -> Options:
