@@ -164,6 +164,7 @@ def test_functions_are_counted_like_tools() -> None:
         ("tool_choice", {"type": "function", "function": {"name": "word " * 5000}}),
         ("system", "word " * 5000),
     ],
+    ids=["response_format", "tool_choice", "system"],
 )
 def test_prompt_parts_beside_messages_are_counted(key: str, value: object) -> None:
     base = worst_case("completion", "gpt-4o", {"messages": MESSAGES, "max_tokens": 10})
