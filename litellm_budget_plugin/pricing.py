@@ -19,6 +19,7 @@ import tiktoken
 
 from . import token_margins
 from ._price_table import Options, Parts, PriceTable, check_price, find_entry, price_table, request_tier
+from ._searches import search_fees, searches_unasked, tool_searches
 from .errors import ConfigurationError, UnpricedModelError
 
 # litellm's chat counting: 3 tokens of priming per request, 3 per message, 1 per name.
@@ -52,8 +53,6 @@ _FILE_PARTS = frozenset({"file", "input_file", "document", "video_url", "video"}
 # second (4 kbit/s, below the lowest bit rate of the formats providers take: mp3 8, opus 6).
 _AUDIO_TOKENS_PER_SECOND = 32
 _AUDIO_BYTES_PER_SECOND = 500
-_SEARCH_TOOL_KEYS = ("googleSearch", "google_search", "googleSearchRetrieval", "google_search_retrieval")
-_MAPS_TOOL_KEYS = ("googleMaps", "google_maps")
 # When a request names no output limit, hold the model's maximum capped at this many
 # tokens, as LiteLLM's proxy does for its token reservations.
 DEFAULT_OUTPUT_TOKEN_CAP = 4096
@@ -331,7 +330,7 @@ def _request_prompt_tokens(request: Mapping[str, Any], model: str, parts: Parts)
         total += _content_tokens(value, model, parts if key == "system" else None)
     tools = request.get("tools")
     if tools:
-        parts.searches, parts.maps = _tool_searches(tools, parts)
+        parts.searches, parts.maps = tool_searches(tools, parts)
     return total
 
 
@@ -377,7 +376,7 @@ def priced_worst_case(
     fees = table.request_fee
     if plain:
         rates = table.rates(_NO_OPTIONS, prompt_tokens)
-        if table.search_fee and _search_rule(table) == _SEARCHES_UNASKED:
+        if table.search_fee and searches_unasked(table):
             fees += table.search_fee
     else:
         rates = table.rates(_options(request, parts), prompt_tokens)
@@ -385,7 +384,7 @@ def priced_worst_case(
             multiplier *= table.fast_multiplier
         fees += parts.images * table.image_fee + parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
         if table.search_fee or table.maps_fee:
-            fees += _search_fees(table, request, parts)
+            fees += search_fees(table, request, parts)
     if table.residency_multiplier != 1.0 and _regional_api_base(request):
         multiplier *= table.residency_multiplier
     prompt_cost = (prompt_tokens * rates.input + fees) * multiplier
@@ -441,67 +440,6 @@ def _options(request: Mapping[str, Any], parts: Parts) -> Options:
         audio_out=audio_out,
         image_out="image" in modalities,
     )
-
-
-def _tool_searches(tools: object, parts: Parts) -> tuple[int, int]:
-    """Web searches and map groundings a call's tools can make (a tool's ``max_uses``, else 1),
-    noting cache_control on tools."""
-    searches = maps = 0
-    for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, Mapping):
-            continue
-        if tool.get("cache_control") is not None:
-            parts.caching = True
-        kind = str(tool.get("type") or "")
-        uses = tool.get("max_uses")
-        count = uses if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0 else 1
-        if "web_search" in kind or any(key in tool for key in _SEARCH_TOOL_KEYS):
-            searches += count
-        if any(key in tool for key in _MAPS_TOOL_KEYS):
-            maps += count
-    return searches, maps
-
-
-# How litellm bills a model's searches, read from its price entry (see _search_rule).
-_SEARCHES_UNASKED = "searches unasked"
-_PER_QUERY = "per query"
-_SELF_SEARCHING_NAMES = ("sonar", "search", "perplexity")
-_SEARCH_RULES: dict[int, tuple[PriceTable, str | None]] = {}
-
-
-def _search_rule(table: PriceTable) -> str | None:
-    """``_SEARCHES_UNASKED`` for a model that searches by itself (Perplexity's Sonar, OpenAI's
-    search models: litellm bills a search whenever the answer reports one), ``_PER_QUERY`` for a
-    model billed per grounding query (Gemini 3), else None. Cached per table."""
-    cached = _SEARCH_RULES.get(id(table))
-    if cached is not None and cached[0] is table:
-        return cached[1]
-    entry = find_entry(table.model)
-    name = table.model.lower()
-    rule = None
-    if entry.get("web_search_billing_unit") == "per_query":
-        rule = _PER_QUERY
-    elif entry.get("litellm_provider") == "perplexity" or any(word in name for word in _SELF_SEARCHING_NAMES):
-        rule = _SEARCHES_UNASKED
-    if len(_SEARCH_RULES) > 4096:
-        _SEARCH_RULES.clear()
-    _SEARCH_RULES[id(table)] = (table, rule)
-    return rule
-
-
-def _search_fees(table: PriceTable, request: Mapping[str, Any], parts: Parts) -> float:
-    """Search and map-grounding fees: one search per tool (its ``max_uses``) or for
-    ``web_search_options``, and one for a model that searches unasked. A model billed per query
-    the model chooses is refused: nothing in the request bounds their number."""
-    rule = _search_rule(table)
-    searches = parts.searches
-    if searches or request.get("web_search_options") is not None:
-        if rule == _PER_QUERY:
-            raise UnpricedModelError(table.model, "Google Search grounding queries (the model chooses how many)")
-        searches = max(searches, 1)
-    elif rule == _SEARCHES_UNASKED:
-        searches = 1
-    return searches * table.search_fee + parts.maps * table.maps_fee
 
 
 def estimate_cost(
