@@ -19,15 +19,33 @@ import tiktoken
 
 from . import token_margins
 from ._price_table import Options, Parts, PriceTable, check_price, find_entry, price_table, request_tier
+from ._searches import search_fees, searches_unasked, tool_searches
 from .errors import ConfigurationError, UnpricedModelError
 
 # litellm's chat counting: 3 tokens of priming per request, 3 per message, 1 per name.
 _TOKENS_PER_REQUEST = 3
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_NAME = 1
-# An image part is counted as a high-detail 2048x2048 image (OpenAI's 765-token tiling
-# upper bound for the usual downscale), so an estimate stays an upper bound.
-_TOKENS_PER_IMAGE = 765
+# The most prompt tokens one image part can bill, by the first rule matching the model's name
+# (lowercased), from each provider's documented image tokenization (sources in the README):
+_IMAGE_TOKEN_BOUNDS = (
+    # OpenAI tiles: base + per 512-px tile at high detail, at most 8 tiles (2048x768 after resizing)
+    ("gpt-4o-mini", 2_833 + 5_667 * 8),  # 48,169
+    # OpenAI patches: at most 1,536 32-px patches times the model's multiplier (up to 2.46)
+    *(
+        (name, math.ceil(1_536 * 2.46))
+        for name in ("gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-5-mini", "gpt-5-nano")
+    ),
+    *((name, 85 + 170 * 8) for name in ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "o1", "o3")),  # 1,445
+    # Anthropic: width x height / 750, resized to ~1,600 tokens (Claude 3-4.x); later models take
+    # larger images (about 4,000 tokens measured for a 12 MP photo): held at 4,800
+    ("claude", 4_800),
+    # Gemini: 258 tokens per 768-px tile (Gemini 3 at high media resolution: 1,120), with no
+    # published largest image: held at 24 tiles (a 4032x3024 photo)
+    ("gemini", 258 * 24),
+)
+# Any other model (no published bound: newer OpenAI models bill up to ~14,400 at full detail)
+_DEFAULT_IMAGE_TOKENS = 16_384
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _FILE_PARTS = frozenset({"file", "input_file", "document", "video_url", "video"})
 # Audio tokens of an input_audio part, bounded from its size: at most 32 tokens a second
@@ -35,8 +53,6 @@ _FILE_PARTS = frozenset({"file", "input_file", "document", "video_url", "video"}
 # second (4 kbit/s, below the lowest bit rate of the formats providers take: mp3 8, opus 6).
 _AUDIO_TOKENS_PER_SECOND = 32
 _AUDIO_BYTES_PER_SECOND = 500
-_SEARCH_TOOL_KEYS = ("googleSearch", "google_search", "googleSearchRetrieval", "google_search_retrieval")
-_MAPS_TOOL_KEYS = ("googleMaps", "google_maps")
 # When a request names no output limit, hold the model's maximum capped at this many
 # tokens, as LiteLLM's proxy does for its token reservations.
 DEFAULT_OUTPUT_TOKEN_CAP = 4096
@@ -82,7 +98,7 @@ def _content_tokens(content: object, model: str, parts: Parts | None = None) -> 
             if parts is not None and part.get("cache_control") is not None:
                 parts.caching = True
             if kind in _IMAGE_PARTS:
-                total += _TOKENS_PER_IMAGE
+                total += image_tokens(model)
                 if parts is not None:
                     parts.images += 1
             elif kind == "input_audio":
@@ -101,6 +117,13 @@ def _content_tokens(content: object, model: str, parts: Parts | None = None) -> 
     return count_text_tokens(json.dumps(content, default=str, separators=(",", ":")), model)
 
 
+@functools.lru_cache(maxsize=1024)
+def image_tokens(model: str) -> int:
+    """The most prompt tokens one image part of a ``model`` call can bill (``_IMAGE_TOKEN_BOUNDS``)."""
+    name = model.lower()
+    return next((tokens for rule, tokens in _IMAGE_TOKEN_BOUNDS if rule in name), _DEFAULT_IMAGE_TOKENS)
+
+
 def _audio_bytes(audio: object) -> int:
     """Bytes of an input_audio part's base64 data (its JSON size if it is not there)."""
     data = audio.get("data") if isinstance(audio, Mapping) else None
@@ -113,7 +136,7 @@ def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str, part
     encoding = encoding_for(model).name
     total = _TOKENS_PER_REQUEST
     for message in messages:
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):  # a dict skips the ABC check
             raise ConfigurationError(f"each message must be a mapping, got {type(message).__name__}")
         total += _TOKENS_PER_MESSAGE
         for key, value in message.items():
@@ -164,14 +187,46 @@ def register_price(
     litellm.register_model({model: entry})
 
 
+# The request keys that limit output, in the call's keyword arguments and in its ``extra_body``
+# (which litellm merges into the body it sends the provider).
+OUTPUT_LIMIT_KEYS = ("max_completion_tokens", "max_tokens")
+
+
+def output_limit_places(request: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str]]:
+    """``(container, key)`` of every output limit the request gives: the request itself or its
+    ``extra_body``. The provider may honour any of them, so the largest counts."""
+    return [
+        (container, key)
+        for container in _limit_containers(request)
+        for key in OUTPUT_LIMIT_KEYS
+        if container.get(key) is not None
+    ]
+
+
+def _limit_containers(request: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    extra = request.get("extra_body")
+    return (request,) if extra is None or not isinstance(extra, Mapping) else (request, extra)
+
+
 def output_token_limit(request: Mapping[str, Any], model: str, cap: int = DEFAULT_OUTPUT_TOKEN_CAP) -> int:
-    """The most output tokens the request can produce per choice."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = request.get(key)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{key} must be a non-negative integer, got {value!r}")
+    """The most output tokens the request can produce per choice: the largest limit it gives
+    (:func:`output_limit_places`), else the model's maximum capped at ``cap``."""
+    if "extra_body" not in request and "max_completion_tokens" not in request:  # the usual request
+        value = request.get("max_tokens")
+        if type(value) is int and value >= 0:
             return value
+    largest = -1
+    for container in _limit_containers(request):
+        for key in OUTPUT_LIMIT_KEYS:
+            value = container.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                where = "" if container is request else " in extra_body"
+                raise ConfigurationError(f"{key}{where} must be a non-negative integer, got {value!r}")
+            largest = max(largest, value)
+    if largest >= 0:
+        return largest
     model_max = price_table(model).max_output_tokens or cap
     return min(int(model_max), cap)
 
@@ -244,14 +299,61 @@ def _worst_case(
         prompt_tokens = count_message_tokens(messages, model, parts)
     else:
         prompt_tokens = _content_tokens(prompt, model, parts)
-    tools = request.get("tools")
-    if tools:
-        prompt_tokens += _content_tokens(tools, model)
-        parts.searches, parts.maps = _tool_searches(tools, parts)
+    tool_prompt = 0  # counted by the provider, so no tokenizer margin
+    if not _PROMPT_KEYS.isdisjoint(request):
+        prompt_tokens += _request_prompt_tokens(request, model, parts)
+        if (request.get("tools") or request.get("functions")) and _is_anthropic(model):
+            tool_prompt = ANTHROPIC_TOOL_PROMPT_TOKENS
     # The prompt's token count, once, with the provider's tokenizer margin: every price,
     # tier and fee below is read at this size.
-    prompt_tokens = math.ceil(prompt_tokens * token_margins.prompt_margin(model))
+    prompt_tokens = math.ceil(prompt_tokens * token_margins.prompt_margin(model)) + tool_prompt
     return priced_worst_case(table, request, prompt_tokens, parts, output_token_cap)
+
+
+# What a request sends as prompt besides its messages: tool and function definitions, the tool
+# choice, a response schema, and a top-level system prompt (passed through to Anthropic).
+_PROMPT_KEYS = frozenset({"tools", "functions", "tool_choice", "response_format", "system"})
+# The system prompt Anthropic adds when a request has tools, at its largest in Anthropic's
+# per-model table (Claude 3 Opus, tool_choice auto: 530 tokens; Claude 4.x: 346).
+ANTHROPIC_TOOL_PROMPT_TOKENS = 530
+
+
+def _request_prompt_tokens(request: Mapping[str, Any], model: str, parts: Parts) -> int:
+    """Tokens of the request's :data:`_PROMPT_KEYS`, noting the searches its tools can make."""
+    total = 0
+    for key in _PROMPT_KEYS:
+        value = request.get(key)
+        if value is None:
+            continue
+        if isinstance(value, type) and hasattr(value, "model_json_schema"):  # a pydantic response_format
+            value = value.model_json_schema()
+        total += _content_tokens(value, model, parts if key == "system" else None)
+    tools = request.get("tools")
+    if tools:
+        parts.searches, parts.maps = tool_searches(tools, parts)
+    return total
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_anthropic(model: str) -> bool:
+    return token_margins.family(model) == "anthropic"
+
+
+# Request keys that change prices, fees or the number of outputs: a request with none of them
+# (the usual one) skips reading each.
+_PRICED_KEYS = frozenset(
+    {
+        "service_tier",
+        "modalities",
+        "audio",
+        "cache_control_injection_points",
+        "web_search_options",
+        "speed",
+        "n",
+        "best_of",
+        "prediction",
+    }
+)
 
 
 def priced_worst_case(
@@ -262,28 +364,53 @@ def priced_worst_case(
     output_token_cap: int | None,
 ) -> WorstCase:
     """The worst case of a request whose prompt is ``prompt_tokens`` tokens holding ``parts``."""
-    options = _options(request, parts)
     if table.unbounded is not None:
         raise UnpricedModelError(table.model, table.unbounded)
     if parts.files and table.video_second_fee:
         raise UnpricedModelError(table.model, "input_cost_per_video_per_second")
-    rates = table.rates(options, prompt_tokens)
-    multiplier = table.multiplier * (table.fast_multiplier if request.get("speed") == "fast" else 1.0)
+    # The usual request (text only, none of the priced keys) reads no options and no fees it cannot have.
+    plain = _PRICED_KEYS.isdisjoint(request) and not (
+        parts.images or parts.audio_bytes or parts.files or parts.caching or parts.searches or parts.maps
+    )
+    multiplier = table.multiplier
+    fees = table.request_fee
+    if plain:
+        rates = table.rates(_NO_OPTIONS, prompt_tokens)
+        if table.search_fee and searches_unasked(table):
+            fees += table.search_fee
+    else:
+        rates = table.rates(_options(request, parts), prompt_tokens)
+        if request.get("speed") == "fast":
+            multiplier *= table.fast_multiplier
+        fees += parts.images * table.image_fee + parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
+        if table.search_fee or table.maps_fee:
+            fees += search_fees(table, request, parts)
     if table.residency_multiplier != 1.0 and _regional_api_base(request):
         multiplier *= table.residency_multiplier
-    fees = table.request_fee + parts.images * table.image_fee
-    if parts.audio_bytes:
-        fees += parts.audio_bytes / _AUDIO_BYTES_PER_SECOND * table.audio_second_fee
-    if parts.searches or request.get("web_search_options") is not None:
-        fees += max(parts.searches, 1) * table.search_fee
-    fees += parts.maps * table.maps_fee
     prompt_cost = (prompt_tokens * rates.input + fees) * multiplier
-    prompt_cost = prompt_cost if math.isfinite(prompt_cost) else math.inf
     if output_token_cap is None:
-        return WorstCase(prompt_cost, 0.0, 0)
+        return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, 0.0, 0)
     output_tokens = output_token_limit(request, table.model, output_token_cap)
-    output_price = max(request.get("n") or 1, 1) * rates.output * multiplier
-    return WorstCase(prompt_cost, output_price, output_tokens)
+    output_price = rates.output * multiplier
+    if not plain:
+        output_price *= _choices(request)
+        prediction = request.get("prediction")
+        if prediction is not None:  # OpenAI bills a prediction's rejected tokens as output
+            prompt_cost += _content_tokens(prediction, table.model) * output_price
+    return WorstCase(prompt_cost if math.isfinite(prompt_cost) else math.inf, output_price, output_tokens)
+
+
+def _choices(request: Mapping[str, Any]) -> int:
+    """Outputs the provider bills: ``n``, or ``best_of`` candidates (text completions) if more."""
+    most = 1
+    for key in ("n", "best_of"):
+        value = request.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{key} must be a positive integer, got {value!r}")
+        most = max(most, value)
+    return most
 
 
 _NO_OPTIONS = Options()
@@ -292,8 +419,8 @@ _REGIONAL_HOSTS = ("://eu.", "://us.", "://gov.")
 
 def _regional_api_base(request: Mapping[str, Any]) -> bool:
     """Whether the call goes to an OpenAI regional or FedRAMP host (litellm prices those higher)."""
-    base = request.get("api_base") or request.get("base_url") or litellm.api_base or ""
-    return isinstance(base, str) and any(host in base for host in _REGIONAL_HOSTS)
+    base = request.get("api_base") or request.get("base_url") or litellm.api_base
+    return bool(base) and isinstance(base, str) and any(host in base for host in _REGIONAL_HOSTS)
 
 
 def _options(request: Mapping[str, Any], parts: Parts) -> Options:
@@ -313,25 +440,6 @@ def _options(request: Mapping[str, Any], parts: Parts) -> Options:
         audio_out=audio_out,
         image_out="image" in modalities,
     )
-
-
-def _tool_searches(tools: object, parts: Parts) -> tuple[int, int]:
-    """Web searches and map groundings a call's tools can make (a tool's ``max_uses``, else 1),
-    noting cache_control on tools."""
-    searches = maps = 0
-    for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, Mapping):
-            continue
-        if tool.get("cache_control") is not None:
-            parts.caching = True
-        kind = str(tool.get("type") or "")
-        uses = tool.get("max_uses")
-        count = uses if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0 else 1
-        if "web_search" in kind or any(key in tool for key in _SEARCH_TOOL_KEYS):
-            searches += count
-        if any(key in tool for key in _MAPS_TOOL_KEYS):
-            maps += count
-    return searches, maps
 
 
 def estimate_cost(
