@@ -72,6 +72,14 @@ _IMAGE_FEE = "input_cost_per_image"
 _AUDIO_SECOND_FEE = "input_cost_per_audio_per_second"
 _VIDEO_SECOND_FEE = "input_cost_per_video_per_second"
 _REQUEST_FEES = ("input_cost_per_request", "input_cost_per_query")
+_NUMERIC_FEES = (
+    *_UNBOUNDED_FIELDS,
+    *_REQUEST_FEES,
+    _IMAGE_FEE,
+    _AUDIO_SECOND_FEE,
+    _VIDEO_SECOND_FEE,
+    "google_maps_grounding_cost_per_query",
+)
 
 
 class Options(NamedTuple):
@@ -124,8 +132,8 @@ class PriceTable:
             # litellm adds the price of whichever model Azure's router picks to this flat price.
             self.unbounded = "the price of the model Azure's router picks"
         self.max_output_tokens = entry.get("max_output_tokens")
-        search = entry.get("search_context_cost_per_query")
-        self.search_fee = max(search.values(), default=0.0) if isinstance(search, Mapping) else 0.0
+        search = entry.get("search_context_cost_per_query")  # by context size, or one fee (Perplexity)
+        self.search_fee = float(max(search.values(), default=0.0) if isinstance(search, Mapping) else search or 0.0)
         self.maps_fee = float(entry.get("google_maps_grounding_cost_per_query") or 0.0)
         self.request_fee = sum(float(entry.get(name) or 0.0) for name in _REQUEST_FEES)
         self.image_fee = _max_of(entry, _IMAGE_FEE)
@@ -133,7 +141,7 @@ class PriceTable:
         self.video_second_fee = _max_of(entry, _VIDEO_SECOND_FEE)
         specific = entry.get("provider_specific_entry")
         specific = specific if isinstance(specific, Mapping) else {}
-        geo = [float(v) for k, v in specific.items() if len(k) == 2 and _is_price(v)]
+        geo = [float(v) for k, v in specific.items() if len(k) == 2]
         # Multipliers litellm applies by where a call was served: a Vertex regional endpoint or
         # Anthropic's inference geo are not known before the call, so always assumed; OpenAI's
         # data-residency (eu./us.) and FedRAMP (gov.) uplifts follow the request's api_base.
@@ -141,7 +149,7 @@ class PriceTable:
         vertex = [float(v) for k, v in entry.items() if k == "regional_endpoint_uplift_multiplier" and _is_price(v)]
         self.multiplier = max([1.0, *geo, *vertex])
         self.residency_multiplier = max([1.0, *uplift])
-        self.fast_multiplier = float(specific.get("fast", 1.0)) if _is_price(specific.get("fast", 1.0)) else 1.0
+        self.fast_multiplier = float(specific.get("fast", 1.0))
         self._variants: dict[Options, tuple[list[float], list[Rates]]] = {}
 
     def _add(self, key: str, value: object, start: float) -> None:
@@ -236,24 +244,47 @@ def _check_entry(model: str, entry: Mapping[str, Any]) -> None:
     """Every price in the entry is a finite, non-negative number: else a ConfigurationError naming it."""
     for key, value in entry.items():
         if key == "tiered_pricing" and value is not None:
-            if not isinstance(value, list):
-                raise ConfigurationError(f"price of model {model!r}: tiered_pricing must be a list, got {value!r}")
-            for tier in value:
-                if not isinstance(tier, Mapping):
-                    raise ConfigurationError(f"price of model {model!r}: a tiered_pricing tier must be a mapping")
-                for name, price in tier.items():
-                    if _is_price_field(name):
-                        check_price(model, f"tiered_pricing {name}", price)
-        elif key == "search_context_cost_per_query" and isinstance(value, Mapping):
-            for name, price in value.items():
-                check_price(model, f"{key} {name}", price)
+            _check_tiers(model, value)
+        elif key == "provider_specific_entry" and isinstance(value, Mapping):
+            for name, price in value.items():  # the ones read as multipliers (other keys are not prices)
+                if len(name) == 2 or name == "fast":
+                    check_price(model, f"{key} {name}", price)
         elif key in ("max_output_tokens", "max_input_tokens", "max_tokens") and value is not None:
             if not _is_price(value) or not 0 <= value < math.inf:
                 raise ConfigurationError(
                     f"price of model {model!r}: {key} must be a non-negative number, got {value!r}"
                 )
-        elif _is_price_field(key) and not isinstance(value, Mapping):
+        elif _is_price_field(key) and isinstance(value, Mapping) and not _read_as_number(key):
+            for name, price in value.items():  # prices by size or unit (search_context_cost_per_query)
+                check_price(model, f"{key} {name}", price)
+        elif _is_price_field(key):
             check_price(model, key, value)
+
+
+def _check_tiers(model: str, tiers: object) -> None:
+    if not isinstance(tiers, list):
+        raise ConfigurationError(f"price of model {model!r}: tiered_pricing must be a list, got {tiers!r}")
+    for tier in tiers:
+        if not isinstance(tier, Mapping):
+            raise ConfigurationError(f"price of model {model!r}: a tiered_pricing tier must be a mapping")
+        bounds = tier.get("range")
+        if bounds is not None and (
+            not isinstance(bounds, list | tuple)
+            or not bounds
+            or not all(_is_price(bound) and bound >= 0 for bound in bounds)
+            or not bounds[0] < math.inf
+        ):
+            raise ConfigurationError(
+                f"price of model {model!r}: a tiered_pricing range must be [start, end] token counts, got {bounds!r}"
+            )
+        for name, price in tier.items():
+            if _is_price_field(name):
+                check_price(model, f"tiered_pricing {name}", price)
+
+
+def _read_as_number(key: str) -> bool:
+    """Whether the table reads this field as one number (a mapping there is unusable)."""
+    return _parse_price_key(key) is not None or key.endswith("multiplier") or key.startswith(_NUMERIC_FEES)
 
 
 def check_price(model: str, field: str, value: object, *, required: bool = False) -> None:
