@@ -152,6 +152,28 @@ class PriceTable:
         self.fast_multiplier = float(specific.get("fast", 1.0))
         self._variants: dict[Options, tuple[list[float], list[Rates]]] = {}
 
+    def include(self, model: str, entry: Mapping[str, Any]) -> None:
+        """Raise this table to the prices of another entry litellm may price the call by: every
+        per-token price, fee and multiplier becomes the higher of the two."""
+        try:
+            other = PriceTable(model, entry)
+        except UnpricedModelError as exc:
+            self.unbounded = self.unbounded or f"{exc.field} (of {model!r}, which may price its answers)"
+            return
+        except UnknownModelError:
+            return  # no per-token price: litellm prices the answer by the requested model
+        for key, by_tier in other._prices.items():
+            mine = self._prices.setdefault(key, {})
+            for tier, price in by_tier.items():
+                mine[tier] = max(mine.get(tier, 0.0), price)
+        for name, value in vars(other).items():
+            mine_value = getattr(self, name)
+            if isinstance(value, float) and isinstance(mine_value, float):  # fees and multipliers
+                setattr(self, name, max(mine_value, value))
+            elif name == "unbounded" and self.unbounded is None:
+                self.unbounded = value
+        self._variants.clear()
+
     def _add(self, key: str, value: object, start: float) -> None:
         parsed = _parse_price_key(key)
         if parsed is None or value is None:
@@ -298,32 +320,141 @@ def check_price(model: str, field: str, value: object, *, required: bool = False
 
 
 def find_entry(model: str) -> Mapping[str, Any]:
-    """litellm's price entry for ``model``, looked up as written or without its provider."""
+    """litellm's price entry for ``model`` (after ``litellm.model_alias_map``, as litellm's
+    ``completion()`` resolves it), looked up as written or without its provider."""
+    return _find(model)[1]
+
+
+def _find(model: str) -> tuple[str, Mapping[str, Any]]:
+    """The cost-map key and entry of ``model``."""
     table = litellm.model_cost
+    model = resolved_model(model)
     entry = table.get(model)
-    if entry is None and "/" in model:
-        entry = table.get(model.split("/", 1)[1])
-        if entry is None:
-            entry = table.get(model.rsplit("/", 1)[-1])
-    if entry is None:
-        raise UnknownModelError(model)
-    return entry  # type: ignore[no-any-return]
+    if entry is not None:
+        return model, entry
+    if "/" in model:
+        for key in (model.split("/", 1)[1], model.rsplit("/", 1)[-1]):
+            entry = table.get(key)
+            if entry is not None:
+                return key, entry
+    raise UnknownModelError(model)
 
 
-_TABLES: dict[str, tuple[Mapping[str, Any], dict[str, Any], PriceTable]] = {}
+def resolved_model(model: str) -> str:
+    """The model litellm calls for ``model``: its ``litellm.model_alias_map`` target (one step)."""
+    aliases = litellm.model_alias_map
+    return aliases.get(model, model) if aliases else model
+
+
+# A dated or numbered snapshot of a model name: -2024-05-13, -20250929, @20241022, -0613, -002.
+_SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|[-@]\d{8}|-\d{4}|[-@]\d{3})$")
+_LATEST = "-latest"
+
+
+class _Cached(NamedTuple):
+    entry: Mapping[str, Any]
+    copy: dict[str, Any]
+    snapshots: tuple[tuple[str, Mapping[str, Any]], ...]
+    cost_map_size: int
+    table: PriceTable
+
+
+_TABLES: dict[object, _Cached] = {}
+_SNAPSHOTS: dict[str, list[str]] = {}  # name -> its snapshots' keys, for one cost map
+_SNAPSHOTS_OF: list[object] = [None, -1]  # the cost map (and its size) _SNAPSHOTS was read from
 
 
 def price_table(model: str) -> PriceTable:
-    """The model's table, built again when its entry was replaced or edited since."""
-    entry = find_entry(model)
+    """The model's table: the worst prices of its entry and of its snapshots' entries (litellm
+    prices an answer by the model the provider names in it when that name is priced), built
+    again when an entry was replaced or added, or the model's own entry edited, since."""
+    key, entry = _find(model)
     cached = _TABLES.get(model)
-    if cached is not None and cached[0] is entry and cached[1] == entry:
-        return cached[2]
+    if cached is not None and _fresh(cached, entry):
+        return cached.table
+    snapshots = tuple((name, litellm.model_cost[name]) for name in _snapshots(key, entry))
     table = PriceTable(model, entry)
+    for name, snapshot in snapshots:
+        table.include(name, snapshot)
+    _remember(model, entry, snapshots, table)
+    return table
+
+
+def call_price_table(model: str, request: Mapping[str, Any]) -> PriceTable:
+    """The table for a request: ``price_table(model)``, or one with the call's own prices.
+
+    litellm charges ``input_cost_per_token=`` / ``output_cost_per_token=`` given on the call (or
+    a Router deployment's ``litellm_params``) in place of the entry's base price of that side;
+    the entry's tier prices (a long prompt, a ``service_tier``) still apply, and the answer is
+    priced as the requested model (no snapshot). A per-second price is not bounded by tokens.
+    """
+    if _CALL_PRICES.isdisjoint(request):
+        return price_table(model)
+    given = {name: request[name] for name in _CALL_PRICES if request.get(name) is not None}
+    if not given:
+        return price_table(model)
+    for name, value in given.items():
+        check_price(model, f"{name} (given on the call)", value)
+        if name not in _TOKEN_PRICES:
+            raise UnpricedModelError(model, name)
+    try:
+        entry = _find(model)[1]
+    except UnknownModelError:
+        entry = _NO_ENTRY  # priced by the call alone
+    key = (model, given.get("input_cost_per_token"), given.get("output_cost_per_token"))
+    cached = _TABLES.get(key)
+    if cached is not None and _fresh(cached, entry):
+        return cached.table
+    table = PriceTable(model, {**entry, **given})
+    _remember(key, entry, (), table)
+    return table
+
+
+_TOKEN_PRICES = ("input_cost_per_token", "output_cost_per_token")
+_CALL_PRICES = frozenset({*_TOKEN_PRICES, "input_cost_per_second", "output_cost_per_second", "cost_per_second"})
+_NO_ENTRY: Mapping[str, Any] = {}
+
+
+def _fresh(cached: _Cached, entry: Mapping[str, Any]) -> bool:
+    """Whether a cached table still prices ``entry``: the same object, unedited, and no entry
+    added to (or snapshot replaced in) the cost map since."""
+    if cached.entry is not entry or cached.copy != entry:
+        return False
+    cost = litellm.model_cost
+    if len(cost) != cached.cost_map_size:
+        return False
+    return all(cost.get(name) is snapshot for name, snapshot in cached.snapshots)
+
+
+def _remember(
+    key: object,
+    entry: Mapping[str, Any],
+    snapshots: tuple[tuple[str, Mapping[str, Any]], ...],
+    table: PriceTable,
+) -> None:
     if len(_TABLES) > 4096:
         _TABLES.clear()
-    _TABLES[model] = (entry, copy.deepcopy(dict(entry)), table)
-    return table
+    _TABLES[key] = _Cached(entry, copy.deepcopy(dict(entry)), snapshots, len(litellm.model_cost), table)
+
+
+def _snapshots(key: str, entry: Mapping[str, Any]) -> list[str]:
+    """Cost-map keys of the snapshots of ``key`` (``key`` + a date or version suffix; for a
+    ``-latest`` name, those of the name without it) priced for the same provider."""
+    cost = litellm.model_cost
+    if _SNAPSHOTS_OF[0] is not cost or _SNAPSHOTS_OF[1] != len(cost):
+        _SNAPSHOTS.clear()
+        for name in cost:
+            match = _SNAPSHOT.search(name)
+            if match:
+                _SNAPSHOTS.setdefault(name[: match.start()], []).append(name)
+        _SNAPSHOTS_OF[:] = [cost, len(cost)]
+    stem = key.removesuffix(_LATEST)
+    provider = entry.get("litellm_provider")
+    return [
+        name
+        for name in _SNAPSHOTS.get(stem, ())
+        if name != key and isinstance(cost[name], Mapping) and cost[name].get("litellm_provider") == provider
+    ]
 
 
 class Parts:

@@ -18,7 +18,17 @@ import litellm.litellm_core_utils.default_encoding
 import tiktoken
 
 from . import token_margins
-from ._price_table import Options, Parts, PriceTable, check_price, find_entry, price_table, request_tier
+from ._price_table import (
+    Options,
+    Parts,
+    PriceTable,
+    call_price_table,
+    check_price,
+    find_entry,
+    price_table,
+    request_tier,
+    resolved_model,
+)
 from .errors import ConfigurationError, UnpricedModelError
 
 # litellm's chat counting: 3 tokens of priming per request, 3 per message, 1 per name.
@@ -238,7 +248,8 @@ def _worst_case(
     messages: Iterable[Mapping[str, Any]] | None = None,
     prompt: object = None,
 ) -> WorstCase:
-    table = price_table(model)
+    table = call_price_table(model, request)
+    model = resolved_model(model)  # the model litellm calls: its tokenizer counts the prompt
     parts = Parts()
     if messages is not None:
         prompt_tokens = count_message_tokens(messages, model, parts)
