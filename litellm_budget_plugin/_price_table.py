@@ -352,10 +352,12 @@ _LATEST = "-latest"
 
 
 class _Cached(NamedTuple):
+    model: str  # the name litellm calls (after model_alias_map)
+    key: str | None  # its cost-map key (None: priced by the call alone)
     entry: Mapping[str, Any]
     copy: dict[str, Any]
-    snapshots: tuple[tuple[str, Mapping[str, Any]], ...]
     cost_map_size: int
+    snapshots: tuple[tuple[str, Mapping[str, Any]], ...]  # (key, entry) of each snapshot
     table: PriceTable
 
 
@@ -366,17 +368,16 @@ _SNAPSHOTS_OF: list[object] = [None, -1]  # the cost map (and its size) _SNAPSHO
 
 def price_table(model: str) -> PriceTable:
     """The model's table: the worst prices of its entry and of its snapshots' entries (litellm
-    prices an answer by the model the provider names in it when that name is priced), built
-    again when an entry was replaced or added, or the model's own entry edited, since."""
-    key, entry = _find(model)
+    prices an answer by the model the provider names in it when that name is priced)."""
     cached = _TABLES.get(model)
-    if cached is not None and _fresh(cached, entry):
+    if cached is not None and _fresh(cached, model):
         return cached.table
+    key, entry = _find(model)
     snapshots = tuple((name, litellm.model_cost[name]) for name in _snapshots(key, entry))
     table = PriceTable(model, entry)
     for name, snapshot in snapshots:
         table.include(name, snapshot)
-    _remember(model, entry, snapshots, table)
+    _remember(model, _Cached(resolved_model(model), key, entry, {}, 0, snapshots, table))
     return table
 
 
@@ -397,16 +398,16 @@ def call_price_table(model: str, request: Mapping[str, Any]) -> PriceTable:
         check_price(model, f"{name} (given on the call)", value)
         if name not in _TOKEN_PRICES:
             raise UnpricedModelError(model, name)
-    try:
-        entry = _find(model)[1]
-    except UnknownModelError:
-        entry = _NO_ENTRY  # priced by the call alone
-    key = (model, given.get("input_cost_per_token"), given.get("output_cost_per_token"))
-    cached = _TABLES.get(key)
-    if cached is not None and _fresh(cached, entry):
+    cache_key = (model, given.get("input_cost_per_token"), given.get("output_cost_per_token"))
+    cached = _TABLES.get(cache_key)
+    if cached is not None and _fresh(cached, model):
         return cached.table
+    try:
+        key, entry = _find(model)
+    except UnknownModelError:
+        key, entry = None, _NO_ENTRY  # priced by the call alone
     table = PriceTable(model, {**entry, **given})
-    _remember(key, entry, (), table)
+    _remember(cache_key, _Cached(resolved_model(model), key, entry, {}, 0, (), table))
     return table
 
 
@@ -415,26 +416,30 @@ _CALL_PRICES = frozenset({*_TOKEN_PRICES, "input_cost_per_second", "output_cost_
 _NO_ENTRY: Mapping[str, Any] = {}
 
 
-def _fresh(cached: _Cached, entry: Mapping[str, Any]) -> bool:
-    """Whether a cached table still prices ``entry``: the same object, unedited, and no entry
-    added to (or snapshot replaced in) the cost map since."""
-    if cached.entry is not entry or cached.copy != entry:
-        return False
+def _fresh(cached: _Cached, model: str) -> bool:
+    """Whether a cached table still holds: no entry added to the cost map (a new snapshot, or a
+    closer name), its entry the same object and unedited, the same alias target, and no snapshot
+    replaced since. (A snapshot's entry edited in place is seen at the next registration.)"""
     cost = litellm.model_cost
     if len(cost) != cached.cost_map_size:
         return False
-    return all(cost.get(name) is snapshot for name, snapshot in cached.snapshots)
+    entry = cost.get(cached.key) if cached.key is not None else _NO_ENTRY
+    if entry is not cached.entry or entry != cached.copy:
+        return False
+    aliases = litellm.model_alias_map
+    if (aliases.get(model, model) if aliases else model) != cached.model:
+        return False
+    for name, snapshot in cached.snapshots:
+        if cost.get(name) is not snapshot:
+            return False
+    return True
 
 
-def _remember(
-    key: object,
-    entry: Mapping[str, Any],
-    snapshots: tuple[tuple[str, Mapping[str, Any]], ...],
-    table: PriceTable,
-) -> None:
+def _remember(key: object, cached: _Cached) -> None:
     if len(_TABLES) > 4096:
         _TABLES.clear()
-    _TABLES[key] = _Cached(entry, copy.deepcopy(dict(entry)), snapshots, len(litellm.model_cost), table)
+    size = len(litellm.model_cost)
+    _TABLES[key] = cached._replace(copy=copy.deepcopy(dict(cached.entry)), cost_map_size=size)
 
 
 def _snapshots(key: str, entry: Mapping[str, Any]) -> list[str]:
