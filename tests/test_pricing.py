@@ -393,21 +393,34 @@ def test_prices_given_on_the_call_are_held(server, manager, register) -> None:
     request = {"messages": _HI, "max_tokens": 20}
     plain = worst_case("completion", "openai/gpt-4o-mini", request).total
     priced = worst_case(
-        "completion", "openai/gpt-4o-mini", {**request, "input_cost_per_token": PRICEY_IN, "output_cost_per_token": PRICEY_OUT}
+        "completion",
+        "openai/gpt-4o-mini",
+        {**request, "input_cost_per_token": PRICEY_IN, "output_cost_per_token": PRICEY_OUT},
     ).total
     answer = litellm.completion(
-        model="openai/gpt-4o-mini", mock_response="hi", input_cost_per_token=PRICEY_IN, output_cost_per_token=PRICEY_OUT, **request
+        model="openai/gpt-4o-mini",
+        mock_response="hi",
+        input_cost_per_token=PRICEY_IN,
+        output_cost_per_token=PRICEY_OUT,
+        **request,
     )
     usage = answer.usage  # litellm charges the call's prices (its mock usage is not a token count)
-    assert answer._hidden_params["response_cost"] == pytest.approx(usage.prompt_tokens * PRICEY_IN + usage.completion_tokens * PRICEY_OUT)
+    assert answer._hidden_params["response_cost"] == pytest.approx(
+        usage.prompt_tokens * PRICEY_IN + usage.completion_tokens * PRICEY_OUT
+    )
     prompt_tokens = litellm.token_counter(model="gpt-4o-mini", messages=_HI)
     assert plain < 0.001 < prompt_tokens * PRICEY_IN + 20 * PRICEY_OUT <= priced
     manager.create_budget(0.01, "alice")
     register(BudgetGuard(manager))
     with pytest.raises(BudgetExceededError):
         litellm.completion(
-            model="openai/gpt-4o-mini", api_base=server.url, api_key="k", user="alice",
-            input_cost_per_token=PRICEY_IN, output_cost_per_token=PRICEY_OUT, **request,
+            model="openai/gpt-4o-mini",
+            api_base=server.url,
+            api_key="k",
+            user="alice",
+            input_cost_per_token=PRICEY_IN,
+            output_cost_per_token=PRICEY_OUT,
+            **request,
         )
     assert server.count == 0
 
@@ -420,7 +433,10 @@ def test_a_router_deployments_prices_are_held(server, manager, register) -> None
     router = litellm.Router(
         model_list=[
             {"model_name": "plain", "litellm_params": params},
-            {"model_name": "custom", "litellm_params": {**params, "input_cost_per_token": PRICEY_IN, "output_cost_per_token": PRICEY_OUT}},
+            {
+                "model_name": "custom",
+                "litellm_params": {**params, "input_cost_per_token": PRICEY_IN, "output_cost_per_token": PRICEY_OUT},
+            },
         ]
     )
     manager.create_budget(0.01, "alice")
@@ -449,7 +465,12 @@ def test_prices_given_on_the_call_are_checked(field: str, value: object, error: 
 
 
 def test_a_model_unknown_to_the_cost_map_is_priced_by_the_call() -> None:
-    request = {"messages": _HI, "max_tokens": 20, "input_cost_per_token": PRICEY_IN, "output_cost_per_token": PRICEY_OUT}
+    request = {
+        "messages": _HI,
+        "max_tokens": 20,
+        "input_cost_per_token": PRICEY_IN,
+        "output_cost_per_token": PRICEY_OUT,
+    }
     assert worst_case("completion", "openai/not-in-the-cost-map", request).total >= 20 * PRICEY_OUT
     with pytest.raises(UnknownModelError):
         worst_case("completion", "openai/not-in-the-cost-map", {"messages": _HI, "max_tokens": 20})
@@ -487,9 +508,10 @@ SNAPPED = "snapshot-test-model"
 def snapshots() -> Iterator[str]:
     entry = {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
     names = [SNAPPED, f"{SNAPPED}-mini", f"{SNAPPED}-realtime-2030-01-01", f"{SNAPPED}-2030-01-01"]
-    litellm.register_model({name: dict(entry) for name in names[:3]})
-    litellm.model_cost[f"{SNAPPED}-mini"]["output_cost_per_token"] = 1.0  # another model: not a snapshot
-    litellm.model_cost[f"{SNAPPED}-realtime-2030-01-01"]["output_cost_per_token"] = 1.0
+    # set directly: litellm.register_model of a dated name may write the undated entry instead
+    litellm.model_cost[SNAPPED] = dict(entry)
+    for other_model in names[1:3]:  # other models: not snapshots
+        litellm.model_cost[other_model] = {**entry, "output_cost_per_token": 1.0}
     yield f"openai/{SNAPPED}"
     for name in names:
         litellm.model_cost.pop(name, None)
@@ -499,13 +521,19 @@ def test_a_dated_snapshot_litellm_may_price_the_answer_by_is_held(snapshots) -> 
     request = {"messages": _HI, "max_tokens": 100}
     assert worst_case("completion", snapshots, request).output_price == pytest.approx(2e-6)
     snapshot = f"{SNAPPED}-2030-01-01"
-    litellm.register_model({snapshot: {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 5e-6, "output_cost_per_token": 7e-6}})
+    litellm.model_cost[snapshot] = {
+        "litellm_provider": "openai",
+        "mode": "chat",
+        "input_cost_per_token": 5e-6,
+        "output_cost_per_token": 7e-6,
+    }
     # litellm prices an answer naming the snapshot at the snapshot's prices
     answer = litellm.completion(model=snapshots, messages=_HI, mock_response="hi", max_tokens=100)
-    answer.model = snapshot
-    charged = litellm.completion_cost(completion_response=answer, model=snapshots)
+    answer.model = answer._hidden_params["provider_response_model"] = snapshot  # as a provider names it
+    del answer._hidden_params["response_cost"]
+    charged = litellm.completion_cost(completion_response=answer)
     usage = answer.usage
     assert charged == pytest.approx(usage.prompt_tokens * 5e-6 + usage.completion_tokens * 7e-6)
-    worst = worst_case("completion", snapshots, request)  # the registration is noticed
+    worst = worst_case("completion", snapshots, request)  # the new entry is noticed
     assert worst.output_price == pytest.approx(7e-6)
     assert worst.total >= charged
