@@ -429,10 +429,7 @@ def _fresh(cached: _Cached, model: str) -> bool:
     aliases = litellm.model_alias_map
     if (aliases.get(model, model) if aliases else model) != cached.model:
         return False
-    for name, snapshot in cached.snapshots:
-        if cost.get(name) is not snapshot:
-            return False
-    return True
+    return all(cost.get(name) is snapshot for name, snapshot in cached.snapshots)
 
 
 def _remember(key: object, cached: _Cached) -> None:
