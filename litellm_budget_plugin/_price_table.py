@@ -366,18 +366,20 @@ _SNAPSHOTS: dict[str, list[str]] = {}  # name -> its snapshots' keys, for one co
 _SNAPSHOTS_OF: list[object] = [None, -1]  # the cost map (and its size) _SNAPSHOTS was read from
 
 
-def price_table(model: str) -> PriceTable:
+def price_table(model: str, *, snapshots: bool = True) -> PriceTable:
     """The model's table: the worst prices of its entry and of its snapshots' entries (litellm
-    prices an answer by the model the provider names in it when that name is priced)."""
-    cached = _TABLES.get(model)
+    prices an answer by the model the provider names in it when that name is priced); with
+    ``snapshots=False``, of its entry alone (to price an answer that names its model)."""
+    cache_key = model if snapshots else (model,)
+    cached = _TABLES.get(cache_key)
     if cached is not None and _fresh(cached, model):
         return cached.table
     key, entry = _find(model)
-    snapshots = tuple((name, litellm.model_cost[name]) for name in _snapshots(key, entry))
+    found = tuple((name, litellm.model_cost[name]) for name in _snapshots(key, entry)) if snapshots else ()
     table = PriceTable(model, entry)
-    for name, snapshot in snapshots:
+    for name, snapshot in found:
         table.include(name, snapshot)
-    _remember(model, _Cached(resolved_model(model), key, entry, {}, 0, snapshots, table))
+    _remember(cache_key, _Cached(resolved_model(model), key, entry, {}, 0, found, table))
     return table
 
 

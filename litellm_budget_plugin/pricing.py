@@ -382,7 +382,7 @@ def text_cost(model: str, input_text: str, output_text: str) -> float:
 
 
 def _tokens_cost(model: str, prompt: int, completion: int, options: Options) -> float:
-    table = price_table(model)
+    table = price_table(model, snapshots=False)  # an actual cost: the model named is the one priced
     rates = table.rates(options, prompt)
     return float((prompt * rates.input + completion * rates.output) * table.multiplier)
 
