@@ -72,6 +72,14 @@ _IMAGE_FEE = "input_cost_per_image"
 _AUDIO_SECOND_FEE = "input_cost_per_audio_per_second"
 _VIDEO_SECOND_FEE = "input_cost_per_video_per_second"
 _REQUEST_FEES = ("input_cost_per_request", "input_cost_per_query")
+_NUMERIC_FEES = (
+    *_UNBOUNDED_FIELDS,
+    *_REQUEST_FEES,
+    _IMAGE_FEE,
+    _AUDIO_SECOND_FEE,
+    _VIDEO_SECOND_FEE,
+    "google_maps_grounding_cost_per_query",
+)
 
 
 class Options(NamedTuple):
@@ -124,8 +132,8 @@ class PriceTable:
             # litellm adds the price of whichever model Azure's router picks to this flat price.
             self.unbounded = "the price of the model Azure's router picks"
         self.max_output_tokens = entry.get("max_output_tokens")
-        search = entry.get("search_context_cost_per_query")
-        self.search_fee = max(search.values(), default=0.0) if isinstance(search, Mapping) else 0.0
+        search = entry.get("search_context_cost_per_query")  # by context size, or one fee (Perplexity)
+        self.search_fee = float(max(search.values(), default=0.0) if isinstance(search, Mapping) else search or 0.0)
         self.maps_fee = float(entry.get("google_maps_grounding_cost_per_query") or 0.0)
         self.request_fee = sum(float(entry.get(name) or 0.0) for name in _REQUEST_FEES)
         self.image_fee = _max_of(entry, _IMAGE_FEE)
@@ -133,7 +141,7 @@ class PriceTable:
         self.video_second_fee = _max_of(entry, _VIDEO_SECOND_FEE)
         specific = entry.get("provider_specific_entry")
         specific = specific if isinstance(specific, Mapping) else {}
-        geo = [float(v) for k, v in specific.items() if len(k) == 2 and _is_price(v)]
+        geo = [float(v) for k, v in specific.items() if len(k) == 2]
         # Multipliers litellm applies by where a call was served: a Vertex regional endpoint or
         # Anthropic's inference geo are not known before the call, so always assumed; OpenAI's
         # data-residency (eu./us.) and FedRAMP (gov.) uplifts follow the request's api_base.
@@ -141,8 +149,30 @@ class PriceTable:
         vertex = [float(v) for k, v in entry.items() if k == "regional_endpoint_uplift_multiplier" and _is_price(v)]
         self.multiplier = max([1.0, *geo, *vertex])
         self.residency_multiplier = max([1.0, *uplift])
-        self.fast_multiplier = float(specific.get("fast", 1.0)) if _is_price(specific.get("fast", 1.0)) else 1.0
+        self.fast_multiplier = float(specific.get("fast", 1.0))
         self._variants: dict[Options, tuple[list[float], list[Rates]]] = {}
+
+    def include(self, model: str, entry: Mapping[str, Any]) -> None:
+        """Raise this table to the prices of another entry litellm may price the call by: every
+        per-token price, fee and multiplier becomes the higher of the two."""
+        try:
+            other = PriceTable(model, entry)
+        except UnpricedModelError as exc:
+            self.unbounded = self.unbounded or f"{exc.field} (of {model!r}, which may price its answers)"
+            return
+        except UnknownModelError:
+            return  # no per-token price: litellm prices the answer by the requested model
+        for key, by_tier in other._prices.items():
+            mine = self._prices.setdefault(key, {})
+            for tier, price in by_tier.items():
+                mine[tier] = max(mine.get(tier, 0.0), price)
+        for name, value in vars(other).items():
+            mine_value = getattr(self, name)
+            if isinstance(value, float) and isinstance(mine_value, float):  # fees and multipliers
+                setattr(self, name, max(mine_value, value))
+            elif name == "unbounded" and self.unbounded is None:
+                self.unbounded = value
+        self._variants.clear()
 
     def _add(self, key: str, value: object, start: float) -> None:
         parsed = _parse_price_key(key)
@@ -236,24 +266,47 @@ def _check_entry(model: str, entry: Mapping[str, Any]) -> None:
     """Every price in the entry is a finite, non-negative number: else a ConfigurationError naming it."""
     for key, value in entry.items():
         if key == "tiered_pricing" and value is not None:
-            if not isinstance(value, list):
-                raise ConfigurationError(f"price of model {model!r}: tiered_pricing must be a list, got {value!r}")
-            for tier in value:
-                if not isinstance(tier, Mapping):
-                    raise ConfigurationError(f"price of model {model!r}: a tiered_pricing tier must be a mapping")
-                for name, price in tier.items():
-                    if _is_price_field(name):
-                        check_price(model, f"tiered_pricing {name}", price)
-        elif key == "search_context_cost_per_query" and isinstance(value, Mapping):
-            for name, price in value.items():
-                check_price(model, f"{key} {name}", price)
+            _check_tiers(model, value)
+        elif key == "provider_specific_entry" and isinstance(value, Mapping):
+            for name, price in value.items():  # the ones read as multipliers (other keys are not prices)
+                if len(name) == 2 or name == "fast":
+                    check_price(model, f"{key} {name}", price)
         elif key in ("max_output_tokens", "max_input_tokens", "max_tokens") and value is not None:
             if not _is_price(value) or not 0 <= value < math.inf:
                 raise ConfigurationError(
                     f"price of model {model!r}: {key} must be a non-negative number, got {value!r}"
                 )
-        elif _is_price_field(key) and not isinstance(value, Mapping):
+        elif _is_price_field(key) and isinstance(value, Mapping) and not _read_as_number(key):
+            for name, price in value.items():  # prices by size or unit (search_context_cost_per_query)
+                check_price(model, f"{key} {name}", price)
+        elif _is_price_field(key):
             check_price(model, key, value)
+
+
+def _check_tiers(model: str, tiers: object) -> None:
+    if not isinstance(tiers, list):
+        raise ConfigurationError(f"price of model {model!r}: tiered_pricing must be a list, got {tiers!r}")
+    for tier in tiers:
+        if not isinstance(tier, Mapping):
+            raise ConfigurationError(f"price of model {model!r}: a tiered_pricing tier must be a mapping")
+        bounds = tier.get("range")
+        if bounds is not None and (
+            not isinstance(bounds, list | tuple)
+            or not bounds
+            or not all(_is_price(bound) and bound >= 0 for bound in bounds)
+            or not bounds[0] < math.inf
+        ):
+            raise ConfigurationError(
+                f"price of model {model!r}: a tiered_pricing range must be [start, end] token counts, got {bounds!r}"
+            )
+        for name, price in tier.items():
+            if _is_price_field(name):
+                check_price(model, f"tiered_pricing {name}", price)
+
+
+def _read_as_number(key: str) -> bool:
+    """Whether the table reads this field as one number (a mapping there is unusable)."""
+    return _parse_price_key(key) is not None or key.endswith("multiplier") or key.startswith(_NUMERIC_FEES)
 
 
 def check_price(model: str, field: str, value: object, *, required: bool = False) -> None:
@@ -267,32 +320,145 @@ def check_price(model: str, field: str, value: object, *, required: bool = False
 
 
 def find_entry(model: str) -> Mapping[str, Any]:
-    """litellm's price entry for ``model``, looked up as written or without its provider."""
+    """litellm's price entry for ``model`` (after ``litellm.model_alias_map``, as litellm's
+    ``completion()`` resolves it), looked up as written or without its provider."""
+    return _find(model)[1]
+
+
+def _find(model: str) -> tuple[str, Mapping[str, Any]]:
+    """The cost-map key and entry of ``model``."""
     table = litellm.model_cost
+    model = resolved_model(model)
     entry = table.get(model)
-    if entry is None and "/" in model:
-        entry = table.get(model.split("/", 1)[1])
-        if entry is None:
-            entry = table.get(model.rsplit("/", 1)[-1])
-    if entry is None:
-        raise UnknownModelError(model)
-    return entry  # type: ignore[no-any-return]
+    if entry is not None:
+        return model, entry
+    if "/" in model:
+        for key in (model.split("/", 1)[1], model.rsplit("/", 1)[-1]):
+            entry = table.get(key)
+            if entry is not None:
+                return key, entry
+    raise UnknownModelError(model)
 
 
-_TABLES: dict[str, tuple[Mapping[str, Any], dict[str, Any], PriceTable]] = {}
+def resolved_model(model: str) -> str:
+    """The model litellm calls for ``model``: its ``litellm.model_alias_map`` target (one step)."""
+    aliases = litellm.model_alias_map
+    return aliases.get(model, model) if aliases else model
 
 
-def price_table(model: str) -> PriceTable:
-    """The model's table, built again when its entry was replaced or edited since."""
-    entry = find_entry(model)
-    cached = _TABLES.get(model)
-    if cached is not None and cached[0] is entry and cached[1] == entry:
-        return cached[2]
+# A dated or numbered snapshot of a model name: -2024-05-13, -20250929, @20241022, -0613, -002.
+_SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|[-@]\d{8}|-\d{4}|[-@]\d{3})$")
+_LATEST = "-latest"
+
+
+class _Cached(NamedTuple):
+    model: str  # the name litellm calls (after model_alias_map)
+    key: str | None  # its cost-map key (None: priced by the call alone)
+    entry: Mapping[str, Any]
+    copy: dict[str, Any]
+    cost_map_size: int
+    snapshots: tuple[tuple[str, Mapping[str, Any]], ...]  # (key, entry) of each snapshot
+    table: PriceTable
+
+
+_TABLES: dict[object, _Cached] = {}
+_SNAPSHOTS: dict[str, list[str]] = {}  # name -> its snapshots' keys, for one cost map
+_SNAPSHOTS_OF: list[object] = [None, -1]  # the cost map (and its size) _SNAPSHOTS was read from
+
+
+def price_table(model: str, *, snapshots: bool = True) -> PriceTable:
+    """The model's table: the worst prices of its entry and of its snapshots' entries (litellm
+    prices an answer by the model the provider names in it when that name is priced); with
+    ``snapshots=False``, of its entry alone (to price an answer that names its model)."""
+    cache_key = model if snapshots else (model,)
+    cached = _TABLES.get(cache_key)
+    if cached is not None and _fresh(cached, model):
+        return cached.table
+    key, entry = _find(model)
+    found = tuple((name, litellm.model_cost[name]) for name in _snapshots(key, entry)) if snapshots else ()
     table = PriceTable(model, entry)
+    for name, snapshot in found:
+        table.include(name, snapshot)
+    _remember(cache_key, _Cached(resolved_model(model), key, entry, {}, 0, found, table))
+    return table
+
+
+def call_price_table(model: str, request: Mapping[str, Any]) -> PriceTable:
+    """The table for a request: ``price_table(model)``, or one with the call's own prices.
+
+    litellm charges ``input_cost_per_token=`` / ``output_cost_per_token=`` given on the call (or
+    a Router deployment's ``litellm_params``) in place of the entry's base price of that side;
+    the entry's tier prices (a long prompt, a ``service_tier``) still apply, and the answer is
+    priced as the requested model (no snapshot). A per-second price is not bounded by tokens.
+    """
+    if _CALL_PRICES.isdisjoint(request):
+        return price_table(model)
+    given = {name: request[name] for name in _CALL_PRICES if request.get(name) is not None}
+    if not given:
+        return price_table(model)
+    for name, value in given.items():
+        check_price(model, f"{name} (given on the call)", value)
+        if name not in _TOKEN_PRICES:
+            raise UnpricedModelError(model, name)
+    cache_key = (model, given.get("input_cost_per_token"), given.get("output_cost_per_token"))
+    cached = _TABLES.get(cache_key)
+    if cached is not None and _fresh(cached, model):
+        return cached.table
+    try:
+        key, entry = _find(model)
+    except UnknownModelError:
+        key, entry = None, _NO_ENTRY  # priced by the call alone
+    table = PriceTable(model, {**entry, **given})
+    _remember(cache_key, _Cached(resolved_model(model), key, entry, {}, 0, (), table))
+    return table
+
+
+_TOKEN_PRICES = ("input_cost_per_token", "output_cost_per_token")
+_CALL_PRICES = frozenset({*_TOKEN_PRICES, "input_cost_per_second", "output_cost_per_second", "cost_per_second"})
+_NO_ENTRY: Mapping[str, Any] = {}
+
+
+def _fresh(cached: _Cached, model: str) -> bool:
+    """Whether a cached table still holds: no entry added to the cost map (a new snapshot, or a
+    closer name), its entry the same object and unedited, the same alias target, and no snapshot
+    replaced since. (A snapshot's entry edited in place is seen at the next registration.)"""
+    cost = litellm.model_cost
+    if len(cost) != cached.cost_map_size:
+        return False
+    entry = cost.get(cached.key) if cached.key is not None else _NO_ENTRY
+    if entry is not cached.entry or entry != cached.copy:
+        return False
+    aliases = litellm.model_alias_map
+    if (aliases.get(model, model) if aliases else model) != cached.model:
+        return False
+    return all(cost.get(name) is snapshot for name, snapshot in cached.snapshots)
+
+
+def _remember(key: object, cached: _Cached) -> None:
     if len(_TABLES) > 4096:
         _TABLES.clear()
-    _TABLES[model] = (entry, copy.deepcopy(dict(entry)), table)
-    return table
+    size = len(litellm.model_cost)
+    _TABLES[key] = cached._replace(copy=copy.deepcopy(dict(cached.entry)), cost_map_size=size)
+
+
+def _snapshots(key: str, entry: Mapping[str, Any]) -> list[str]:
+    """Cost-map keys of the snapshots of ``key`` (``key`` + a date or version suffix; for a
+    ``-latest`` name, those of the name without it) priced for the same provider."""
+    cost = litellm.model_cost
+    if _SNAPSHOTS_OF[0] is not cost or _SNAPSHOTS_OF[1] != len(cost):
+        _SNAPSHOTS.clear()
+        for name in cost:
+            match = _SNAPSHOT.search(name)
+            if match:
+                _SNAPSHOTS.setdefault(name[: match.start()], []).append(name)
+        _SNAPSHOTS_OF[:] = [cost, len(cost)]
+    stem = key.removesuffix(_LATEST)
+    provider = entry.get("litellm_provider")
+    return [
+        name
+        for name in _SNAPSHOTS.get(stem, ())
+        if name != key and isinstance(cost[name], Mapping) and cost[name].get("litellm_provider") == provider
+    ]
 
 
 class Parts:

@@ -18,7 +18,17 @@ import litellm.litellm_core_utils.default_encoding
 import tiktoken
 
 from . import token_margins
-from ._price_table import Options, Parts, PriceTable, check_price, find_entry, price_table, request_tier
+from ._price_table import (
+    Options,
+    Parts,
+    PriceTable,
+    call_price_table,
+    check_price,
+    find_entry,
+    price_table,
+    request_tier,
+    resolved_model,
+)
 from ._searches import search_fees, searches_unasked, tool_searches
 from .errors import ConfigurationError, UnpricedModelError
 
@@ -293,7 +303,8 @@ def _worst_case(
     messages: Iterable[Mapping[str, Any]] | None = None,
     prompt: object = None,
 ) -> WorstCase:
-    table = price_table(model)
+    table = call_price_table(model, request)
+    model = resolved_model(model)  # the model litellm calls: its tokenizer counts the prompt
     parts = Parts()
     if messages is not None:
         prompt_tokens = count_message_tokens(messages, model, parts)
@@ -479,7 +490,7 @@ def text_cost(model: str, input_text: str, output_text: str) -> float:
 
 
 def _tokens_cost(model: str, prompt: int, completion: int, options: Options) -> float:
-    table = price_table(model)
+    table = price_table(model, snapshots=False)  # an actual cost: the model named is the one priced
     rates = table.rates(options, prompt)
     return float((prompt * rates.input + completion * rates.output) * table.multiplier)
 

@@ -9,6 +9,8 @@ as unbounded must refuse, and are counted apart.
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -303,6 +305,15 @@ def test_register_price_rejects_a_bad_output_limit(limit: object) -> None:
         ("input_cost_per_token_above_200k_tokens", math.inf),
         ("cache_creation_input_token_cost", "0.1"),
         ("output_cost_per_token_priority", False),
+        ("input_cost_per_token", {"a": 1}),  # a mapping where one price is read
+        ("tiered_pricing", [{"range": "abc", "input_cost_per_token": 1e-6}]),
+        ("tiered_pricing", [{"range": [None, 5], "input_cost_per_token": 1e-6}]),
+        ("tiered_pricing", [{"range": 5, "input_cost_per_token": 1e-6}]),
+        ("search_context_cost_per_query", -0.01),
+        ("search_context_cost_per_query", {"search_context_size_high": "0.01"}),
+        ("provider_specific_entry", {"us": "1.1"}),
+        ("provider_specific_entry", {"us": -2.0}),
+        ("provider_specific_entry", {"fast": math.nan}),
     ],
 )
 def test_a_bad_price_in_litellms_cost_map_is_named(field: str, bad: object) -> None:
@@ -363,3 +374,176 @@ def test_options_raise_the_worst_case() -> None:
     assert worst_case("completion", model, {"messages": cached, "max_tokens": 10}).prompt_cost > plain
     searched = worst_case("completion", model, {"messages": messages, "max_tokens": 10, "web_search_options": {}})
     assert searched.prompt_cost > plain + 0.005
+
+
+def test_a_plain_number_search_fee_is_charged_per_search() -> None:
+    """litellm's Perplexity calculator takes search_context_cost_per_query as one number too."""
+    name = "plain-search-fee-model"
+    litellm.model_cost[name] = {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1e-6}
+    litellm.model_cost[name]["search_context_cost_per_query"] = 0.5
+    try:
+        request = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0, "web_search_options": {}}
+        assert worst_case("completion", name, request).total >= 0.5
+    finally:
+        litellm.model_cost.pop(name, None)
+
+
+# --- prices litellm takes from elsewhere: the call, an alias, the answer's model ------------------
+
+PRICEY_IN, PRICEY_OUT = 1e-3, 2e-3
+_HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def cost_map() -> Iterator[None]:
+    """litellm before 1.110 registers a call's own prices in its cost map (for every later call
+    of that model): put the map back after the test."""
+    saved = {name: copy.deepcopy(entry) for name, entry in litellm.model_cost.items()}
+    yield
+    litellm.model_cost.clear()
+    litellm.model_cost.update(saved)
+
+
+def test_prices_given_on_the_call_are_held(server, manager, register, cost_map) -> None:
+    from litellm_budget_plugin import BudgetExceededError
+    from litellm_budget_plugin.guard import BudgetGuard
+
+    request = {"messages": _HI, "max_tokens": 20}
+    plain = worst_case("completion", "openai/gpt-4o-mini", request).total
+    priced = worst_case(
+        "completion",
+        "openai/gpt-4o-mini",
+        {**request, "input_cost_per_token": PRICEY_IN, "output_cost_per_token": PRICEY_OUT},
+    ).total
+    answer = litellm.completion(
+        model="openai/gpt-4o-mini",
+        mock_response="hi",
+        input_cost_per_token=PRICEY_IN,
+        output_cost_per_token=PRICEY_OUT,
+        **request,
+    )
+    usage = answer.usage  # litellm charges the call's prices (its mock usage is not a token count)
+    assert answer._hidden_params["response_cost"] == pytest.approx(
+        usage.prompt_tokens * PRICEY_IN + usage.completion_tokens * PRICEY_OUT
+    )
+    prompt_tokens = litellm.token_counter(model="gpt-4o-mini", messages=_HI)
+    assert plain < 0.001 < prompt_tokens * PRICEY_IN + 20 * PRICEY_OUT <= priced
+    manager.create_budget(0.01, "alice")
+    register(BudgetGuard(manager))
+    with pytest.raises(BudgetExceededError):
+        litellm.completion(
+            model="openai/gpt-4o-mini",
+            api_base=server.url,
+            api_key="k",
+            user="alice",
+            input_cost_per_token=PRICEY_IN,
+            output_cost_per_token=PRICEY_OUT,
+            **request,
+        )
+    assert server.count == 0
+
+
+def test_a_router_deployments_prices_are_held(server, manager, register, cost_map) -> None:
+    from litellm_budget_plugin import BudgetExceededError
+    from litellm_budget_plugin.guard import BudgetGuard
+
+    assert worst_case("completion", "openai/gpt-4o-mini", {"messages": _HI, "max_tokens": 20}).total < 0.001
+    params = {"model": "openai/gpt-4o-mini", "api_base": server.url, "api_key": "k"}
+    prices = {"input_cost_per_token": PRICEY_IN, "output_cost_per_token": PRICEY_OUT}
+    router = litellm.Router(model_list=[{"model_name": "custom", "litellm_params": {**params, **prices}}])
+    manager.create_budget(0.01, "alice")
+    register(BudgetGuard(manager))
+    with pytest.raises(BudgetExceededError):  # the deployment's prices reach the guard with the call
+        router.completion(model="custom", messages=_HI, max_tokens=20, user="alice")
+    with pytest.raises(BudgetExceededError):
+        asyncio.run(router.acompletion(model="custom", messages=_HI, max_tokens=20, user="alice"))
+    assert server.count == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("input_cost_per_token", -1.0, ConfigurationError),
+        ("output_cost_per_token", "1e-3", ConfigurationError),
+        ("input_cost_per_token", {"a": 1}, ConfigurationError),
+        ("input_cost_per_second", 1.0, UnpricedModelError),
+        ("cost_per_second", 1.0, UnpricedModelError),
+    ],
+)
+def test_prices_given_on_the_call_are_checked(field: str, value: object, error: type[Exception]) -> None:
+    with pytest.raises(error) as raised:
+        worst_case("completion", "openai/gpt-4o-mini", {"messages": _HI, "max_tokens": 1, field: value})
+    assert field in str(raised.value)
+
+
+def test_a_model_unknown_to_the_cost_map_is_priced_by_the_call() -> None:
+    request = {
+        "messages": _HI,
+        "max_tokens": 20,
+        "input_cost_per_token": PRICEY_IN,
+        "output_cost_per_token": PRICEY_OUT,
+    }
+    assert worst_case("completion", "openai/not-in-the-cost-map", request).total >= 20 * PRICEY_OUT
+    with pytest.raises(UnknownModelError):
+        worst_case("completion", "openai/not-in-the-cost-map", {"messages": _HI, "max_tokens": 20})
+
+
+@pytest.fixture
+def aliases() -> Iterator[dict[str, str]]:
+    saved = litellm.model_alias_map
+    litellm.model_alias_map = {}
+    yield litellm.model_alias_map
+    litellm.model_alias_map = saved
+
+
+def test_an_alias_is_priced_as_the_model_litellm_calls(server, manager, register, aliases) -> None:
+    from litellm_budget_plugin import BudgetExceededError
+    from litellm_budget_plugin.guard import BudgetGuard
+
+    aliases.update({"smart": "openai/gpt-4o", "gpt-4o-mini": "openai/gpt-4o"})
+    request = {"messages": _HI, "max_tokens": 1000}
+    gpt_4o = worst_case("completion", "openai/gpt-4o", request).total
+    assert worst_case("completion", "smart", request).total == pytest.approx(gpt_4o)
+    assert worst_case("completion", "gpt-4o-mini", request).total == pytest.approx(gpt_4o)
+    manager.create_budget(gpt_4o * 0.9, "alice")
+    register(BudgetGuard(manager))
+    with pytest.raises(BudgetExceededError):  # held at gpt-4o's price, which litellm calls and charges
+        litellm.completion(model="gpt-4o-mini", api_base=server.url, api_key="k", user="alice", **request)
+    litellm.completion(model="smart", api_base=server.url, api_key="k", user="alice", messages=_HI, max_tokens=10)
+    assert [sent["body"]["model"] for sent in server.requests] == ["gpt-4o"]
+
+
+SNAPPED = "snapshot-test-model"
+
+
+@pytest.fixture
+def snapshots() -> Iterator[str]:
+    entry = {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+    names = [SNAPPED, f"{SNAPPED}-mini", f"{SNAPPED}-realtime-2030-01-01", f"{SNAPPED}-2030-01-01"]
+    # set directly: litellm.register_model of a dated name may write the undated entry instead
+    litellm.model_cost[SNAPPED] = dict(entry)
+    for other_model in names[1:3]:  # other models: not snapshots
+        litellm.model_cost[other_model] = {**entry, "output_cost_per_token": 1.0}
+    yield f"openai/{SNAPPED}"
+    for name in names:
+        litellm.model_cost.pop(name, None)
+
+
+def test_a_dated_snapshot_litellm_may_price_the_answer_by_is_held(snapshots) -> None:
+    request = {"messages": _HI, "max_tokens": 100}
+    assert worst_case("completion", snapshots, request).output_price == pytest.approx(2e-6)
+    snapshot = f"{SNAPPED}-2030-01-01"
+    litellm.model_cost[snapshot] = {
+        "litellm_provider": "openai",
+        "mode": "chat",
+        "input_cost_per_token": 5e-6,
+        "output_cost_per_token": 7e-6,
+    }
+    # litellm (1.110) prices an answer naming the snapshot at the snapshot's prices
+    answer = litellm.completion(model=snapshots, messages=_HI, mock_response="hi", max_tokens=100)
+    answer.model = answer._hidden_params["provider_response_model"] = snapshot  # as a provider names it
+    del answer._hidden_params["response_cost"]
+    charged = litellm.completion_cost(completion_response=answer, custom_llm_provider="openai")
+    worst = worst_case("completion", snapshots, request)  # the new entry is noticed
+    assert worst.output_price == pytest.approx(7e-6)
+    assert worst.total >= charged > 0

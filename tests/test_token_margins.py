@@ -19,6 +19,7 @@ import tiktoken
 from tokenizers import Tokenizer
 
 from litellm_budget_plugin import BudgetManager, pricing, token_margins
+from litellm_budget_plugin._price_table import Options
 
 CORPUS_DIR = Path(__file__).parent / "data" / "tokenizer_corpus"
 CORPUS = {path.stem: path.read_text(encoding="utf-8") for path in sorted(CORPUS_DIR.glob("*.txt"))}
@@ -127,7 +128,7 @@ def test_openai_models_get_no_margin() -> None:
     messages = [{"role": "user", "content": CORPUS["udhr_ja"]}]
     for model in ("gpt-4o-mini", "gpt-4", "openrouter/openai/gpt-4o"):
         assert token_margins.prompt_margin(model) == 1.0
-        price = float(pricing.prices(model)["input_cost_per_token"])
+        price = pricing.price_table(model).rates(Options(), 0).input  # its snapshots' prices included
         estimate = pricing.estimate_cost(model, messages=messages)
         assert estimate == pytest.approx(pricing.count_message_tokens(messages, model) * price, rel=1e-12)
 
