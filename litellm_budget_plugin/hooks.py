@@ -276,6 +276,9 @@ class PendingPositionals:
                 )
             self._calls[call_id] = positionals
 
+    def __len__(self) -> int:
+        return len(self._calls)
+
     def pop(self, call_id: object) -> Mapping[str, Any]:
         if not self._calls:  # most calls: keywords only, nothing kept, no lock
             return _NONE
