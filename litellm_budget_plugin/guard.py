@@ -147,7 +147,9 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError(f"on_store_error must be closed or open, got {on_store_error!r}")
         self.on_store_error = on_store_error
         self.lease_seconds = budget.check_lease_seconds(lease_seconds)
-        self.output_token_cap = None if output_token_cap is None else _check_tokens("output_token_cap", output_token_cap)
+        if output_token_cap is not None:
+            output_token_cap = _check_tokens("output_token_cap", output_token_cap)
+        self.output_token_cap = output_token_cap
         if not isinstance(cap_output, bool):
             raise ConfigurationError(f"cap_output must be True or False, got {cap_output!r}")
         self.cap_output = cap_output

@@ -68,7 +68,9 @@ def test_cap_output_lowers_a_limit_given_in_extra_body(
     assert spend(manager, "alice", response._hidden_params["response_cost"]) <= budget
 
 
-def test_cap_output_lowers_every_limit_the_request_carries(billing: FakeOpenAI, manager: BudgetManager, register) -> None:
+def test_cap_output_lowers_every_limit_the_request_carries(
+    billing: FakeOpenAI, manager: BudgetManager, register
+) -> None:
     budget = 0.001
     manager.create_budget(budget, "alice")
     register(BudgetGuard(manager, cap_output=True))
@@ -86,7 +88,9 @@ def test_limits_below_the_cap_are_kept(billing: FakeOpenAI, manager: BudgetManag
 
 
 @pytest.mark.parametrize("bad", ["100", -1, 1.5, True])
-def test_a_bad_limit_in_extra_body_is_refused_naming_it(server: FakeOpenAI, manager: BudgetManager, register, bad: object) -> None:
+def test_a_bad_limit_in_extra_body_is_refused_naming_it(
+    server: FakeOpenAI, manager: BudgetManager, register, bad: object
+) -> None:
     manager.create_budget(1.0, "alice")
     register(BudgetGuard(manager, cap_output=True))
     with pytest.raises(ConfigurationError, match=r"extra_body\['max_tokens'\] must be a non-negative integer"):
