@@ -57,6 +57,7 @@ AlertHandler = Callable[[str, float, float], None]
 
 _OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens")
 _NO_POSITIONALS: Mapping[str, Any] = {}
+_Limit = tuple[str | None, str, int]  # an output limit of a request: (section, key, tokens), see _output_limits
 
 
 class _Hold(NamedTuple):
@@ -200,8 +201,9 @@ class BudgetGuard(CustomLogger):
         if not isinstance(call_id, str) or not call_id:
             return  # litellm gives every call an id; without one the result cannot be matched
         model = str(request.get("model") or "")
+        limits = _output_limits(request) if call_type in pricing.OUTPUT_CALLS else []
         capped = self.cap_output and call_type in pricing.OUTPUT_CALLS
-        worst = self._worst_case(call_type, model, request, capped)
+        worst = self._worst_case(call_type, model, request, limits, capped)
         estimate = worst.total
         at_least = worst.prompt_cost + self.min_output_tokens * worst.output_price if capped else None
         holds: list[_Hold] = []
@@ -227,7 +229,7 @@ class BudgetGuard(CustomLogger):
                     self._release_hold(hold)
             if not store_down:
                 if isinstance(exc, BudgetExceededError) and not exc.hint:
-                    raise self._explained(exc, call_type, model, request, worst) from None
+                    raise self._explained(exc, call_type, model, request, limits, worst) from None
                 raise
             untracked, holds = exc, kept
         if untracked is not None:  # the process budget still counts the call
@@ -239,7 +241,7 @@ class BudgetGuard(CustomLogger):
         if capped:
             held = min(hold.amount for hold in holds)
             tokens = worst.output_tokens if held >= worst.total else worst.output_tokens_for(held)
-            _limit_output(kwargs, _output_limits(request), tokens)
+            _limit_output(kwargs, limits, tokens)
 
     def _reserve_for(self, user: str, call_id: str, estimate: float, at_least: float | None) -> float:
         """Hold the call for ``user``; returns the amount held (less than ``estimate`` only with ``at_least``)."""
@@ -258,6 +260,7 @@ class BudgetGuard(CustomLogger):
         call_type: str,
         model: str,
         kwargs: Mapping[str, Any],
+        limits: list[_Limit],
         worst: pricing.WorstCase,
     ) -> BudgetExceededError:
         """The refusal, saying so when most of the estimate is output tokens the caller never asked for,
@@ -269,7 +272,7 @@ class BudgetGuard(CustomLogger):
                 f"not even min_output_tokens={self.min_output_tokens} output tokens fit after the prompt "
                 f"(${worst.prompt_cost:.6f}) with cap_output=True"
             )
-        elif _output_limits(kwargs) or worst.output_cost <= worst.total / 2:
+        elif limits or worst.output_cost <= worst.total / 2:
             return refusal
         else:
             choices = kwargs.get("n") or 1
@@ -284,14 +287,16 @@ class BudgetGuard(CustomLogger):
             refusal.user, refusal.spend, refusal.budget, refusal.estimate, refusal.reserved, hint=hint
         )
 
-    def _worst_case(self, call_type: str, model: str, request: Mapping[str, Any], capped: bool) -> pricing.WorstCase:
-        """The call's worst case. A call without an output limit is held for its model's maximum
-        (an upper bound), or ``output_token_cap`` when set (an assumption), except a capped call:
-        the guard then sets the limit, so the model's maximum is a bound again."""
+    def _worst_case(
+        self, call_type: str, model: str, request: Mapping[str, Any], limits: list[_Limit], capped: bool
+    ) -> pricing.WorstCase:
+        """The call's worst case. A call without an output limit (``limits``) is held for its
+        model's maximum (an upper bound), or ``output_token_cap`` when set (an assumption),
+        except a capped call: the guard then sets the limit, so the model's maximum is a bound."""
         cap = self.output_token_cap
         if call_type not in pricing.OUTPUT_CALLS:
             pass  # no output tokens: the cap is not read
-        elif limits := _output_limits(request):
+        elif limits:
             if cap is None:  # read only if the request's limit is not: its largest is the bound
                 cap = max(value for _, _, value in limits)
         elif cap is None or capped:
@@ -324,6 +329,7 @@ class BudgetGuard(CustomLogger):
     def _settle(self, kwargs: Mapping[str, Any], response_obj: Any, reported_cost: object) -> None:
         """Charge a finished call its actual cost in place of its holds (once: holds are popped)."""
         call_id = kwargs.get("litellm_call_id")
+        self.pending_positionals.pop(call_id)  # an async call its deployment hook never saw
         with self._holds_lock:
             holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
         if not holds:
@@ -381,6 +387,7 @@ class BudgetGuard(CustomLogger):
 
     def _release(self, kwargs: Mapping[str, Any]) -> None:
         call_id = kwargs.get("litellm_call_id")
+        self.pending_positionals.pop(call_id)  # an async call that failed before its deployment hook
         with self._holds_lock:
             holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
         for hold in holds or []:
@@ -456,7 +463,6 @@ class BudgetGuard(CustomLogger):
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        self.pending_positionals.pop(kwargs.get("litellm_call_id"))  # failed before the deployment hook
         await off_the_loop(self._release, kwargs)
 
 
@@ -496,10 +502,10 @@ def _check_tokens(name: str, tokens: object) -> int:
     return tokens
 
 
-def _output_limits(request: Mapping[str, Any]) -> list[tuple[str | None, str, int]]:
+def _output_limits(request: Mapping[str, Any]) -> list[_Limit]:
     """Each output limit the request carries, as (section, key, tokens): section None for its
     top level, ``"extra_body"`` for the keys litellm sends over the top level's."""
-    limits: list[tuple[str | None, str, int]] = []
+    limits: list[_Limit] = []
     extra = request.get("extra_body")
     for section, values in ((None, request), ("extra_body", extra if isinstance(extra, Mapping) else {})):
         for key in _OUTPUT_LIMITS:
@@ -513,7 +519,7 @@ def _output_limits(request: Mapping[str, Any]) -> list[tuple[str | None, str, in
     return limits
 
 
-def _limit_output(kwargs: MutableMapping[str, Any], limits: list[tuple[str | None, str, int]], tokens: int) -> None:
+def _limit_output(kwargs: MutableMapping[str, Any], limits: list[_Limit], tokens: int) -> None:
     """Lower every output limit of the request (``limits``, from :func:`_output_limits`) above
     ``tokens`` to it, in ``kwargs``; with none, set ``max_tokens``, which litellm maps to each
     provider's own (``max_completion_tokens`` for OpenAI's reasoning models). ``extra_body`` is
