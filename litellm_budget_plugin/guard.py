@@ -203,6 +203,9 @@ class BudgetGuard(CustomLogger):
         model = str(request.get("model") or "")
         limits = _output_limits(request) if call_type in pricing.OUTPUT_CALLS else []
         capped = self.cap_output and call_type in pricing.OUTPUT_CALLS
+        for section, key, _ in limits if capped else ():
+            if section is None and key not in kwargs:  # litellm passes it on positionally
+                raise ConfigurationError(f"cap_output cannot lower {key} given by position: pass it as {key}=")
         worst = self._worst_case(call_type, model, request, limits, capped)
         estimate = worst.total
         at_least = worst.prompt_cost + self.min_output_tokens * worst.output_price if capped else None

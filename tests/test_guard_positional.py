@@ -5,6 +5,7 @@ server (which records each request body it receives)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
 from litellm.integrations.custom_logger import CustomLogger
 from waiting import wait_until
 
-from litellm_budget_plugin import BudgetExceededError, BudgetManager
+from litellm_budget_plugin import BudgetExceededError, BudgetManager, ConfigurationError
 from litellm_budget_plugin.guard import BudgetGuard
 from litellm_budget_plugin.hooks import PendingPositionals, named_positionals
 
@@ -116,6 +117,22 @@ def test_a_sync_positional_call_is_capped_without_a_second_value(
     body = server.requests[-1]["body"]
     assert body["prompt"] in ("Say hi", ["Say hi"])
     assert body["max_tokens"] == litellm.model_cost["gpt-3.5-turbo-instruct"]["max_output_tokens"]
+
+
+def test_cap_output_refuses_an_output_limit_given_by_position(
+    server: FakeOpenAI, manager: BudgetManager, register
+) -> None:
+    """It could not be lowered: litellm passes positional arguments on as they are."""
+    manager.create_budget(1.0, "alice")
+    register(BudgetGuard(manager, cap_output=True))
+    parameters = list(inspect.signature(litellm.completion).parameters.values())
+    names = [parameter.name for parameter in parameters]
+    args = [parameter.default for parameter in parameters[: names.index("max_tokens") + 1]]
+    args[:2] = ["openai/gpt-4o-mini", [{"role": "user", "content": "hi"}]]
+    args[-1] = 100_000
+    with pytest.raises(ConfigurationError, match="cap_output cannot lower max_tokens given by position"):
+        litellm.completion(*args, api_base=server.url, api_key="k", user="alice")
+    assert server.count == 0 and manager.get_current_cost("alice") == 0
 
 
 class _Refusing(CustomLogger):
