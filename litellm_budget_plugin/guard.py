@@ -41,7 +41,7 @@ from .errors import (
     UnknownUserError,
 )
 from .hooks import GuardInstallError as GuardInstallError  # raised by BudgetGuard(), imported from here
-from .hooks import PendingPositionals, install_sync_hook, off_the_loop
+from .hooks import _PendingPositionals, install_sync_hook, off_the_loop
 from .manager import BudgetManager
 from .overruns import Overrun, Overruns, overrun
 from .stores import BudgetStore, FileStore, NewBudget, store_from_url
@@ -168,7 +168,7 @@ class BudgetGuard(CustomLogger):
         self._global_budget_seen: float | None = None
         self._overruns = Overruns()
         self._overruns_lock = threading.Lock()
-        self.pending_positionals = PendingPositionals()  # async calls' positional arguments (hooks.py)
+        self.pending_positionals = _PendingPositionals()  # async calls' positional arguments (hooks.py)
         install_sync_hook(BudgetGuard)
 
     @property

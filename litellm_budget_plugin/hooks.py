@@ -251,7 +251,7 @@ def named_positionals(function_name: str, args: tuple[Any, ...]) -> Mapping[str,
     return dict(zip(_positional_names(str(function_name)), args, strict=False))
 
 
-class PendingPositionals:
+class _PendingPositionals:
     """Named positional arguments of async calls, kept by call id from ``function_setup`` (which
     sees them) until the call's ``async_pre_call_deployment_hook`` (which is given only keywords)
     or failure event takes them. Bounded: past :attr:`LIMIT` calls waiting, the oldest is dropped

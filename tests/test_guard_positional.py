@@ -18,7 +18,7 @@ from waiting import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, BudgetManager, ConfigurationError
 from litellm_budget_plugin.guard import BudgetGuard
-from litellm_budget_plugin.hooks import PendingPositionals, named_positionals
+from litellm_budget_plugin.hooks import _PendingPositionals, named_positionals
 
 LONG = "word " * 20_000  # about 20,000 tokens: dollars' worth of prompt on a small budget
 MESSAGES = [{"role": "user", "content": LONG}]
@@ -157,8 +157,8 @@ def test_positionals_of_an_async_call_that_fails_before_the_guard_s_hook_are_dro
 def test_pending_positionals_are_bounded_and_say_what_they_drop(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(PendingPositionals, "LIMIT", 2)
-    pending = PendingPositionals()
+    monkeypatch.setattr(_PendingPositionals, "LIMIT", 2)
+    pending = _PendingPositionals()
     with caplog.at_level(logging.WARNING, logger="litellm_budget_plugin.hooks"):
         for call_id in ("a", "b", "c"):
             pending.put(call_id, {"model": call_id})
