@@ -41,7 +41,7 @@ from .errors import (
     UnknownUserError,
 )
 from .hooks import GuardInstallError as GuardInstallError  # raised by BudgetGuard(), imported from here
-from .hooks import install_sync_hook, off_the_loop
+from .hooks import _PendingPositionals, install_sync_hook, off_the_loop
 from .manager import BudgetManager
 from .overruns import Overrun, Overruns, overrun
 from .stores import BudgetStore, FileStore, NewBudget, store_from_url
@@ -55,7 +55,7 @@ StoreFailure = Literal["closed", "open"]
 GlobalBudget = Literal["process", "store"]
 AlertHandler = Callable[[str, float, float], None]
 
-_OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens")
+_NO_POSITIONALS: Mapping[str, Any] = {}
 
 
 class _Hold(NamedTuple):
@@ -84,8 +84,10 @@ class BudgetGuard(CustomLogger):
         ``litellm.max_budget``, in memory, still counts them).
     :param lease_seconds: how long a hold lasts if its call never reports back (a crashed
         process, an abandoned stream).
-    :param output_token_cap: the most output tokens held for a call without ``max_tokens``
-        (its model's output limit if lower): 1 to 10,000,000.
+    :param output_token_cap: how many output tokens to hold for a call without ``max_tokens``
+        (its model's output limit if lower): 1 to 10,000,000. Default None: the model's
+        ``max_output_tokens`` (an upper bound; 4,096 for a model the cost map gives no limit).
+        A number is an assumption, not a bound: a call that writes more is an overrun.
     :param cap_output: for chat and text completions, set the request's output limit to what
         the budget can pay after the prompt (at most the model's maximum, which a call without
         ``max_tokens`` is then held for), so a small budget answers instead of refusing; a call
@@ -111,7 +113,7 @@ class BudgetGuard(CustomLogger):
         anonymous_user: str | None = None,
         on_store_error: StoreFailure = "closed",
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        output_token_cap: int = pricing.DEFAULT_OUTPUT_TOKEN_CAP,
+        output_token_cap: int | None = None,
         cap_output: bool = False,
         min_output_tokens: int = 16,
         alert_threshold: float | None = None,
@@ -144,7 +146,9 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError(f"on_store_error must be closed or open, got {on_store_error!r}")
         self.on_store_error = on_store_error
         self.lease_seconds = budget.check_lease_seconds(lease_seconds)
-        self.output_token_cap = _check_tokens("output_token_cap", output_token_cap)
+        if output_token_cap is not None:
+            output_token_cap = _check_tokens("output_token_cap", output_token_cap)
+        self.output_token_cap = output_token_cap
         if not isinstance(cap_output, bool):
             raise ConfigurationError(f"cap_output must be True or False, got {cap_output!r}")
         self.cap_output = cap_output
@@ -162,6 +166,7 @@ class BudgetGuard(CustomLogger):
         self._global_budget_seen: float | None = None
         self._overruns = Overruns()
         self._overruns_lock = threading.Lock()
+        self.pending_positionals = _PendingPositionals()  # async calls' positional arguments (hooks.py)
         install_sync_hook(BudgetGuard)
 
     @property
@@ -175,22 +180,31 @@ class BudgetGuard(CustomLogger):
 
     # -- admission -----------------------------------------------------------------------
 
-    def check(self, call_type: str, kwargs: MutableMapping[str, Any], args: tuple[Any, ...] = ()) -> None:
+    def check(
+        self, call_type: str, kwargs: MutableMapping[str, Any], positionals: Mapping[str, Any] = _NO_POSITIONALS
+    ) -> None:
         """Reserve the call's worst-case cost, or raise BudgetExceededError; with ``cap_output``,
         lower the output limit in ``kwargs`` (the request) to what the holds pay for.
 
+        ``positionals`` are the call's positional arguments by parameter name: estimated with
+        the keywords, never added to ``kwargs`` (litellm passes them on positionally).
         Called before the provider is contacted, from the sync hook or the async hook.
         """
-        user = kwargs.get("user") or self.anonymous_user
+        request = {**positionals, **kwargs} if positionals else kwargs
+        user = request.get("user") or self.anonymous_user
         global_budget = litellm.max_budget or None
         if user is None and global_budget is None:
             return
         call_id = kwargs.get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
             return  # litellm gives every call an id; without one the result cannot be matched
-        model = str(kwargs.get("model") or (args[0] if args else ""))
+        model = str(request.get("model") or "")
+        limits = pricing.output_limits(request) if call_type in pricing.OUTPUT_CALLS else []
         capped = self.cap_output and call_type in pricing.OUTPUT_CALLS
-        worst = self._worst_case(call_type, model, kwargs, args, capped)
+        for section, key, _ in limits if capped else ():
+            if section is None and key not in kwargs:  # litellm passes it on positionally
+                raise ConfigurationError(f"cap_output cannot lower {key} given by position: pass it as {key}=")
+        worst = self._worst_case(call_type, model, request, limits, capped)
         estimate = worst.total
         at_least = worst.prompt_cost + self.min_output_tokens * worst.output_price if capped else None
         holds: list[_Hold] = []
@@ -216,7 +230,7 @@ class BudgetGuard(CustomLogger):
                     self._release_hold(hold)
             if not store_down:
                 if isinstance(exc, BudgetExceededError) and not exc.hint:
-                    raise self._explained(exc, call_type, model, kwargs, worst) from None
+                    raise self._explained(exc, call_type, model, request, limits, worst) from None
                 raise
             untracked, holds = exc, kept
         if untracked is not None:  # the process budget still counts the call
@@ -227,7 +241,8 @@ class BudgetGuard(CustomLogger):
             self._holds[call_id] = holds
         if capped:
             held = min(hold.amount for hold in holds)
-            _limit_output(kwargs, worst.output_tokens if held >= worst.total else worst.output_tokens_for(held))
+            tokens = worst.output_tokens if held >= worst.total else worst.output_tokens_for(held)
+            _limit_output(kwargs, limits, tokens)
 
     def _reserve_for(self, user: str, call_id: str, estimate: float, at_least: float | None) -> float:
         """Hold the call for ``user``; returns the amount held (less than ``estimate`` only with ``at_least``)."""
@@ -246,6 +261,7 @@ class BudgetGuard(CustomLogger):
         call_type: str,
         model: str,
         kwargs: Mapping[str, Any],
+        limits: list[pricing.OutputLimit],
         worst: pricing.WorstCase,
     ) -> BudgetExceededError:
         """The refusal, saying so when most of the estimate is output tokens the caller never asked for,
@@ -257,13 +273,15 @@ class BudgetGuard(CustomLogger):
                 f"not even min_output_tokens={self.min_output_tokens} output tokens fit after the prompt "
                 f"(${worst.prompt_cost:.6f}) with cap_output=True"
             )
-        elif any(kwargs.get(key) is not None for key in _OUTPUT_LIMITS) or worst.output_cost <= worst.total / 2:
+        elif limits or worst.output_cost <= worst.total / 2:
             return refusal
         else:
             choices = kwargs.get("n") or 1
             per_choice = f" for each of {choices} choices" if choices > 1 else ""
+            bound = self.output_token_cap is None and pricing.most_output_tokens(model) is not None
+            tokens = f"output tokens, the most {model} can write" if bound else "assumed output tokens"
             hint = (
-                f"of which ${worst.output_cost:.6f} is {worst.output_tokens:,} assumed output tokens{per_choice} "
+                f"of which ${worst.output_cost:.6f} is {worst.output_tokens:,} {tokens}{per_choice} "
                 "(no max_tokens given): pass max_tokens= to hold less, or cap_output=True"
             )
         return BudgetExceededError(
@@ -271,14 +289,20 @@ class BudgetGuard(CustomLogger):
         )
 
     def _worst_case(
-        self, call_type: str, model: str, kwargs: Mapping[str, Any], args: tuple[Any, ...], capped: bool
+        self, call_type: str, model: str, request: Mapping[str, Any], limits: list[pricing.OutputLimit], capped: bool
     ) -> pricing.WorstCase:
-        """The call's worst case; a capped call without an output limit is held for its model's
-        maximum (the guard then sets that limit), not ``output_token_cap``."""
+        """The call's worst case. A call without an output limit (``limits``) is held for its
+        model's maximum (an upper bound), or ``output_token_cap`` when set (an assumption),
+        except a capped call: the guard then sets the limit, so the model's maximum is a bound."""
         cap = self.output_token_cap
-        if capped and all(kwargs.get(key) is None for key in _OUTPUT_LIMITS):
-            cap = pricing.max_output_tokens(model) or cap
-        return pricing.worst_case(call_type, model, kwargs, args, cap)
+        if call_type not in pricing.OUTPUT_CALLS:
+            pass  # no output tokens: the cap is not read
+        elif limits:
+            if cap is None:  # read only if the request's limit is not: its largest is the bound
+                cap = max(value for _, _, value in limits)
+        elif cap is None or capped:
+            cap = pricing.most_output_tokens(model)
+        return pricing.worst_case(call_type, model, request, (), cap or pricing.DEFAULT_OUTPUT_TOKEN_CAP)
 
     def _hold_global(self, limit: float, call_id: str, estimate: float, at_least: float | None) -> float:
         """Hold the call's estimate against litellm.max_budget, with litellm's own (soft) rule:
@@ -306,12 +330,15 @@ class BudgetGuard(CustomLogger):
     def _settle(self, kwargs: Mapping[str, Any], response_obj: Any, reported_cost: object) -> None:
         """Charge a finished call its actual cost in place of its holds (once: holds are popped)."""
         call_id = kwargs.get("litellm_call_id")
+        self.pending_positionals.pop(call_id)  # an async call its deployment hook never saw
         with self._holds_lock:
             holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
         if not holds:
             return
         model = str(kwargs.get("model") or "")
-        held = holds[0].amount  # every hold of a call is its estimate
+        # The smallest hold is what the call was estimated (or, with cap_output, capped) to cost:
+        # the guard counts an overrun of it once; each record counts one of its own hold.
+        held = min(hold.amount for hold in holds)
         cost = self._actual_cost(call_id, reported_cost, response_obj, model, held)
         if overrun(cost, held):
             self._count_overrun(Overrun(holds[0].call_id, model, _user_of(holds), held, cost))
@@ -326,7 +353,9 @@ class BudgetGuard(CustomLogger):
                 # not wait on the store), which can finish out of order: StoreSpendShown keeps
                 # the newest record. Those threads are joined at interpreter exit.
                 record = self._quietly(
-                    functools.partial(self.store.charge, GLOBAL_USER, cost, model, call_id=hold.call_id, held=held)
+                    functools.partial(
+                        self.store.charge, GLOBAL_USER, cost, model, call_id=hold.call_id, held=hold.amount
+                    )
                 )
                 if record is not None:
                     self._store_spend.show(record)
@@ -341,7 +370,7 @@ class BudgetGuard(CustomLogger):
                     call_id=hold.call_id,
                     default=self._default,
                     then=alert,
-                    held=held,
+                    held=hold.amount,
                 )
             )
 
@@ -359,6 +388,7 @@ class BudgetGuard(CustomLogger):
 
     def _release(self, kwargs: Mapping[str, Any]) -> None:
         call_id = kwargs.get("litellm_call_id")
+        self.pending_positionals.pop(call_id)  # an async call that failed before its deployment hook
         with self._holds_lock:
             holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
         for hold in holds or []:
@@ -395,12 +425,13 @@ class BudgetGuard(CustomLogger):
 
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         name = str(getattr(call_type, "value", call_type))
+        positionals = self.pending_positionals.pop(kwargs.get("litellm_call_id"))
         if (kwargs.get("user") or self.anonymous_user) is None and (
             self.global_budget == "process" or not litellm.max_budget
         ):
-            self.check(name, kwargs)  # no store operation: no thread hop either
+            self.check(name, kwargs, positionals)  # no store operation: no thread hop either
         else:
-            await asyncio.to_thread(self.check, name, kwargs)
+            await asyncio.to_thread(self.check, name, kwargs, positionals)
         return kwargs  # litellm sends what this returns: an output limit cap_output lowered
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
@@ -472,15 +503,20 @@ def _check_tokens(name: str, tokens: object) -> int:
     return tokens
 
 
-def _limit_output(request: MutableMapping[str, Any], tokens: int) -> None:
-    """Lower the request's output limit to ``tokens``: the key it uses, else ``max_tokens``,
-    which litellm maps to each provider's own (``max_completion_tokens`` for OpenAI's reasoning models)."""
-    named = [key for key in _OUTPUT_LIMITS if request.get(key) is not None]
-    for key in named:
-        if request[key] > tokens:
-            request[key] = tokens
-    if not named:
-        request["max_tokens"] = tokens
+def _limit_output(kwargs: MutableMapping[str, Any], limits: list[pricing.OutputLimit], tokens: int) -> None:
+    """Lower every output limit of the request (``limits``, from :func:`pricing.output_limits`) above
+    ``tokens`` to it, in ``kwargs``; with none, set ``max_tokens``, which litellm maps to each
+    provider's own (``max_completion_tokens`` for OpenAI's reasoning models). ``extra_body`` is
+    replaced by a copy: the caller's dict may be reused for its next call."""
+    for section, key, value in limits:
+        if value <= tokens:
+            continue
+        if section is None:
+            kwargs[key] = tokens
+        else:
+            kwargs[section] = {**kwargs[section], key: tokens}
+    if not limits:
+        kwargs["max_tokens"] = tokens
 
 
 def _log_alert(user: str, spend: float, limit: float) -> None:

@@ -24,7 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
-from types import FrameType
+from types import FrameType, MappingProxyType
 from typing import Any, TypeVar
 
 import litellm
@@ -73,8 +73,9 @@ def install_sync_hook(guard_type: type[Any]) -> None:
     """Put ``guard_type``'s check on litellm's sync call path, once, and prove it is there.
 
     Each callback in ``litellm.callbacks`` that is a ``guard_type`` then has ``check(name,
-    kwargs, args)`` called before a sync call, and ``_settle(details, response, cost)`` as a
-    sync or async call returns.
+    kwargs, positionals)`` called before a sync call (``positionals``: the call's positional
+    arguments by name; an async call's are put in the guard's ``pending_positionals`` for its
+    deployment hook), and ``_settle(details, response, cost)`` as a sync or async call returns.
 
     :raises GuardInstallError: litellm is older than :data:`MIN_LITELLM`, lacks
         ``litellm.utils.function_setup``, or a probe completion does not reach the hook.
@@ -200,20 +201,100 @@ def _guarded_function_setup(original: Callable[..., Any]) -> Callable[..., Any]:
         else:
             is_async = kwargs.get("is_async_call", async_default)
         result = original(original_function, rules_obj, start_time, *args, **kwargs)
-        if is_async:
-            return result  # async calls are checked in async_pre_call_deployment_hook
         _, call_kwargs = result
+        if is_async:  # checked in async_pre_call_deployment_hook, which is given no positional arguments
+            if args:
+                _keep_for_deployment_hook(original_function, args, call_kwargs)
+            return result
         if _is_probe(call_kwargs):
             _probe_reached.add("function_setup")
             return result  # on to update_response_metadata, unchecked
         if any(call_kwargs.get(flag) is True for flag in ASYNC_FLAGS):
             return result
+        positionals = named_positionals(original_function, args) if args else _NONE
         for guard in _guards():
-            guard.check(original_function, call_kwargs, args)
+            guard.check(original_function, call_kwargs, positionals)
         return result
 
     function_setup.__budget_guard__ = True  # type: ignore[attr-defined]
     return function_setup
+
+
+_NONE: Mapping[str, Any] = MappingProxyType({})
+
+
+@functools.lru_cache(maxsize=128)
+def _positional_names(function_name: str) -> tuple[str, ...]:
+    """The names litellm's ``function_name`` gives its positional arguments, in order. An async
+    entry point taking ``*args`` (``aembedding``, ``atext_completion``) passes them on to its sync
+    function, whose names they get."""
+    function = getattr(litellm, function_name, None)
+    try:
+        parameters = list(inspect.signature(function).parameters.values()) if callable(function) else []
+    except (TypeError, ValueError):
+        parameters = []
+    names: list[str] = []
+    for parameter in parameters:
+        if parameter.kind == inspect.Parameter.VAR_POSITIONAL:
+            if not names and function_name.startswith("a"):
+                return _positional_names(function_name[1:])
+            break
+        if parameter.kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(parameter.name)
+    return tuple(names)
+
+
+def named_positionals(function_name: str, args: tuple[Any, ...]) -> Mapping[str, Any]:
+    """The positional arguments of a call of litellm's ``function_name``, by parameter name
+    (``completion("openai/gpt-4o", messages)`` gives ``model`` and ``messages``)."""
+    return dict(zip(_positional_names(str(function_name)), args, strict=False))
+
+
+class _PendingPositionals:
+    """Named positional arguments of async calls, kept by call id from ``function_setup`` (which
+    sees them) until the call's ``async_pre_call_deployment_hook`` (which is given only keywords)
+    or failure event takes them. Bounded: past :attr:`LIMIT` calls waiting, the oldest is dropped
+    with a warning (its call is then estimated from its keywords alone)."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._calls: dict[str, Mapping[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, call_id: str, positionals: Mapping[str, Any]) -> None:
+        with self._lock:
+            if len(self._calls) >= self.LIMIT:
+                dropped = next(iter(self._calls))
+                del self._calls[dropped]
+                logger.warning(
+                    "dropped the positional arguments of async call %s: %d calls are waiting for their "
+                    "deployment hook; it is estimated from its keyword arguments",
+                    dropped,
+                    self.LIMIT,
+                )
+            self._calls[call_id] = positionals
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def pop(self, call_id: object) -> Mapping[str, Any]:
+        if not self._calls:  # most calls: keywords only, nothing kept, no lock
+            return _NONE
+        with self._lock:
+            return self._calls.pop(call_id, _NONE) if isinstance(call_id, str) else _NONE
+
+
+def _keep_for_deployment_hook(function_name: str, args: tuple[Any, ...], call_kwargs: Mapping[str, Any]) -> None:
+    call_id = call_kwargs.get("litellm_call_id")
+    if not isinstance(call_id, str):
+        return
+    guards = list(_guards())
+    if guards:
+        positionals = named_positionals(function_name, args)
+        for guard in guards:
+            guard.pending_positionals.put(call_id, positionals)
 
 
 def _settling_update_response_metadata(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -202,43 +202,42 @@ def register_price(
 OUTPUT_LIMIT_KEYS = ("max_completion_tokens", "max_tokens")
 
 
-def output_limit_places(request: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str]]:
-    """``(container, key)`` of every output limit the request gives: the request itself or its
-    ``extra_body``. The provider may honour any of them, so the largest counts."""
-    return [
-        (container, key)
-        for container in _limit_containers(request)
-        for key in OUTPUT_LIMIT_KEYS
-        if container.get(key) is not None
-    ]
+class OutputLimit(NamedTuple):
+    """One output limit a request gives: ``section`` None for its keyword arguments,
+    ``"extra_body"`` for the keys litellm sends over them; the provider may honour any."""
+
+    section: str | None
+    key: str
+    tokens: int
 
 
-def _limit_containers(request: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+def output_limits(request: Mapping[str, Any]) -> list[OutputLimit]:
+    """Every output limit the request gives (a bad one raises ConfigurationError naming it)."""
+    limits: list[OutputLimit] = []
     extra = request.get("extra_body")
-    return (request,) if extra is None or not isinstance(extra, Mapping) else (request, extra)
+    for section, values in ((None, request), ("extra_body", extra if isinstance(extra, Mapping) else {})):
+        for key in OUTPUT_LIMIT_KEYS:
+            value = values.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                where = key if section is None else f"{section}[{key!r}]"
+                raise ConfigurationError(f"{where} must be a non-negative integer, got {value!r}")
+            limits.append(OutputLimit(section, key, value))
+    return limits
 
 
 def output_token_limit(request: Mapping[str, Any], model: str, cap: int = DEFAULT_OUTPUT_TOKEN_CAP) -> int:
     """The most output tokens the request can produce per choice: the largest limit it gives
-    (:func:`output_limit_places`), else the model's maximum capped at ``cap``."""
+    (:func:`output_limits`), else the model's maximum capped at ``cap``."""
     if "extra_body" not in request and "max_completion_tokens" not in request:  # the usual request
         value = request.get("max_tokens")
         if type(value) is int and value >= 0:
             return value
-    largest = -1
-    for container in _limit_containers(request):
-        for key in OUTPUT_LIMIT_KEYS:
-            value = container.get(key)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                where = "" if container is request else " in extra_body"
-                raise ConfigurationError(f"{key}{where} must be a non-negative integer, got {value!r}")
-            largest = max(largest, value)
-    if largest >= 0:
-        return largest
-    model_max = price_table(model).max_output_tokens or cap
-    return min(int(model_max), cap)
+    limits = output_limits(request)
+    if limits:
+        return max(limit.tokens for limit in limits)
+    return min(most_output_tokens(model) or cap, cap)
 
 
 class WorstCase(NamedTuple):
@@ -495,6 +494,8 @@ def _tokens_cost(model: str, prompt: int, completion: int, options: Options) -> 
     return float((prompt * rates.input + completion * rates.output) * table.multiplier)
 
 
-def max_output_tokens(model: str) -> int | None:
-    """The most output tokens ``model`` can produce per choice, as litellm's cost map says (None: unknown)."""
-    return price_table(model).max_output_tokens
+def most_output_tokens(model: str) -> int | None:
+    """The most output tokens ``model`` can write per choice: its ``max_output_tokens``, else the
+    older ``max_tokens`` field of its cost map entry; None when the map says neither."""
+    most = price_table(model).max_output_tokens or prices(model).get("max_tokens")
+    return int(most) if most else None

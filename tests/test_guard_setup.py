@@ -69,7 +69,11 @@ def test_refusal_names_max_tokens_when_assumed_output_dominates(manager, registe
     with pytest.raises(BudgetExceededError) as info:
         mock_call(user="alice")
     message = str(info.value)
-    assert "this call is estimated at $0.002459, of which $0.002458 is 4,096 assumed output tokens" in message
+    assert litellm.model_cost["gpt-4o-mini"]["max_output_tokens"] == 16_384  # 16,384 x $6e-7 = $0.0098304
+    assert (
+        "this call is estimated at $0.009832, of which $0.009830 is 16,384 output tokens, "
+        "the most gpt-4o-mini can write (no max_tokens given)"
+    ) in message
     assert "pass max_tokens= to hold less" in message
     copy = pickle.loads(pickle.dumps(info.value))
     assert str(copy) == message and copy.hint == info.value.hint
@@ -87,8 +91,16 @@ def test_async_refusal_names_max_tokens_too(manager, register) -> None:
     async def go() -> None:
         await litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="ok", user="alice", n=2)
 
-    with pytest.raises(BudgetExceededError, match=r"4,096 assumed output tokens for each of 2 choices"):
+    with pytest.raises(BudgetExceededError, match=r"16,384 output tokens, the most .* for each of 2 choices"):
         asyncio.run(go())
+
+
+def test_refusal_with_output_token_cap_says_the_tokens_are_assumed(manager, register) -> None:
+    manager.create_budget(0.0001, "alice")
+    register(BudgetGuard(manager, output_token_cap=4096))
+    with pytest.raises(BudgetExceededError) as info:
+        mock_call(user="alice")
+    assert "this call is estimated at $0.002459, of which $0.002458 is 4,096 assumed output tokens" in str(info.value)
 
 
 def test_refusal_of_an_unknown_user_says_how_to_admit_it(manager, register) -> None:
@@ -191,7 +203,7 @@ def test_global_duration_needs_a_store_wide_budget(manager, tmp_path) -> None:
         BudgetGuard(manager, global_budget="machine")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("cap", [-5000, 0, 10_000_001, "abc", math.nan, 4096.0, True, None])
+@pytest.mark.parametrize("cap", [-5000, 0, 10_000_001, "abc", math.nan, 4096.0, True])
 def test_output_token_cap_must_be_a_sane_number_of_tokens(cap: Any, tmp_path) -> None:
     with pytest.raises(
         ConfigurationError, match="output_token_cap must be a whole number of tokens from 1 to 10,000,000"
@@ -200,8 +212,8 @@ def test_output_token_cap_must_be_a_sane_number_of_tokens(cap: Any, tmp_path) ->
     assert list(tmp_path.iterdir()) == []  # bad arguments open no store
 
 
-@pytest.mark.parametrize("cap", [1, 10_000_000])
-def test_output_token_cap_bounds_are_accepted(cap: int, manager) -> None:
+@pytest.mark.parametrize("cap", [1, 10_000_000, None])
+def test_output_token_cap_bounds_and_none_are_accepted(cap: int | None, manager) -> None:
     assert BudgetGuard(manager, output_token_cap=cap).output_token_cap == cap
 
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
 from waiting import wait_until
 
-from litellm_budget_plugin import ConfigurationError, FileStore, HttpStore, Overruns, RedisStore
+from litellm_budget_plugin import ConfigurationError, FileStore, HttpStore, Overruns, RedisStore, pricing
 from litellm_budget_plugin import budget as budget_module
 from litellm_budget_plugin.budget import UserRecord
 from litellm_budget_plugin.cli import EXIT_OK, _money, main
@@ -298,6 +298,28 @@ def test_a_store_wide_global_budget_counts_overruns_in_its_record(tmp_path: Path
     assert guard.overruns.count == 1 and guard.overruns.latest[0].user == "alice"
     assert record_of(store, GLOBAL_USER).get("overruns") == 1
     assert record_of(store, "alice").get("overruns") == 1
+    store.close()
+
+
+def test_each_hold_of_a_call_is_measured_against_its_own_amount(tmp_path: Path, server: FakeOpenAI, register) -> None:
+    """With cap_output the global hold can be smaller than the user's: the call is capped to the
+    smaller, so costing more than it is the call's overrun, counted once on the guard and in the
+    global record, not in the user's record, whose larger hold it stayed within."""
+    store = FileStore(tmp_path / "user_cost.json")
+    store.set_budget("alice", 1.0)
+    guard = register(BudgetGuard(store, global_budget="store", cap_output=True, min_output_tokens=1))
+    prompt_cost = pricing.worst_case("completion", MODEL, {"messages": MESSAGES}).prompt_cost
+    litellm.max_budget = prompt_cost + 5 * OUT_PRICE  # pays for 5 output tokens; the server bills 20
+    call(server, user="alice")
+    assert server.requests[-1]["body"]["max_tokens"] in (4, 5)
+    wait_until(lambda: record_of(store, "alice")["current_cost"] > 0)
+    wait_until(lambda: guard.overruns.count == 1)
+    (one,) = guard.overruns.latest
+    assert one.user == "alice" and one.held == pytest.approx(litellm.max_budget)
+    assert one.actual == pytest.approx(SERVER_COST)
+    assert record_of(store, GLOBAL_USER).get("overruns") == 1
+    assert record_of(store, GLOBAL_USER).get("overrun_cost") == pytest.approx(one.excess)
+    assert "overruns" not in record_of(store, "alice")
     store.close()
 
 

@@ -18,7 +18,7 @@ from litellm_budget_plugin import ConfigurationError, UnpricedModelError
 from litellm_budget_plugin.pricing import (
     ANTHROPIC_TOOL_PROMPT_TOKENS,
     image_tokens,
-    output_limit_places,
+    output_limits,
     output_token_limit,
     worst_case,
 )
@@ -40,9 +40,9 @@ def test_output_limit_in_extra_body_is_read_and_the_largest_counts() -> None:
     request = {"max_tokens": 10, "extra_body": {"max_tokens": 16_000}}
     assert output_token_limit(request, "gpt-4o-mini") == 16_000
     assert output_token_limit({"max_tokens": 5000, "max_completion_tokens": 10}, "gpt-4o-mini") == 5000
-    assert output_limit_places(request) == [(request, "max_tokens"), (request["extra_body"], "max_tokens")]
-    assert output_limit_places({"messages": []}) == []
-    with pytest.raises(ConfigurationError, match="max_tokens in extra_body"):
+    assert output_limits(request) == [(None, "max_tokens", 10), ("extra_body", "max_tokens", 16_000)]
+    assert output_limits({"messages": []}) == []
+    with pytest.raises(ConfigurationError, match=r"extra_body\[.max_tokens.\]"):
         output_token_limit({"extra_body": {"max_tokens": "16000"}}, "gpt-4o-mini")
 
 
