@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .guard import BudgetGuard, GuardInstallError
     from .manager import BudgetManager
     from .overruns import Overrun, Overruns
-    from .pricing import WorstCase, register_price
+    from .pricing import OutputLimit, WorstCase, register_price
     from .stores.http import HttpStore
     from .stores.redis import RedisStore
 
@@ -42,6 +42,7 @@ _LAZY = {
     "BudgetManager": ".manager",  # litellm, for pricing
     "Overrun": ".overruns",
     "Overruns": ".overruns",
+    "OutputLimit": ".pricing",  # litellm
     "WorstCase": ".pricing",  # litellm
     "register_price": ".pricing",  # litellm
     "HttpStore": ".stores.http",  # httpx
@@ -61,6 +62,7 @@ __all__ = [
     "GuardInstallError",
     "HttpStore",
     "NewBudget",
+    "OutputLimit",
     "Overrun",
     "Overruns",
     "RedisStore",

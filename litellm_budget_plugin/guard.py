@@ -302,7 +302,7 @@ class BudgetGuard(CustomLogger):
                 cap = max(value for _, _, value in limits)
         elif cap is None or capped:
             cap = pricing.most_output_tokens(model)
-        return pricing.worst_case(call_type, model, request, (), cap or pricing.DEFAULT_OUTPUT_TOKEN_CAP)
+        return pricing.worst_case(call_type, model, request, cap or pricing.DEFAULT_OUTPUT_TOKEN_CAP)
 
     def _hold_global(self, limit: float, call_id: str, estimate: float, at_least: float | None) -> float:
         """Hold the call's estimate against litellm.max_budget, with litellm's own (soft) rule:

@@ -63,8 +63,8 @@ _FILE_PARTS = frozenset({"file", "input_file", "document", "video_url", "video"}
 # second (4 kbit/s, below the lowest bit rate of the formats providers take: mp3 8, opus 6).
 _AUDIO_TOKENS_PER_SECOND = 32
 _AUDIO_BYTES_PER_SECOND = 500
-# When a request names no output limit, hold the model's maximum capped at this many
-# tokens, as LiteLLM's proxy does for its token reservations.
+# The output tokens assumed for a request that names no output limit, on a model whose cost map
+# entry gives none either (the guard holds a model's own maximum when the map has one).
 DEFAULT_OUTPUT_TOKEN_CAP = 4096
 _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
 
@@ -279,14 +279,12 @@ def worst_case(
     call_type: str,
     model: str,
     request: Mapping[str, Any],
-    args: tuple[Any, ...] = (),
     output_token_cap: int = DEFAULT_OUTPUT_TOKEN_CAP,
 ) -> WorstCase:
-    """The worst case of a litellm call of ``call_type`` with keyword arguments ``request``
-    (and positional ``args``, as litellm received them); other call types cost nothing up front."""
+    """The worst case of a litellm call of ``call_type`` whose arguments, by name, are
+    ``request`` (the guard names positional ones); other call types cost nothing up front."""
     if call_type in _CHAT_CALLS:
-        messages = request.get("messages") or (args[1] if len(args) > 1 else [])
-        return _worst_case(model, request, output_token_cap, messages=messages)
+        return _worst_case(model, request, output_token_cap, messages=request.get("messages") or [])
     if call_type in _TEXT_CALLS:
         return _worst_case(model, request, output_token_cap, prompt=request.get("prompt"))
     if call_type in _EMBEDDING_CALLS:
