@@ -60,7 +60,7 @@ def test_cap_output_lowers_a_limit_given_in_extra_body(
     response = call(billing, user="alice", extra_body=extra_body)
 
     sent = billing.requests[-1]["body"]
-    worst = pricing.worst_case("completion", MODEL, {"messages": MESSAGES}, (), MOST)
+    worst = pricing.worst_case("completion", MODEL, {"messages": MESSAGES}, MOST)
     paid = worst.output_tokens_for(budget)
     assert 16 <= paid < 16_000
     assert [sent[name] for name in LIMITS if name in sent] == [paid]  # no limit above the capped one
@@ -76,7 +76,7 @@ def test_cap_output_lowers_every_limit_the_request_carries(
     register(BudgetGuard(manager, cap_output=True))
     call(billing, user="alice", max_tokens=12_000, extra_body={"max_tokens": 16_000, "max_completion_tokens": 15_000})
     sent = billing.requests[-1]["body"]
-    paid = pricing.worst_case("completion", MODEL, {"messages": MESSAGES}, (), MOST).output_tokens_for(budget)
+    paid = pricing.worst_case("completion", MODEL, {"messages": MESSAGES}, MOST).output_tokens_for(budget)
     assert {name: sent[name] for name in LIMITS} == {"max_tokens": paid, "max_completion_tokens": paid}
 
 
