@@ -20,6 +20,7 @@ from litellm_budget_plugin.pricing import (
     image_tokens,
     output_limits,
     output_token_limit,
+    prices,
     worst_case,
 )
 
@@ -81,18 +82,25 @@ def test_sonar_search_fee_counts_without_being_asked(model: str) -> None:
         total_tokens=60,
         prompt_tokens_details=PromptTokensDetailsWrapper(web_search_requests=1),
     )
-    assert worst.total >= _charged(model, usage, "perplexity") > 0.005
+    assert worst.total >= _charged(model, usage, "perplexity")
+    # the fee is held whether or not this litellm bills it (1.80 does not)
+    assert worst.total > min(prices(model)["search_context_cost_per_query"].values())
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-search-preview", "gpt-4o-mini-search-preview", "gpt-5-search-api"])
 def test_openai_search_models_are_held_one_search(model: str) -> None:
+    if model not in litellm.model_cost:
+        pytest.skip(f"this litellm's cost map has no {model}")
     worst = worst_case("completion", model, {"messages": MESSAGES, "max_tokens": 50})
     citation = {
         "type": "url_citation",
         "url_citation": {"url": "http://a", "title": "a", "start_index": 0, "end_index": 1},
     }
     charged = _charged(model, Usage(prompt_tokens=9, completion_tokens=50, total_tokens=59), annotations=[citation])
-    assert worst.total >= charged > 0.01
+    assert worst.total >= charged
+    search = prices(model).get("search_context_cost_per_query")
+    if search:  # this litellm's map prices its searches (1.95's gpt-5-search-api entry does not)
+        assert charged > min(search.values())
 
 
 def test_a_plain_model_with_a_search_price_is_not_held_a_search() -> None:
