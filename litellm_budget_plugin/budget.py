@@ -37,6 +37,7 @@ from .limits import check_model_name as check_model_name
 from .limits import check_record as check_record
 from .limits import check_text as check_text
 from .limits import check_timestamp as check_timestamp
+from .limits import check_tokens as check_tokens
 from .limits import check_ttl as check_ttl
 from .limits import check_user as check_user
 from .limits import parse_duration as parse_duration

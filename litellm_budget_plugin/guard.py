@@ -147,12 +147,12 @@ class BudgetGuard(CustomLogger):
         self.on_store_error = on_store_error
         self.lease_seconds = budget.check_lease_seconds(lease_seconds)
         if output_token_cap is not None:
-            output_token_cap = _check_tokens("output_token_cap", output_token_cap)
+            output_token_cap = budget.check_tokens("output_token_cap", output_token_cap)
         self.output_token_cap = output_token_cap
         if not isinstance(cap_output, bool):
             raise ConfigurationError(f"cap_output must be True or False, got {cap_output!r}")
         self.cap_output = cap_output
-        self.min_output_tokens = _check_tokens("min_output_tokens", min_output_tokens)
+        self.min_output_tokens = budget.check_tokens("min_output_tokens", min_output_tokens)
         if alert_threshold is not None and not 0 < budget.check_amount("alert_threshold", alert_threshold) <= 1:
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
         self.alert_threshold = alert_threshold
@@ -489,18 +489,6 @@ def _store_of(budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | No
             "leave project= out, or pass a path or URL"
         )
     return store
-
-
-_MAX_OUTPUT_TOKEN_CAP = 10_000_000
-
-
-def _check_tokens(name: str, tokens: object) -> int:
-    """A number of output tokens given as an option: a positive int, not a price."""
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= _MAX_OUTPUT_TOKEN_CAP:
-        raise ConfigurationError(
-            f"{name} must be a whole number of tokens from 1 to {_MAX_OUTPUT_TOKEN_CAP:,}, got {tokens!r}"
-        )
-    return tokens
 
 
 def _limit_output(kwargs: MutableMapping[str, Any], limits: list[pricing.OutputLimit], tokens: int) -> None:

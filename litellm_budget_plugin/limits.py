@@ -52,6 +52,7 @@ MAX_TEXT_BYTES = 1024
 MAX_EXTRA_BYTES = 64 * 1024
 MAX_EXTRA_DEPTH = 32
 MAX_TTL_SECONDS = 365 * SECONDS_PER_DAY
+MAX_OUTPUT_TOKENS = 10_000_000  # a guard option counting output tokens: far above any model's
 MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 1.0, SECONDS_PER_DAY
 
 # The fields of a record an app may set one by one (through BudgetManager.user_dict);
@@ -172,6 +173,15 @@ def check_ttl(ttl: object) -> float:
     if not 0 < seconds <= MAX_TTL_SECONDS:
         raise ConfigurationError(f"reservation ttl must be longer than zero and at most a year, got {ttl!r}")
     return seconds
+
+
+def check_tokens(name: str, tokens: object) -> int:
+    """A number of output tokens given as an option: a whole number from 1, not a price."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_OUTPUT_TOKENS:
+        raise ConfigurationError(
+            f"{name} must be a whole number of tokens from 1 to {MAX_OUTPUT_TOKENS:,}, got {tokens!r}"
+        )
+    return tokens
 
 
 def check_lease_seconds(value: object) -> float:
