@@ -495,5 +495,5 @@ def _tokens_cost(model: str, prompt: int, completion: int, options: Options) -> 
 def most_output_tokens(model: str) -> int | None:
     """The most output tokens ``model`` can write per choice: its ``max_output_tokens``, else the
     older ``max_tokens`` field of its cost map entry; None when the map says neither."""
-    most = price_table(model).max_output_tokens or prices(model).get("max_tokens")
+    most = price_table(model).max_output_tokens or find_entry(model).get("max_tokens")
     return int(most) if most else None

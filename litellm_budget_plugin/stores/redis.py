@@ -62,13 +62,12 @@ from ..errors import (
     UnknownUserError,
     over_budget,
 )
+from ..limits import OWN_FIELDS
 from .base import NewBudget, WritesAtOnce
 
 KEY_ROOT = "litellm_budget"
 DEFAULT_PROJECT = "default"
 DEFAULT_TIMEOUT = 5.0
-_RECORD_FIELDS = ("total_budget", "current_cost", "model_cost", "created_at", "last_updated_at", "duration")
-_OWN_FIELDS = frozenset((*_RECORD_FIELDS, "reservations", "applied", "overruns", "overrun_cost"))
 logger = logging.getLogger(__name__)
 
 
@@ -350,7 +349,7 @@ def _fields(user: str, record: UserRecord) -> list[str]:
     for name in ("duration", "overruns", "overrun_cost"):
         if name in record:
             fields += [name, repr(record[name])]
-    extra = {k: v for k, v in record.items() if k not in _OWN_FIELDS}
+    extra = {k: v for k, v in record.items() if k not in OWN_FIELDS}
     if extra:
         try:
             fields += ["extra", json.dumps(extra, allow_nan=False)]
