@@ -16,13 +16,21 @@ class BudgetExceededError(BudgetRefusal, LiteLLMBudgetExceededError):
     __module__ = "litellm_budget_plugin.errors"  # its public home; pickle finds it there
 
     def __init__(
-        self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0, hint: str = ""
+        self,
+        user: str,
+        spend: float,
+        budget: float,
+        estimate: float,
+        reserved: float = 0.0,
+        hint: str = "",
+        window: str = "",
     ) -> None:
         LiteLLMBudgetExceededError.__init__(
             self,
             current_cost=spend,
             max_budget=budget,
-            message=self._refuse(user, spend, budget, estimate, reserved, hint),
+            message=self._refuse(user, spend, budget, estimate, reserved, hint, window),
         )
-        self.entity_type = "user"  # litellm's own fields, which its constructor takes only from about 1.81 on
-        self.entity_id = user
+        # litellm's own fields (its constructor takes them only from about 1.81 on): "team", "red"
+        kind, sep, name = user.partition(":")
+        self.entity_type, self.entity_id = (kind, name) if sep and kind in ("team", "tag") else ("user", user)

@@ -18,10 +18,11 @@ import litellm
 from . import reservations
 from .budget import UserRecord
 from .errors import BudgetExceededError
+from .subjects import GLOBAL
 
 # The name litellm.max_budget goes by: in refusals, and as the store record of a store-wide
 # global budget (BudgetGuard(global_budget="store")), shared by every process using the store.
-GLOBAL_USER = "litellm.max_budget"
+GLOBAL_USER = GLOBAL  # the record of litellm.max_budget kept in the store
 
 # How many call ids ProcessBudget remembers as counted: the guards of one call all settle it
 # within moments of each other, so a few thousand recent calls is plenty.

@@ -9,12 +9,13 @@ A record keeps LiteLLM's ``user_cost.json`` shape (``total_budget``, ``current_c
 ``model_cost``, ``duration`` in days, ``created_at``, ``last_updated_at``) and adds fields of
 its own: ``reservations`` (calls in flight), ``applied`` (call ids already charged, so a
 repeated charge is not applied twice), and, once a call cost more than was held for it,
-``overruns`` and ``overrun_cost`` (how many such calls, and by how much in all).
+``overruns`` and ``overrun_cost`` (how many such calls, and by how much in all). Budgets
+beyond LiteLLM's add ``team`` (a user's), ``timezone`` (a calendar main window) and
+``windows`` (more windows, per-model caps): see :mod:`.windows` and :mod:`.subjects`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
@@ -29,6 +30,7 @@ from .limits import Reservation as Reservation
 from .limits import UserRecord as UserRecord
 from .limits import _set_or_drop as _set_or_drop
 from .limits import check_amount as check_amount
+from .limits import check_calendar as check_calendar
 from .limits import check_call_id as check_call_id
 from .limits import check_default as check_default
 from .limits import check_fields as check_fields
@@ -42,6 +44,7 @@ from .limits import check_ttl as check_ttl
 from .limits import check_user as check_user
 from .limits import parse_duration as parse_duration
 from .overruns import overrun
+from .windows import Window, applies_to, first_start, overlap_key, roll, rolled_start, window_end
 
 # A repeated charge for a call id is recognised for at least this long, among at least this
 # many of the user's latest calls: duplicates come from retried requests and repeated
@@ -90,11 +93,8 @@ def window_seconds(record: UserRecord) -> float | None:
 
 
 def next_reset(record: UserRecord, now: float) -> float | None:
-    """When the current window ends, or None for a budget that never resets."""
-    period = window_seconds(record)
-    if period is None:
-        return None
-    return current_window(record, now)["last_updated_at"] + period
+    """When the current main window ends, or None for a budget that never resets."""
+    return window_end(current_window(record, now)["last_updated_at"], record.get("duration"), record.get("timezone"))
 
 
 def litellm_view(record: UserRecord) -> dict[str, Any]:
@@ -147,17 +147,20 @@ def with_budget(
 def current_window(record: UserRecord, now: float) -> UserRecord:
     """A copy of ``record`` with its window rolled forward and stale entries dropped.
 
-    Windows are LiteLLM's rolling ones: a window starts at ``last_updated_at`` and lasts
+    The main window is LiteLLM's rolling one: it starts at ``last_updated_at`` and lasts
     ``duration`` days. It rolls at start + k x duration, whenever it is next looked at, so
-    the reset time does not depend on who looks first, and concurrent resets agree.
+    the reset time does not depend on who looks first, and concurrent resets agree. With a
+    ``timezone`` it is a calendar window; ``windows`` roll each on its own (see :mod:`.windows`).
     """
     updated = _copy(record)
-    period = window_seconds(record)
     start = record["last_updated_at"]
-    if period is not None and now - start >= period:
-        updated["last_updated_at"] = start + math.floor((now - start) / period) * period
+    rolled = rolled_start(start, record.get("duration"), record.get("timezone"), now)
+    if rolled != start:
+        updated["last_updated_at"] = rolled
         updated["current_cost"] = 0
         updated["model_cost"] = {}
+    if "windows" in record:
+        updated["windows"] = [roll(window, now) for window in record["windows"]]
     _set_or_drop(
         updated,
         "reservations",
@@ -204,10 +207,16 @@ def charge(
     model_total = updated["model_cost"].get(model, 0.0) + cost
     excess = overrun(cost, held)
     overrun_total = updated.get("overrun_cost", 0.0) + excess
-    if max(total, model_total, overrun_total) > MAX_AMOUNT:
+    windows: list[Window] = [
+        {**window, "spend": window["spend"] + cost} if applies_to(window, model) else window
+        for window in updated.get("windows", ())
+    ]
+    if max(total, model_total, overrun_total, *[window["spend"] for window in windows]) > MAX_AMOUNT:
         raise too_large(cost)
     updated["current_cost"] = total
     updated["model_cost"][model] = model_total
+    if windows:
+        updated["windows"] = windows
     if excess:
         updated["overruns"] = updated.get("overruns", 0) + 1
         updated["overrun_cost"] = overrun_total
@@ -243,25 +252,52 @@ def release(record: UserRecord, call_id: str, now: float) -> tuple[UserRecord, b
 
 
 def reset_spend(record: UserRecord, now: float) -> UserRecord:
-    """Spend back to zero; holds of calls in flight stay."""
+    """Spend back to zero, in every window; holds of calls in flight stay."""
     updated = current_window(record, now)
     updated["current_cost"] = 0
     updated["model_cost"] = {}
+    if "windows" in updated:
+        updated["windows"] = [{**window, "spend": 0.0} for window in updated["windows"]]
     return updated
 
 
-def with_fields(record: UserRecord, fields: Mapping[str, Any], now: float) -> UserRecord:
+def with_fields(record: UserRecord, fields: Mapping[str, Any], now: float, who: str = "") -> UserRecord:
     """The record in its current window with ``fields`` (from :func:`check_fields`) set;
-    the fields not given keep the values they have, charges made meanwhile included."""
+    the fields not given keep the values they have, charges made meanwhile included.
+
+    A window given without ``spend``/``start`` keeps those of the record's window of the same
+    length and model (its budget changes, not what was spent), else starts now. Setting a
+    ``timezone`` starts the main window at its calendar period's start. Overlapping windows
+    raise ConfigurationError (see :func:`limits.check_calendar`), changing nothing.
+    """
     updated = current_window(record, now)
     for name, value in fields.items():
         if name == "model_cost":
             updated["model_cost"] = dict(value)
-        elif value is None and name == "duration":
-            updated.pop("duration", None)
+        elif value is None and name in ("duration", "team", "timezone", "windows"):
+            updated.pop(name, None)  # type: ignore[misc]
+        elif name == "windows":
+            updated["windows"] = _merged_windows(updated.get("windows", []), value, now)
         else:
             updated[name] = value  # type: ignore[literal-required]
+    if "timezone" in updated and ("timezone" in fields or "duration" in fields):
+        updated["last_updated_at"] = first_start(now, updated.get("duration"), updated["timezone"])
+    check_calendar(f"record of {who[:80]!r}" if who else "record", updated)
     return updated
+
+
+def _merged_windows(old: list[Window], new: list[Window], now: float) -> list[Window]:
+    """``new`` windows, each keeping the spend and start of an ``old`` one it replaces."""
+    kept = {overlap_key(window.get("duration"), window.get("model")): window for window in old}
+    merged: list[Window] = []
+    for window in new:
+        days, zone = window.get("duration"), window.get("timezone")
+        same = kept.get(overlap_key(days, window.get("model")))
+        if same is not None and same.get("timezone") == zone and "start" not in window:
+            merged.append({**window, "spend": window.get("spend", same["spend"]), "start": same["start"]})
+        else:
+            merged.append({"spend": 0.0, "start": first_start(now, days, zone), **window})
+    return merged
 
 
 def _copy(record: UserRecord) -> UserRecord:

@@ -5,6 +5,7 @@
     Exception
     ├── BudgetRefusal                  over budget: carries user, spend, budget, estimate, reserved
     │   └── BudgetExceededError (+litellm.BudgetExceededError)   what a process using litellm gets
+    │       (``subject``: the budget that refused: a user id, ``team:<name>``, ``tag:<name>``)
     └── BudgetPluginError              every other error of this package
         ├── ConfigurationError (+ValueError)   bad argument, unknown store URL, missing extra
         ├── UnknownUserError (+KeyError)       no budget record for that user
@@ -36,39 +37,60 @@ if TYPE_CHECKING:
 
 
 class BudgetRefusal(Exception):
-    """A call would take ``user`` past ``budget``: the refusal without litellm's error type."""
+    """A call would take a budget past its limit: the refusal without litellm's error type.
+
+    ``subject`` (also ``user``, its older name) is the budget that refused: a user id,
+    ``team:<name>``, ``tag:<name>`` or ``litellm.max_budget``; ``window`` says which of its
+    windows ("" for its main one, else e.g. ``"$5 daily"`` or ``"$1 on gpt-4o"``).
+    """
 
     def __init__(
-        self, user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0, hint: str = ""
+        self,
+        user: str,
+        spend: float,
+        budget: float,
+        estimate: float,
+        reserved: float = 0.0,
+        hint: str = "",
+        window: str = "",
     ) -> None:
-        super().__init__(self._refuse(user, spend, budget, estimate, reserved, hint))
+        super().__init__(self._refuse(user, spend, budget, estimate, reserved, hint, window))
 
-    def _refuse(self, user: str, spend: float, budget: float, estimate: float, reserved: float, hint: str) -> str:
+    def _refuse(
+        self, user: str, spend: float, budget: float, estimate: float, reserved: float, hint: str, window: str = ""
+    ) -> str:
         """Keep the refusal's figures and return its message (one place for both classes)."""
-        self.user = user
+        self.user = self.subject = user
         self.spend = spend
         self.budget = budget
         self.estimate = estimate
         self.reserved = reserved
         self.hint = hint  # why, and what to do: appended to the message after a comma
+        self.window = window
         held = f", held by calls in flight ${reserved:.6f}" if reserved else ""
+        kind, sep, name = user.partition(":")
+        named = f"{kind} {name!r}" if sep and kind in ("team", "tag") else f"user {user!r}"
+        which = f" ({window} window)" if window else ""
         self.message = (
-            f"Budget exceeded for user {user!r}: spent ${spend:.6f} of ${budget:.6f}{held}; "
+            f"Budget exceeded for {named}{which}: spent ${spend:.6f} of ${budget:.6f}{held}; "
             f"this call is estimated at ${estimate:.6f}{', ' + hint if hint else ''}"
         )
         return self.message
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.user, self.spend, self.budget, self.estimate, self.reserved, self.hint))
+        args = (self.user, self.spend, self.budget, self.estimate, self.reserved, self.hint, self.window)
+        return (type(self), args)
 
 
-def over_budget(user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0) -> BudgetRefusal:
+def over_budget(
+    user: str, spend: float, budget: float, estimate: float, reserved: float = 0.0, window: str = ""
+) -> BudgetRefusal:
     """The refusal to raise: ``BudgetExceededError`` once litellm is loaded, else ``BudgetRefusal``."""
     if "litellm.exceptions" in sys.modules:
         from ._litellm_errors import BudgetExceededError
 
-        return BudgetExceededError(user, spend, budget, estimate, reserved)
-    return BudgetRefusal(user, spend, budget, estimate, reserved)
+        return BudgetExceededError(user, spend, budget, estimate, reserved, window=window)
+    return BudgetRefusal(user, spend, budget, estimate, reserved, window=window)
 
 
 def __getattr__(name: str) -> object:

@@ -10,7 +10,9 @@ The ranges (see the README, "Limits"):
 - timestamps (``created_at``, ``last_updated_at``, a hold's ``expires_at``): 1970-01-01 to
   3000-01-01 UTC, so that a window (at most 100 years) still ends within what ``datetime`` shows;
 - money: finite, not negative, at most :data:`MAX_AMOUNT` dollars;
-- user ids, call ids, model names: valid Unicode text (no lone surrogates, no NUL) of at most
+- windows: at most :data:`MAX_WINDOWS` more per record, no two of the same length for the same
+  model (see :mod:`.windows`); timezones that zoneinfo knows;
+- user ids, team names, tags, call ids, model names: valid Unicode text (no lone surrogates, no NUL) of at most
   :data:`MAX_TEXT_BYTES` bytes in UTF-8;
 - fields of a record other than its own (kept for LiteLLM's and people's use): JSON values
   (no NaN or infinity) of at most :data:`MAX_EXTRA_BYTES` serialized, nested at most
@@ -25,9 +27,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict, cast
 
+from . import windows
 from .errors import ConfigurationError
+from .windows import SECONDS_PER_DAY as SECONDS_PER_DAY
+from .windows import Window
 
-SECONDS_PER_DAY = 86_400.0
 # LiteLLM's own day counts for its named durations (litellm.constants).
 NAMED_DURATIONS_DAYS: dict[str, float] = {"daily": 1, "weekly": 7, "monthly": 28, "yearly": 365}
 _UNIT_DAYS = {
@@ -54,16 +58,22 @@ MAX_EXTRA_DEPTH = 32
 MAX_TTL_SECONDS = 365 * SECONDS_PER_DAY
 MAX_OUTPUT_TOKENS = 10_000_000  # a guard option counting output tokens: far above any model's
 MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 1.0, SECONDS_PER_DAY
+MAX_WINDOWS = 8  # more windows a record may have besides its main one
 
 # The fields of a record an app may set one by one (through BudgetManager.user_dict);
 # None for total_budget means no limit, for duration a budget that never resets.
 SETTABLE_FIELDS = ("total_budget", "current_cost", "model_cost", "duration", "created_at", "last_updated_at")
-OWN_FIELDS = frozenset((*SETTABLE_FIELDS, "reservations", "applied", "overruns", "overrun_cost"))
+# ...and those of budgets beyond LiteLLM's: the user's team, the main window's timezone (a
+# calendar window), more windows (see windows.py). Each may be set to None to drop it.
+SUBJECT_FIELDS = ("team", "timezone", "windows")
+OWN_FIELDS = frozenset((*SETTABLE_FIELDS, *SUBJECT_FIELDS, "reservations", "applied", "overruns", "overrun_cost"))
 
 
 class Reservation(TypedDict):
     amount: float
     expires_at: float
+    model: NotRequired[str]  # the call's model, kept where the record has per-model windows
+    also: NotRequired[list[str]]  # in the user's record: the other budgets holding the call
 
 
 class UserRecord(TypedDict):
@@ -77,6 +87,9 @@ class UserRecord(TypedDict):
     applied: NotRequired[dict[str, float]]
     overruns: NotRequired[int]
     overrun_cost: NotRequired[float]
+    team: NotRequired[str]
+    timezone: NotRequired[str]
+    windows: NotRequired[list[Window]]
 
 
 # --- text -------------------------------------------------------------------------------
@@ -302,10 +315,15 @@ def check_record(user: str, raw: object) -> UserRecord:
     for call_id, held in reservations.items():
         if not isinstance(held, dict):
             raise ConfigurationError(f"{where}: reservation {call_id!r} must be an object")
-        checked[check_call_id(call_id)] = {
+        hold: Reservation = {
             "amount": check_amount(f"{where}: reservation amount", held.get("amount")),
             "expires_at": check_timestamp(f"{where}: reservation expires_at", held.get("expires_at")),
         }
+        if "model" in held:
+            hold["model"] = check_model_name(held["model"], where)
+        if "also" in held:
+            hold["also"] = _check_also(where, held["also"])
+        checked[check_call_id(call_id)] = hold
     _set_or_drop(record, "reservations", checked)
     applied = record.get("applied", {})
     if not isinstance(applied, dict):
@@ -320,6 +338,16 @@ def check_record(user: str, raw: object) -> UserRecord:
         raise ConfigurationError(f"{where}: overruns must be a whole number of calls, got {count!r}")
     if "overrun_cost" in record:
         record["overrun_cost"] = check_amount(f"{where}: overrun_cost", record["overrun_cost"])
+    for name in SUBJECT_FIELDS:
+        if name in record:
+            value = record[name]
+            if value is None:
+                del record[name]
+            else:
+                record[name] = _check_subject_field(where, name, value, record["created_at"])
+    for window in record.get("windows", ()):
+        window.setdefault("spend", 0.0)
+    check_calendar(where, record)
     extra = {k: v for k, v in record.items() if k not in OWN_FIELDS}
     if extra:
         check_extra(where, extra)
@@ -352,13 +380,103 @@ def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
             checked[name] = None
         elif name in ("created_at", "last_updated_at"):
             checked[name] = check_timestamp(where, value)
+        elif name in SUBJECT_FIELDS:
+            checked[name] = None if value is None else _check_subject_field(where, name, value, None)
         elif name in SETTABLE_FIELDS:
             checked[name] = check_amount(where, value)
         else:
             raise ConfigurationError(
-                f"cannot set {where}: not a field of a budget; the fields are {', '.join(SETTABLE_FIELDS)}"
+                f"cannot set {where}: not a field of a budget; "
+                f"the fields are {', '.join((*SETTABLE_FIELDS, *SUBJECT_FIELDS))}"
             )
     return checked
+
+
+# --- teams, timezones, windows -------------------------------------------------------------
+
+
+def _check_also(where: str, also: object) -> list[str]:
+    if not isinstance(also, list) or len(also) > 64:
+        raise ConfigurationError(f"{where}: a reservation's also must be a list of at most 64 budgets")
+    return [check_text(f"{where}: reservation also", key) for key in also]
+
+
+def _check_subject_field(where: str, name: str, value: object, now: float | None) -> Any:
+    """``team`` (a name), ``timezone`` (IANA) or ``windows`` (see :func:`check_windows`)."""
+    if name == "team":
+        team = check_text(f"{where}: team", value).removeprefix("team:")
+        if not team.strip():
+            raise ConfigurationError(f"{where}: team must name a team, got {value!r}")
+        return team
+    if name == "timezone":
+        return windows.check_timezone(value)
+    return check_windows(where, value, now)
+
+
+def check_windows(where: str, given: object, now: float | None) -> list[Window]:
+    """A record's more windows: a list of ``{"budget", "duration", "timezone", "model"}``
+    (``spend`` and ``start`` as read back, or, with ``now``, optional: a new window starts
+    at the start of its period; without ``now``, its ``start`` is left for the caller to set).
+    Durations become days; at most :data:`MAX_WINDOWS`. Overlaps: :func:`check_calendar`."""
+    if not isinstance(given, list):
+        raise ConfigurationError(f"{where}: windows must be a list of windows, got {type(given).__name__}")
+    if len(given) > MAX_WINDOWS:
+        raise ConfigurationError(f"{where}: at most {MAX_WINDOWS} windows besides the main one, got {len(given)}")
+    checked: list[Window] = []
+    for index, raw in enumerate(given):
+        name = f"{where}: window {index}"
+        if not isinstance(raw, Mapping):
+            raise ConfigurationError(f"{name} must be an object, got {type(raw).__name__}")
+        unknown = set(raw) - {"budget", "duration", "timezone", "model", "spend", "start"}
+        if unknown:
+            raise ConfigurationError(f"{name} has unknown fields {sorted(map(str, unknown))[:4]}")
+        if "budget" not in raw:
+            raise ConfigurationError(f"{name} needs a budget")
+        try:
+            days = parse_duration(raw.get("duration"))
+            zone = None if raw.get("timezone") is None else windows.check_timezone(raw["timezone"])
+            if zone is not None and days is None:
+                raise ConfigurationError("a timezone needs a duration (daily, weekly, monthly or yearly)")
+            if zone is not None and days is not None:
+                windows.calendar_period(days)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{name}: {exc}") from None
+        window = cast(Window, {"budget": check_amount(f"{name}: budget", raw["budget"])})
+        if "spend" in raw:
+            window["spend"] = check_amount(f"{name}: spend", raw["spend"])
+        if "start" in raw:
+            window["start"] = check_timestamp(f"{name}: start", raw["start"])
+        elif now is not None:
+            window["start"] = windows.first_start(now, days, zone)
+        if days is not None:
+            window["duration"] = days
+        if zone is not None:
+            window["timezone"] = zone
+        if raw.get("model") is not None:
+            window["model"] = check_model_name(raw["model"], name)
+        checked.append(window)
+    return checked
+
+
+def check_calendar(where: str, record: Mapping[str, Any]) -> None:
+    """The main window's timezone needs a calendar duration; no two windows overlap."""
+    days = record.get("duration")
+    if "timezone" in record:
+        if days is None:
+            raise ConfigurationError(f"{where}: a timezone needs a duration (daily, weekly, monthly or yearly)")
+        try:
+            windows.calendar_period(days)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+    seen = {windows.overlap_key(days, None): "the main window"}
+    for index, window in enumerate(record.get("windows", ())):
+        key = windows.overlap_key(window.get("duration"), window.get("model"))
+        if key in seen:
+            raise ConfigurationError(
+                f"{where}: window {index} overlaps {seen[key]}: two windows of the same length"
+                + (f" for model {window['model']!r}" if "model" in window else "")
+            )
+        seen[key] = f"window {index}"
 
 
 def _set_or_drop(record: Any, key: str, value: dict[str, Any]) -> None:

@@ -2,23 +2,86 @@
 
 Each store applies these under its own lock (stores/redis_budget.lua mirrors them), so the
 amount a call holds is decided in one atomic step, never by a read followed by a write.
+
+A call is held against every budget that applies to it (:func:`reserve_all`): its user's
+record, with each of that record's windows that counts the call's model, the user's team, the
+call's own team and tags, the global budget. It holds one amount in each, or none anywhere.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
-from .budget import LEASE_SPARE_CALLS, LEASE_SPARE_SHARE, Mode, UserRecord, check_amount, check_ttl, current_window
+from .budget import (
+    LEASE_SPARE_CALLS,
+    LEASE_SPARE_SHARE,
+    Mode,
+    Reservation,
+    UserRecord,
+    charge,
+    check_amount,
+    check_ttl,
+    current_window,
+    new_record,
+    release,
+)
 from .errors import over_budget
+from .subjects import GLOBAL, charged_subjects
+from .windows import applies_to, describe
 
 
-def reserved(record: UserRecord, now: float, exclude: str | None = None) -> float:
-    """Sum held by unexpired reservations of other calls."""
+def reserved(record: UserRecord, now: float, exclude: str | None = None, model: str | None = None) -> float:
+    """Sum held by unexpired reservations of other calls (with ``model``: those a window of
+    that model counts, which are its calls and those whose model was not kept)."""
     return sum(
         held["amount"]
         for call_id, held in record.get("reservations", {}).items()
-        if held["expires_at"] > now and call_id != exclude
+        if held["expires_at"] > now and call_id != exclude and (model is None or held.get("model", model) == model)
     )
+
+
+def mode_for(key: str, mode: Mode) -> Mode:
+    """The admission rule of one budget: the call's, except litellm's global budget, which
+    keeps LiteLLM's own (soft) rule."""
+    return "soft" if key == GLOBAL else mode
+
+
+def leasable(record: UserRecord) -> bool:
+    """Whether a process may admit the record's calls from a lease (stores/file.py): a record
+    with one window and no team, whose admission depends only on its own spend and holds."""
+    return "windows" not in record and "team" not in record
+
+
+def record_hold(
+    record: UserRecord,
+    key: str,
+    call_id: str,
+    amount: float,
+    mode: Mode,
+    now: float,
+    at_least: float | None = None,
+    model: str | None = None,
+) -> float:
+    """What a call may hold in ``record`` (in its current window), fitting every window that
+    counts ``model``; or raise the refusal of the first window it does not fit."""
+    hold = amount
+    windows: list[tuple[float | None, float, str | None, str]] = [
+        (record["total_budget"], record["current_cost"], None, "")
+    ]
+    for window in record.get("windows", ()):
+        if applies_to(window, model):
+            only = window.get("model")
+            label = describe(window["budget"], window.get("duration"), window.get("timezone"), only)
+            windows.append((window["budget"], window["spend"], only, label))
+    for budget, spend, only, label in windows:
+        held = reserved(record, now, exclude=call_id, model=only)
+        fits = hold_amount(spend, held, amount, budget, mode, at_least)
+        if fits is None:
+            assert budget is not None
+            raise over_budget(key, spend, budget, amount, held, window=label)
+        hold = min(hold, fits)
+    return hold
 
 
 def admits(spend: float, held: float, estimate: float, budget: float | None, mode: Mode) -> bool:
@@ -59,38 +122,93 @@ def held_for(record: UserRecord, call_id: str, amount: float) -> float:
     return amount if hold is None else hold["amount"]
 
 
-def reserve(
-    record: UserRecord,
+def reserve_all(
+    records: Mapping[str, UserRecord],
     user: str,
+    user_record: UserRecord,
     call_id: str,
     amount: float,
     ttl: float,
     mode: Mode,
     now: float,
     at_least: float | None = None,
-) -> UserRecord:
-    """Hold ``amount`` for a call in flight (or less, see :func:`hold_amount`), or raise
-    BudgetExceededError and change nothing.
+    model: str | None = None,
+    subjects: Iterable[str] = (),
+) -> tuple[dict[str, UserRecord], float]:
+    """Hold a call of ``user`` in every budget that applies (:func:`.subjects.charged_subjects`),
+    the same amount in each: ``amount``, or with ``at_least`` the least any of them has left
+    (see :func:`hold_amount`). Returns the records changed and the amount held, or raises the
+    refusal of the first budget it does not fit, changing nothing.
 
-    Reserving again with the same call id replaces its hold; a call already charged holds
-    nothing.
+    ``records`` are the store's records by key; ``user_record`` the user's (a store makes an
+    unknown user's from its default first). A team or tag without a record holds nothing: it
+    has no limit, and is charged (a record made) when the call is. Reserving again with the
+    same call id replaces its holds; a call already charged holds nothing. The user's hold
+    lists the other budgets (``also``) so that the charge or release finds them all.
     """
     amount = check_amount("reservation amount", amount)
     ttl = check_ttl(ttl)
-    if call_id in record.get("applied", {}):
-        return record
-    updated = current_window(record, now)
-    held = reserved(updated, now, exclude=call_id)
-    budget = updated["total_budget"]
-    hold = hold_amount(updated["current_cost"], held, amount, budget, mode, at_least)
-    if hold is None:
-        assert budget is not None
-        raise over_budget(user, updated["current_cost"], budget, amount, held)
-    updated["reservations"] = {
-        **updated.get("reservations", {}),
-        call_id: {"amount": hold, "expires_at": now + ttl},
+    if call_id in user_record.get("applied", {}):
+        return {}, amount
+    keys = charged_subjects(user, user_record, subjects)
+    present = {
+        key: current_window(user_record if key == user else records[key], now)
+        for key in keys
+        if key == user or key in records
     }
-    return updated
+    hold = amount
+    for key, record in present.items():
+        hold = min(hold, record_hold(record, key, call_id, amount, mode_for(key, mode), now, at_least, model))
+    others = list(keys[1:])
+    for key, record in present.items():
+        entry: Reservation = {"amount": hold, "expires_at": now + ttl}
+        if model is not None and any("model" in window for window in record.get("windows", ())):
+            entry["model"] = model
+        if key == user and others:
+            entry["also"] = others
+        record["reservations"] = {**record.get("reservations", {}), call_id: entry}
+    return present, hold
+
+
+def charge_all(
+    records: Mapping[str, UserRecord],
+    user: str,
+    user_record: UserRecord,
+    cost: float,
+    model: str,
+    call_id: str | None,
+    now: float,
+    held: float | None = None,
+    subjects: Iterable[str] = (),
+) -> dict[str, UserRecord]:
+    """Charge a call of ``user`` to every budget that applies: those its holds name, the
+    user's team, ``subjects``; each settles its own hold (an overrun is counted against it,
+    else against ``held``). A team or tag without a record gets one without a limit. Returns
+    the records changed (none for a call id already charged)."""
+    hold = user_record.get("reservations", {}).get(call_id) if call_id is not None else None
+    also = hold.get("also", []) if hold is not None else []
+    changed: dict[str, UserRecord] = {}
+    for key in charged_subjects(user, user_record, [*also, *subjects]):
+        record = user_record if key == user else records[key] if key in records else new_record(None, None, now)
+        own = record.get("reservations", {}).get(call_id) if call_id is not None else None
+        updated, applied = charge(record, cost, model, call_id, now, held if own is None else own["amount"])
+        if applied:
+            changed[key] = updated
+    return changed
+
+
+def release_all(records: Mapping[str, UserRecord], user: str, call_id: str, now: float) -> dict[str, UserRecord]:
+    """Drop a call's holds in the user's record and every budget it names; the records changed."""
+    hold = records[user].get("reservations", {}).get(call_id) if user in records else None
+    if hold is None:
+        return {}
+    changed: dict[str, UserRecord] = {}
+    for key in (user, *hold.get("also", [])):
+        if key in records:
+            updated, found = release(records[key], call_id, now)
+            if found:
+                changed[key] = updated
+    return changed
 
 
 def lease_hold(

@@ -3,7 +3,13 @@
 A store only makes operations atomic and durable; what an operation does to a record is
 decided in :mod:`litellm_budget_plugin.budget`. Stores that can run Python under their own
 lock (the file store, the in-memory store) subclass :class:`RecordStore` and provide
-``_read``/``_update``; stores that talk to a server (HTTP, Redis) implement the protocol directly.
+``_read``/``_update``/``_update_many``; stores that talk to a server (HTTP, Redis) implement the
+protocol directly.
+
+Budgets beyond the user's (its team, the call's team and tags, the global budget: see
+:mod:`..subjects`) are named by ``subjects=`` on ``reserve``/``admit``/``charge``/``charge_later``;
+each such operation changes every record involved in one atomic step, all or none.
+``settle`` and ``release`` find them from the user's hold.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ from __future__ import annotations
 import abc
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol, TypedDict, TypeVar, cast, runtime_checkable
 
-from .. import budget, reservations
+from .. import budget, reservations, subjects
 from ..budget import Mode, UserRecord
 from ..errors import UnknownUserError
 
@@ -51,8 +57,11 @@ class BudgetStore(Protocol):
         total_budget: float | None,
         duration: float | str | None = None,
         created_at: float | None = None,
+        fields: Mapping[str, object] | None = None,
     ) -> UserRecord:
-        """Create the user's budget, or change it keeping what was spent."""
+        """Create the budget of ``user`` (a user id, ``team:<name>`` or ``tag:<name>``), or change
+        it keeping what was spent; ``fields`` (``team``, ``timezone``, ``windows``...) are set in
+        the same write, as :meth:`set_fields` sets them."""
         ...
 
     def put(self, user: str, record: UserRecord) -> None:
@@ -80,8 +89,12 @@ class BudgetStore(Protocol):
         call_id: str | None = None,
         default: NewBudget | None = None,
         held: float | None = None,
+        *,
+        subjects: Sequence[str] = (),
     ) -> UserRecord:
-        """Add ``cost``; a call id already charged is not charged again; settles its hold.
+        """Add ``cost`` to the user's budget and every other that applies (those its hold names,
+        its team, ``subjects``); a call id already charged is not charged again; settles its
+        holds. Returns the user's record.
 
         ``held``: what was held for the call; a cost above it counts as an overrun in the
         record (``overruns``, ``overrun_cost``), in the same write."""
@@ -96,6 +109,8 @@ class BudgetStore(Protocol):
         default: NewBudget | None = None,
         then: Callable[[UserRecord], None] | None = None,
         held: float | None = None,
+        *,
+        subjects: Sequence[str] = (),
     ) -> None:
         """Charge soon, calling ``then(record)`` once charged; for callers that need no answer.
 
@@ -114,12 +129,17 @@ class BudgetStore(Protocol):
         mode: Mode = "strict",
         default: NewBudget | None = None,
         at_least: float | None = None,
+        *,
+        model: str | None = None,
+        subjects: Sequence[str] = (),
     ) -> UserRecord:
-        """Hold ``amount`` for ``ttl`` seconds or raise BudgetExceededError, changing nothing.
+        """Hold ``amount`` for ``ttl`` seconds in the user's budget and every other that applies
+        (``reservations.reserve_all``: its team, ``subjects``; per-model windows count ``model``),
+        or raise BudgetExceededError naming the one that refused, changing nothing.
 
         With ``at_least``, a call whose ``amount`` does not fit holds what is left of the
         budget if that is ``at_least`` or more (``reservations.hold_amount``), decided in the same
-        atomic step; the record returned shows the hold (``reservations.held_for``).
+        atomic step; the user's record returned shows the hold (``reservations.held_for``).
         """
         ...
 
@@ -131,6 +151,9 @@ class BudgetStore(Protocol):
         ttl: float,
         default: NewBudget | None = None,
         at_least: float | None = None,
+        *,
+        model: str | None = None,
+        subjects: Sequence[str] = (),
     ) -> float:
         """``reserve`` in strict mode for a call that ``charge_later`` or ``release`` will end;
         returns what it holds for the call (``amount``, or less with ``at_least``).
@@ -142,13 +165,14 @@ class BudgetStore(Protocol):
         ...
 
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
-        """Charge a reserved call its actual cost; False if the call was not known or already settled.
+        """Charge a reserved call its actual cost, in every budget holding it; False if the call
+        was not known or already settled.
 
         A cost above the call's hold counts as an overrun, as with ``charge(held=...)``."""
         ...
 
     def release(self, call_id: str, user: str | None = None) -> bool:
-        """Drop a hold without charging; False if there was none."""
+        """Drop a call's holds, in every budget holding it, without charging; False if there was none."""
         ...
 
     def close(self) -> None: ...
@@ -166,8 +190,11 @@ class WritesAtOnce:
         ttl: float,
         default: NewBudget | None = None,
         at_least: float | None = None,
+        *,
+        model: str | None = None,
+        subjects: Sequence[str] = (),
     ) -> float:
-        record = self.reserve(user, call_id, amount, ttl, "strict", default, at_least)
+        record = self.reserve(user, call_id, amount, ttl, "strict", default, at_least, model=model, subjects=subjects)
         return reservations.held_for(record, call_id, amount)
 
     def charge_later(
@@ -179,8 +206,10 @@ class WritesAtOnce:
         default: NewBudget | None = None,
         then: Callable[[UserRecord], None] | None = None,
         held: float | None = None,
+        *,
+        subjects: Sequence[str] = (),
     ) -> None:
-        record = self.charge(user, cost, model, call_id=call_id, default=default, held=held)
+        record = self.charge(user, cost, model, call_id=call_id, default=default, held=held, subjects=subjects)
         if then is not None:
             then(record)
 
@@ -229,8 +258,14 @@ class RecordStore(abc.ABC):
         """Atomically replace the user's record by ``fn``'s first result (None deletes)."""
 
     @abc.abstractmethod
+    def _update_many(self, fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]]) -> T:
+        """Atomically replace the records ``fn`` returns (None deletes); ``fn`` is given every
+        record (not to be changed) and returns the changed ones and a result."""
+
+    @abc.abstractmethod
     def _user_of_call(self, call_id: str) -> str | None:
-        """The user holding a reservation for ``call_id``, if any."""
+        """The user holding a reservation for ``call_id``, if any (the record whose hold names
+        the others, when several hold it)."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -258,20 +293,24 @@ class RecordStore(abc.ABC):
         total_budget: float | None,
         duration: float | str | None = None,
         created_at: float | None = None,
+        fields: Mapping[str, object] | None = None,
     ) -> UserRecord:
-        budget.check_user(user)
+        subjects.check_subject(user)
         now = self.clock()
         budget.new_record(total_budget, duration, now, created_at)  # validate before locking
+        checked = None if fields is None else budget.check_fields(user, fields)
 
         def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
             updated = budget.with_budget(record, total_budget, duration, now, created_at)
+            if checked is not None:
+                updated = budget.with_fields(updated, checked, now, user)
             return updated, updated
 
         return self._update(user, change)
 
     @_at_one_time
     def put(self, user: str, record: UserRecord) -> None:
-        budget.check_user(user)
+        subjects.check_subject(user)
         checked = budget.check_record(user, record)
         self._update(user, lambda _old: (checked, None))
 
@@ -282,7 +321,7 @@ class RecordStore(abc.ABC):
         now = self.clock()
 
         def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
-            updated = budget.with_fields(_existing(user, record), checked, now)
+            updated = budget.with_fields(_existing(user, record), checked, now, user)
             return updated, updated
 
         return self._update(user, change)
@@ -323,8 +362,10 @@ class RecordStore(abc.ABC):
         call_id: str | None = None,
         default: NewBudget | None = None,
         held: float | None = None,
+        *,
+        subjects: Sequence[str] = (),
     ) -> UserRecord:
-        return self._update(user, self._charge_change(user, cost, model, call_id, default, held))
+        return self._update_many(self._charge_change(user, cost, model, call_id, default, held, subjects))
 
     def _charge_change(
         self,
@@ -334,7 +375,8 @@ class RecordStore(abc.ABC):
         call_id: str | None,
         default: NewBudget | None,
         held: float | None = None,
-    ) -> Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]:
+        subjects: Sequence[str] = (),
+    ) -> Callable[[Mapping[str, UserRecord]], tuple[dict[str, UserRecord], UserRecord]]:
         """The change ``charge`` makes, checked now and applied under the lock (maybe later)."""
         budget.check_user(user)
         budget.check_amount("cost", cost)
@@ -343,11 +385,13 @@ class RecordStore(abc.ABC):
             budget.check_call_id(call_id)
         if held is not None:
             budget.check_amount("held amount", held)
+        others = check_subjects(subjects)
         now = self.clock()
 
-        def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
-            updated, _ = budget.charge(_or_default(user, record, default, now), cost, model, call_id, now, held)
-            return updated, updated
+        def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], UserRecord]:
+            record = _or_default(user, records.get(user), default, now)
+            changed = reservations.charge_all(records, user, record, cost, model, call_id, now, held, others)
+            return changed, changed.get(user, record)
 
         return change
 
@@ -361,16 +405,41 @@ class RecordStore(abc.ABC):
         mode: Mode = "strict",
         default: NewBudget | None = None,
         at_least: float | None = None,
+        *,
+        model: str | None = None,
+        subjects: Sequence[str] = (),
     ) -> UserRecord:
+        return self._update_many(
+            self._reserve_change(user, call_id, amount, ttl, mode, default, at_least, model, subjects)
+        )[0]
+
+    def _reserve_change(
+        self,
+        user: str,
+        call_id: str,
+        amount: float,
+        ttl: float,
+        mode: Mode,
+        default: NewBudget | None,
+        at_least: float | None,
+        model: str | None,
+        subjects: Sequence[str],
+    ) -> Callable[[Mapping[str, UserRecord]], tuple[dict[str, UserRecord], tuple[UserRecord, float]]]:
+        """The change ``reserve`` makes, checked now: its result is the user's record and the amount held."""
         budget.check_reservation(user, call_id, amount, ttl, mode, at_least)
+        if model is not None:
+            budget.check_model_name(model)
+        others = check_subjects(subjects)
         now = self.clock()
 
-        def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
-            current = _or_default(user, record, default, now)
-            updated = reservations.reserve(current, user, call_id, amount, ttl, mode, now, at_least)
-            return updated, updated
+        def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], tuple[UserRecord, float]]:
+            record = _or_default(user, records.get(user), default, now)
+            changed, held = reservations.reserve_all(
+                records, user, record, call_id, amount, ttl, mode, now, at_least, model, others
+            )
+            return changed, (changed.get(user, record), held)
 
-        return self._update(user, change)
+        return change
 
     @_at_one_time
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
@@ -384,13 +453,16 @@ class RecordStore(abc.ABC):
             return False
         now = self.clock()
 
-        def change(record: UserRecord | None) -> tuple[UserRecord | None, bool]:
+        def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], bool]:
+            record = records.get(owner)
             if record is None:
-                return None, False
+                return {}, False
             hold = record.get("reservations", {}).get(call_id)
-            return budget.charge(record, actual_cost, model, call_id, now, None if hold is None else hold["amount"])
+            held = None if hold is None else hold["amount"]
+            changed = reservations.charge_all(records, owner, record, actual_cost, model, call_id, now, held)
+            return changed, owner in changed
 
-        return self._update(owner, change)
+        return self._update_many(change)
 
     @_at_one_time
     def release(self, call_id: str, user: str | None = None) -> bool:
@@ -402,12 +474,11 @@ class RecordStore(abc.ABC):
             return False
         now = self.clock()
 
-        def change(record: UserRecord | None) -> tuple[UserRecord | None, bool]:
-            if record is None:
-                return None, False
-            return budget.release(record, call_id, now)
+        def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], bool]:
+            changed = reservations.release_all(records, owner, call_id, now)
+            return changed, owner in changed
 
-        return self._update(owner, change)
+        return self._update_many(change)
 
 
 def _rolled(record: UserRecord | None, now: float) -> UserRecord | None:
@@ -425,5 +496,11 @@ def _or_default(user: str, record: UserRecord | None, default: NewBudget | None,
         return record
     if default is None:
         raise UnknownUserError(user)
+    subjects.check_subject(user)  # a record is made under this key
     checked = budget.check_default(default)
     return budget.new_record(checked["total_budget"], checked["duration"], now)
+
+
+def check_subjects(given: Sequence[str]) -> tuple[str, ...]:
+    """``subjects=`` of a store operation: () needs no check (the usual call)."""
+    return () if not given else subjects.check_subjects(given)
