@@ -19,7 +19,7 @@ import multiprocessing
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from litellm_budget_plugin.stores._journal import Journal
 GOOD_USERS = ("alice", "bob", "carol", "dave", "erin")
 BROKEN = "mallory"
 MESSAGES = [{"role": "user", "content": "hi"}]
-Change = Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]
+Change = Callable[[Mapping[str, UserRecord]], tuple[dict[str, UserRecord], UserRecord]]
 
 
 class OneUserBreaks(FileStore):
@@ -56,16 +56,16 @@ class OneUserBreaks(FileStore):
         if user != BROKEN:
             return change
 
-        def breaks(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
+        def breaks(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], UserRecord]:
             self.tries += 1
             if self.failures_left <= 0:
-                return change(record)
+                return change(records)
             self.failures_left -= 1
             if self.how == "raises":
                 raise RuntimeError(f"injected failure charging {user}")
-            updated, _ = change(record)
+            changed, updated = change(records)
             poisoned: Any = {**updated, "note": math.inf}  # what json.dumps(allow_nan=False) refuses
-            return poisoned, poisoned
+            return {**changed, user: poisoned}, poisoned
 
         return breaks
 

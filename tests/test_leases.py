@@ -26,6 +26,7 @@ from litellm_budget_plugin import BudgetExceededError, FileStore
 from litellm_budget_plugin.budget import LEASE_SPARE_CALLS
 from litellm_budget_plugin.errors import StoreLockTimeout, UnknownUserError
 from litellm_budget_plugin.guard import BudgetGuard
+from litellm_budget_plugin.stores import _admission as admission_module
 from litellm_budget_plugin.stores import _deferred as deferred_module
 from litellm_budget_plugin.stores import file as file_module
 
@@ -456,7 +457,7 @@ def test_a_charge_made_during_another_threads_write_is_held_until_it_is_written(
     store.set_budget("alice", 1.0)
     store.admit("alice", "c1", 0.5, 60)  # the first call for alice: held exactly, no spare
     inside, go_on = threading.Event(), threading.Event()
-    real_or_default = file_module._or_default
+    real_or_default = admission_module._or_default
 
     def pause_in_the_admitting_thread(*args: object) -> object:
         if threading.current_thread().name == "admitting":
@@ -465,7 +466,7 @@ def test_a_charge_made_during_another_threads_write_is_held_until_it_is_written(
         return real_or_default(*args)  # type: ignore[arg-type]
 
     # A pause inside the write of another call's admission, once it has taken the pending charges.
-    monkeypatch.setattr(file_module, "_or_default", pause_in_the_admitting_thread)
+    monkeypatch.setattr(admission_module, "_or_default", pause_in_the_admitting_thread)
     admitting = threading.Thread(target=lambda: store.admit("alice", "c2", 0.1, 60), name="admitting")
     admitting.start()
     assert inside.wait(10)

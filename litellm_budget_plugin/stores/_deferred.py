@@ -2,20 +2,20 @@
 flusher thread, what becomes of a charge that cannot be written, and the flush when the
 process ends.
 
-A batch of deferred charges is applied and written record by record as far as failures go:
-a charge whose change raises (anything, not only our errors), or whose record JSON cannot
-encode, is taken out of the batch and tried again with the next writes; every other record
-is written. After :data:`CHARGE_ATTEMPTS` tries it is given up: logged as an error naming
-the user, the amount and the call, and kept in :attr:`FileStore.failed_charges`. Its call's
-hold is not released as if charged: it stays until it expires (with its lease, or as a
-reservation), so the budget counts at least the hold meanwhile. A write the disk refuses
-writes nothing and keeps every charge for the next write (no try is counted).
+A batch of deferred charges is applied and written charge by charge as far as failures go
+(see :mod:`._writes`): a charge whose change raises (anything, not only our errors), or makes
+a record JSON cannot encode, is taken out of the batch, with every record it changed, and
+tried again with the next writes; every other charge is written. After
+:data:`CHARGE_ATTEMPTS` tries it is given up: logged as an error naming the user, the amount
+and the call, and kept in :attr:`FileStore.failed_charges`. Its call's holds are not released
+as if charged: they stay until they expire (with its lease, or as a reservation), so the
+budgets count at least the holds meanwhile. A write the disk refuses writes nothing and keeps
+every charge for the next write (no try is counted).
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import multiprocessing.util
 import os
@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..budget import UserRecord
-from ..errors import StoreError
 from ._lock import _Locked
 
 if TYPE_CHECKING:
@@ -41,7 +40,9 @@ FAILED_CHARGES_KEPT = 1000
 
 class _Deferred(NamedTuple):
     user: str
-    change: Callable[[UserRecord | None], tuple[UserRecord, UserRecord]]
+    # RecordStore._charge_change: the records changed (the user's, its team's, its tags'...)
+    # and the user's record, from every record as the charges before it left them.
+    change: Callable[[Mapping[str, UserRecord]], tuple[dict[str, UserRecord], UserRecord]]
     then: Callable[[UserRecord], None] | None
     call_id: str | None
     cost: float
@@ -121,114 +122,6 @@ def _write_all_pending(store: FileStore) -> None:
         with store._deferred_lock:
             if not store._deferred:
                 return
-
-
-def _unwritable_records(
-    working: Mapping[str, UserRecord | None], loaded: Mapping[str, UserRecord]
-) -> dict[str, Exception]:
-    """The changed records JSON cannot encode (a non-finite number, say), and why."""
-    unwritable: dict[str, Exception] = {}
-    for user, record in working.items():
-        if record is not None and record is not loaded.get(user):
-            try:
-                json.dumps(record, allow_nan=False)
-            except Exception as exc:
-                unwritable[user] = exc
-    return unwritable
-
-
-def _apply_deferred(store: FileStore, charged: list[tuple[_Deferred, UserRecord]]) -> dict[str, UserRecord | None]:
-    """Take the deferred charges and lease holds and apply them to a working copy of their
-    records, each on its own: one that raises waits for a later write, the others are applied."""
-    with store._deferred_lock:
-        deferred, store._deferred = store._deferred, []
-    working: dict[str, UserRecord | None] = {}
-    failed: list[tuple[_Deferred, Exception]] = []
-    for item in deferred:
-        current = working[item.user] if item.user in working else store._journal.records.get(item.user)
-        try:
-            record, _ = item.change(current)
-        except Exception as exc:
-            failed.append((item, exc))
-            continue
-        if record is not current:  # else a call id charged already: nothing to tell
-            working[item.user] = record
-            charged.append((item, record))
-    with store._deferred_lock:
-        failing = {id(item) for item, _ in failed}
-        for item in deferred:  # a charged call leaves its lease: its hold shrinks in the same write
-            if item.call_id is not None and id(item) not in failing:
-                store._end_leased_call(item.call_id)
-        store._refreshed, store._dirty = store._dirty, set()
-        _retry_or_give_up(store, failed)
-        if not store._deferred:
-            store._pending_since = None
-            _STORES_WITH_PENDING.discard(store)
-    now = store.clock()
-    for user in store._refreshed:
-        try:
-            store._refresh_lease(user, working, now)
-        except Exception:
-            logger.exception(
-                "the lease hold of %r in %s cannot be rewritten; it stays until it expires", user, store.path
-            )
-            store._stop_lease_spare(user)
-    return working
-
-
-def _write(
-    store: FileStore, working: dict[str, UserRecord | None], charged: list[tuple[_Deferred, UserRecord]]
-) -> dict[str, Exception]:
-    """Persist the changed records in one write, then make them the loaded ones.
-
-    A record JSON cannot encode is left out, and returned with why: its charges wait for a
-    later write, the other records are written. On any other failure nothing is written,
-    every charge waits, and StoreError is raised.
-    """
-    try:
-        written, unwritten = _journal_write(store, working, store.clock())
-    except BaseException:
-        with store._deferred_lock:  # not written: they wait for the next operation
-            store._deferred[:0] = [item for item, _ in charged]
-            store._dirty |= store._refreshed
-            if store._deferred or store._dirty:
-                store._schedule()
-        charged.clear()
-        raise
-    failed = [(item, unwritten[item.user]) for item, _ in charged if item.user in unwritten]
-    charged[:] = [(item, record) for item, record in charged if item.user not in unwritten]
-    for user, error in unwritten.items():
-        logger.error("the record of %r cannot be written to %s (%r); the other records were", user, store.path, error)
-        store._stop_lease_spare(user)
-    with store._deferred_lock:
-        _retry_or_give_up(store, failed)
-        for user in store._refreshed:
-            lease = store._leases.get(user)
-            if lease is not None and lease.writing_until is not None:
-                lease.written_until, lease.writing_until = lease.writing_until, None
-    if written and store._journal.fold_due():
-        try:
-            store._journal.fold()
-        except StoreError:  # the change is in the journal already: report, don't fail it
-            logger.warning("compacting %s failed; will retry", store.path, exc_info=True)
-    return unwritten
-
-
-def _journal_write(
-    store: FileStore, working: dict[str, UserRecord | None], now: float, leave_out: dict[str, Exception] | None = None
-) -> tuple[bool, dict[str, Exception]]:
-    """Append the records of ``working`` but those left out, leaving out also any that JSON
-    cannot encode; what failed for another reason (a bug, say) is a StoreError."""
-    left_out = leave_out or {}
-    try:
-        return store._journal.write({u: r for u, r in working.items() if u not in left_out}, now), left_out
-    except StoreError:
-        raise
-    except Exception as exc:
-        unwritable = _unwritable_records(working, store._journal.records)
-        if unwritable.keys() <= left_out.keys():  # not a record's fault
-            raise StoreError(f"cannot write {str(store.path)!r}: {exc!r}; nothing was written") from exc
-        return _journal_write(store, working, now, unwritable)
 
 
 # Stores with changes not yet written (deferred charges, lease holds), kept alive (a store

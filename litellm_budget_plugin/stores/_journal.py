@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, cast
 
-from .. import budget
+from .. import budget, subjects
 from ..budget import UserRecord
 from ..errors import ConfigurationError, StoreCorruptError, StoreError
 
@@ -68,7 +68,11 @@ class Journal:
         # user -> (the record as read, the problem). Kept as they are in every fold, refused
         # for that user only (see :meth:`refuse_bad`), left out of listings.
         self.bad: dict[str, tuple[object, str]] = {}
-        self.calls: dict[str, str] = {}  # call id of a reservation -> its user
+        # Call id of a reservation -> the user holding it: of the records holding one call
+        # (its user, team, tags...), the user's, which names the others (see :meth:`_apply`).
+        self.calls: dict[str, str] = {}
+        # Lines encoded ahead of a write (see :meth:`prepare`): user -> (old, new, line, replayed).
+        self._prepared: dict[str, tuple[UserRecord | None, UserRecord | None, str, UserRecord | None]] = {}
         self._fd: int | None = None
         self._snapshot_id: tuple[int, int, int] | None = None
         self._offset = 0
@@ -152,6 +156,7 @@ class Journal:
         """Drop what is loaded (it may be half read): the next operation starts over."""
         self.close()
         self.records, self.calls, self.bad = {}, {}, {}
+        self._prepared.clear()
         self._unverified = None
 
     def close(self) -> None:
@@ -159,15 +164,31 @@ class Journal:
             os.close(self._fd)
         self._fd = None
 
+    def prepare(self, user: str, new: UserRecord | None, now: float) -> None:
+        """Encode the line that would write ``new`` as ``user``'s record, raising what JSON
+        raises for a record it cannot encode; :meth:`write` then uses that line. So a record
+        that cannot be written is found with the change that made it, at no extra cost."""
+        old = self.records.get(user)
+        entry, replayed = _journal_entry(user, old, new, now)
+        self._prepared[user] = (old, new, _ENCODER.encode(entry), replayed)
+
     def write(self, working: dict[str, UserRecord | None], now: float) -> bool:
         """Append the records of ``working`` that changed, in one write, then make them the
         loaded ones. Whether anything was written; on StoreError nothing was."""
         lines, replayed = [], {}
-        for user, new in working.items():
-            old = self.records.get(user)
-            if new is not old:
-                entry, replayed[user] = _journal_entry(user, old, new, now)
-                lines.append(_ENCODER.encode(entry))
+        try:
+            for user, new in working.items():
+                old = self.records.get(user)
+                if new is not old:
+                    prepared = self._prepared.get(user)
+                    if prepared is not None and prepared[0] is old and prepared[1] is new:
+                        lines.append(prepared[2])
+                        replayed[user] = prepared[3]
+                    else:
+                        entry, replayed[user] = _journal_entry(user, old, new, now)
+                        lines.append(_ENCODER.encode(entry))
+        finally:
+            self._prepared.clear()
         if not lines:
             return False
         self._append(("\n".join(lines) + "\n").encode())
@@ -304,17 +325,23 @@ class Journal:
             os.ftruncate(self._fd, self._offset)
 
     def _apply(self, user: str, record: UserRecord | None) -> None:
+        """Make ``record`` the user's, keeping :attr:`calls` current: a call held by several
+        records maps to the user's (its hold names the others in ``also``; a team, tag or the
+        global budget holds a call only for a user), whatever order they are applied in."""
         self.bad.pop(user, None)  # a record written over a bad one replaces it
         old = self.records.get(user)
         if old is not None:
             for call_id in old.get("reservations", {}):
-                self.calls.pop(call_id, None)
+                if self.calls.get(call_id) == user:
+                    del self.calls[call_id]
         if record is None:
             self.records.pop(user, None)
             return
         self.records[user] = record
-        for call_id in record.get("reservations", {}):
-            self.calls[call_id] = user
+        holds_for_itself = subjects.kind_of(user) == "user" and user != subjects.GLOBAL
+        for call_id, hold in record.get("reservations", {}).items():
+            if holds_for_itself or "also" in hold or call_id not in self.calls:
+                self.calls[call_id] = user
 
     def _append(self, lines: bytes) -> None:
         assert self._fd is not None

@@ -18,30 +18,30 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from .. import budget, reservations
 from ..budget import UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreError
+from . import _admission
 from ._deferred import (
     _STORES_WITH_PENDING,
     FAILED_CHARGES_KEPT,
     FailedCharge,
-    _apply_deferred,
     _Deferred,
     _flush_soon,
     _flush_when_this_process_ends,
     _give_up_pending,
     _notify,
-    _write,
     _write_all_pending,
 )
 from ._journal import Journal
-from ._leases import LEASE_HORIZON_SECONDS, LEASE_HOT_SECONDS, LEASE_IDLE_SECONDS, _Lease
+from ._leases import LEASE_HORIZON_SECONDS, LEASE_IDLE_SECONDS, _Lease
 from ._lock import _Locked, _ProcessLock
-from .base import NewBudget, RecordStore, _or_default
+from ._writes import Overlay, apply_deferred, check_writable, write
+from .base import NewBudget, RecordStore, _at_one_time
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -122,8 +122,37 @@ class FileStore(RecordStore):
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
             with locked:
-                _write(self, _apply_deferred(self, charged), charged)
+                write(self, apply_deferred(self, charged), charged)
                 return fn(self._journal.records)
+        finally:
+            _notify(charged)
+
+    def _update_many(
+        self,
+        fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]],
+        written: Callable[[T], None] | None = None,
+    ) -> T:
+        """See :meth:`RecordStore._update_many`: the records ``fn`` changes are written with
+        the pending ones, in one write, or none of them is (see :mod:`._writes`); ``written(result)``
+        runs once they are on disk, still under the lock."""
+        charged: list[tuple[_Deferred, UserRecord]] = []
+        try:
+            with self._locked():
+                working = apply_deferred(self, charged)
+                try:
+                    changed, result = fn(Overlay(working, self._journal))
+                    check_writable(self._journal, changed, self.clock())
+                except BaseException:  # a refused change still writes the deferred charges...
+                    try:
+                        write(self, working, charged)
+                    except StoreError:  # ...if it can (they wait for the next operation), but
+                        logger.warning("writing deferred charges to %s failed", self.path, exc_info=True)
+                    raise  # the refusal is the answer, never a store error that hides it
+                working.update(changed)
+                write(self, working, charged)
+                if written is not None:
+                    written(result)
+                return result
         finally:
             _notify(charged)
 
@@ -131,37 +160,13 @@ class FileStore(RecordStore):
         self,
         user: str,
         fn: Callable[[UserRecord | None], tuple[UserRecord | None, T]],
-        written: Callable[[T], None] | None = None,
     ) -> T:
-        """See :meth:`RecordStore._update`; ``written(result)`` runs once the change is on
-        disk, still under the lock."""
-        charged: list[tuple[_Deferred, UserRecord]] = []
-        try:
-            with self._locked():
-                working = _apply_deferred(self, charged)
-                old = working[user] if user in working else self._journal.records.get(user)
-                try:
-                    if old is None:
-                        self._journal.refuse_bad(user)  # never written over unseen
-                    new, result = fn(old)
-                except BaseException:  # a refused change still writes the deferred charges...
-                    try:
-                        _write(self, working, charged)
-                    except StoreError:  # ...if it can (they wait for the next operation), but
-                        logger.warning("writing deferred charges to %s failed", self.path, exc_info=True)
-                    raise  # the refusal is the answer, never a store error that hides it
-                if new is not old:
-                    working[user] = new
-                unwritten = _write(self, working, charged)
-                if user in unwritten:  # the others' changes are written all the same
-                    raise StoreError(
-                        f"the record of {user!r} cannot be written: {unwritten[user]!r}; it was not changed"
-                    )
-                if written is not None:
-                    written(result)
-                return result
-        finally:
-            _notify(charged)
+        def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord | None], T]:
+            old = records.get(user)  # a bad record in the file is refused here, never written over
+            new, result = fn(old)
+            return ({} if new is old else {user: new}), result
+
+        return self._update_many(change)
 
     def _user_of_call(self, call_id: str) -> str | None:
         with self._locked():
@@ -178,6 +183,8 @@ class FileStore(RecordStore):
         default: NewBudget | None = None,
         then: Callable[[UserRecord], None] | None = None,
         held: float | None = None,
+        *,
+        subjects: Sequence[str] = (),
     ) -> None:
         """Charge at this store's next operation in this process, or within a second.
 
@@ -188,7 +195,7 @@ class FileStore(RecordStore):
         call's hold (at least its cost) until then. A process killed in between loses the
         charge, and its hold expires with its lease.
         """
-        change = self._charge_change(user, cost, model, call_id, default, held)  # bad input fails here
+        change = self._charge_change(user, cost, model, call_id, default, held, subjects)  # bad input fails here
         self._own_process()
         with self._deferred_lock:
             if self._closed:  # closed by another thread since the check above
@@ -237,6 +244,7 @@ class FileStore(RecordStore):
 
     # -- leases ----------------------------------------------------------------------------
 
+    @_at_one_time
     def admit(
         self,
         user: str,
@@ -245,57 +253,13 @@ class FileStore(RecordStore):
         ttl: float,
         default: NewBudget | None = None,
         at_least: float | None = None,
+        *,
+        model: str | None = None,
+        subjects: Sequence[str] = (),
     ) -> float:
-        """Admit a call in strict mode, from this process's lease for the user when it can.
-
-        From the lease's spare, a call costs no write. Otherwise the lease is regrown under
-        the lock: to the calls in flight plus this one (or what is left for it, with
-        ``at_least``), with spare for the next ones when the user was called for in the last
-        :data:`LEASE_HOT_SECONDS` (and the budget allows). Near the end of a budget this admits
-        exactly what :meth:`reserve` would, as far as this process goes; another process's
-        unused spare can refuse a call that would fit for up to :data:`LEASE_IDLE_SECONDS`
-        after that process stops calling (or its lease expires, if it was killed). A call is
-        held less than ``amount`` only once the spare is given back and the budget has no more.
-        """
-        amount, ttl = budget.check_reservation(user, call_id, amount, ttl, "strict", at_least)
-        self._own_process()
-        now = self.clock()
-        with self._deferred_lock:
-            lease = self._leases.get(user)
-            if lease is not None and call_id not in self._leased and lease.take(call_id, amount, now + ttl):
-                self._leased[call_id] = user
-                self._schedule(user)  # the hold must last as long as this call
-                return amount
-
-        def change(record: UserRecord | None) -> tuple[UserRecord, tuple[_Lease, float, float, float]]:
-            current = _or_default(user, record, default, now)
-            with self._deferred_lock:
-                lease = self._leases.get(user) or self._leases.setdefault(user, _Lease(ttl))
-                if self._end_leased_call(call_id):  # admitted again under the same id
-                    self._schedule()
-                hot = not self._giving_back and time.monotonic() - lease.last_used < LEASE_HOT_SECONDS
-                self._expire(lease, now)
-                if lease.spare:  # given up first: the file must never hold less than promised here
-                    lease.spare = 0.0
-                    self._schedule(user)  # and written, if this call is refused
-                in_flight = lease.in_flight
-            target, held = reservations.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now, at_least)
-            lease.ttl = ttl
-            expires_at = max(now + ttl, lease.expires_at(now, spare=hot))
-            granted = (lease, max(0.0, target - in_flight - held), expires_at, held)
-            return budget.set_hold(current, lease.hold_id, target, expires_at, now), granted
-
-        def install(granted: tuple[_Lease, float, float, float]) -> None:
-            lease, spare, expires_at, held = granted
-            with self._deferred_lock:
-                lease.written_until = expires_at
-                lease.add(call_id, held, now + ttl)
-                lease.spare = 0.0 if self._giving_back else spare  # closing or exiting meanwhile
-                self._leased[call_id] = user
-                if spare:
-                    self._schedule(user)  # looked at again, to give the spare back once idle
-
-        return self._update(user, change, install)[3]
+        """Admit a call in strict mode, from this process's lease for the user when it can
+        (see :func:`._admission.admit`)."""
+        return _admission.admit(self, user, call_id, amount, ttl, default, at_least, model, subjects)
 
     def _end_leased_call(self, call_id: str) -> bool:
         """Take a call admitted from a lease out of it, marking its hold to rewrite. Under _deferred_lock."""
@@ -323,6 +287,7 @@ class FileStore(RecordStore):
             if lease.spare and (
                 self._giving_back
                 or time.monotonic() - lease.last_used >= LEASE_IDLE_SECONDS
+                or not reservations.leasable(current)  # given a team or windows since
                 or not reservations.lease_spare_fits(current, lease.hold_id, lease.in_flight, lease.spare, now)
             ):
                 lease.spare = 0.0
@@ -337,7 +302,18 @@ class FileStore(RecordStore):
             ):
                 return  # the file says so already
             lease.writing_until = expires_at
-        working[user] = budget.set_hold(current, lease.hold_id, target, expires_at, now)
+        updated = budget.set_hold(current, lease.hold_id, target, expires_at, now)
+        check_writable(self._journal, {user: updated}, now)
+        working[user] = updated
+
+    def _unlease_changed(self, written: Mapping[str, UserRecord | None]) -> None:
+        """Admit nothing more from the spare of a user whose record was just written with a team
+        or windows (or deleted): its calls must be checked against those. Under _deferred_lock."""
+        for user, record in written.items():
+            lease = self._leases.get(user)
+            if lease is not None and lease.spare and (record is None or not reservations.leasable(record)):
+                lease.spare = 0.0
+                self._schedule(user)  # and the file's hold shrunk at the next write
 
     def _expire(self, lease: _Lease, now: float) -> None:
         """Forget a lease's lapsed calls. Under _deferred_lock."""
