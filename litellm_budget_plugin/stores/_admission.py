@@ -112,9 +112,9 @@ def _regrow(
         if lease.spare:  # given up first: the file must never hold less than promised here
             lease.spare = 0.0
             store._schedule(user)  # and written, if this call is refused
-        in_flight = lease.in_flight
+        in_flight = lease.in_flight_without(store._ending)  # those charged in this write leave it
     target, held = reservations.lease_hold(current, user, lease.hold_id, in_flight, amount, hot, now, at_least)
     lease.ttl = ttl
-    expires_at = max(now + ttl, lease.expires_at(now, spare=hot))
+    expires_at = max(now + ttl, lease.expires_at(now, spare=hot, leaving=store._ending))
     grant = (lease, max(0.0, target - in_flight - held), expires_at, held)
     return budget.set_hold(current, lease.hold_id, target, expires_at, now), grant

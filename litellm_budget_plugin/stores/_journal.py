@@ -28,11 +28,12 @@ import errno
 import itertools
 import json
 import logging
+import operator
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from .. import budget, subjects
 from ..budget import UserRecord
@@ -429,15 +430,13 @@ def _journal_entry(
     applied = new.get("applied", {})
     kept = budget.recent_applied(old.get("applied", {}), now)
     appended: dict[str, float] = {}
-    replayed = kept
     if applied is not kept:
-        appended = dict(itertools.islice(applied.items(), len(kept), None))
-        replayed = {**kept, **appended}
-        if list(replayed.items()) != list(applied.items()):  # order too: prunes go by position
+        # The kept ids first, in order (prunes go by position), then the appended ones.
+        if len(applied) < len(kept) or not all(map(operator.eq, applied.items(), kept.items())):
             return {"u": user, "r": new}, new  # not a prune plus appends (an import, a put)
-    slim = {k: v for k, v in new.items() if k != "applied"}
-    record = cast(UserRecord, {**slim, "applied": replayed} if replayed else slim)
-    return {"u": user, "r": slim, "t": now, "a": appended}, record
+        appended = dict(itertools.islice(applied.items(), len(kept), None))
+    # Replaying the line gives the kept ids then the appended ones: ``new`` itself.
+    return {"u": user, "r": {k: v for k, v in new.items() if k != "applied"}, "t": now, "a": appended}, new
 
 
 def _as_read(entry: dict[str, Any]) -> object:

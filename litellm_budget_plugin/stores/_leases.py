@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Collection
 
 # A lease gives back its spare once its user has not been called for this long...
 LEASE_IDLE_SECONDS = 0.05
@@ -53,10 +54,19 @@ class _Lease:
         amount, _ = self.calls.pop(call_id, (0.0, 0.0))
         self.in_flight = max(0.0, self.in_flight - amount) if self.calls else 0.0
 
-    def expires_at(self, now: float, spare: bool) -> float:
-        """When the file's hold may lapse: with its last call, or, with spare, long enough for
-        the calls admitted from it in the next :data:`LEASE_HORIZON_SECONDS`."""
-        last_call = max((expires_at for _, expires_at in self.calls.values()), default=now)
+    def in_flight_without(self, leaving: Collection[str]) -> float:
+        """What the calls in flight hold, but those ``leaving`` (charged in the write under way)."""
+        if not leaving:
+            return self.in_flight
+        gone = [amount for call_id, (amount, _) in self.calls.items() if call_id in leaving]
+        if len(gone) == len(self.calls):
+            return 0.0
+        return max(0.0, self.in_flight - sum(gone))
+
+    def expires_at(self, now: float, spare: bool, leaving: Collection[str] = ()) -> float:
+        """When the file's hold may lapse: with its last call (but those ``leaving``), or, with
+        spare, long enough for the calls admitted from it in the next :data:`LEASE_HORIZON_SECONDS`."""
+        last_call = max((at for call_id, (_, at) in self.calls.items() if call_id not in leaving), default=now)
         return max(last_call, now + self.ttl + LEASE_HORIZON_SECONDS) if spare else last_call
 
     def expire(self, now: float) -> list[str]:

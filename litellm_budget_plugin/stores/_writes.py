@@ -21,8 +21,8 @@ appends (``Journal.prepare``), so checking costs nothing in the usual case.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 from ..budget import UserRecord
 from ..errors import StoreError
@@ -32,6 +32,7 @@ from ._journal import Journal
 if TYPE_CHECKING:
     from .file import FileStore
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
@@ -77,7 +78,7 @@ class Overlay(Mapping[str, UserRecord]):
         return sum(1 for _ in self)
 
 
-def check_writable(journal: Journal, changed: Mapping[str, UserRecord | None], now: float | None) -> None:
+def check_writable(journal: Journal, changed: Mapping[str, UserRecord | None], now: float | None = None) -> None:
     """Refuse a change that would write over a bad record (StoreCorruptError); with ``now``,
     also one that makes a record JSON cannot encode (StoreError; its line is kept for the write)."""
     for key, record in changed.items():
@@ -89,7 +90,7 @@ def check_writable(journal: Journal, changed: Mapping[str, UserRecord | None], n
                 raise StoreError(f"the record of {key!r} cannot be written: {exc!r}; nothing was changed") from exc
 
 
-# A deferred charge applied: its item, the records it changed, the user's record.
+# A deferred charge applied: its item, the records it changed (none: charged already), the user's record.
 _Applied = tuple[_Deferred, dict[str, UserRecord], UserRecord]
 
 
@@ -112,27 +113,28 @@ def _apply_all(
         except Exception as exc:
             failed.append((item, exc))
             continue
-        if changed:  # else a call id charged already: nothing to tell
-            working.update(changed)
-            applied.append((item, changed, record))
+        working.update(changed)
+        applied.append((item, changed, record))
     return applied
 
 
-def _all_encode(journal: Journal, working: dict[str, UserRecord | None], now: float) -> bool:
-    """Whether every record of ``working`` can be written (their lines are kept for the write)."""
-    try:
-        for key, record in working.items():
-            journal.prepare(key, record, now)
-    except Exception:
-        return False
-    return True
+def _unencodable(journal: Journal, records: dict[str, UserRecord | None], now: float) -> tuple[str, Exception] | None:
+    """The first record JSON cannot encode and why, if any; the lines of the others are kept for the write."""
+    for key, record in records.items():
+        if record is not journal.records.get(key):
+            try:
+                journal.prepare(key, record, now)
+            except Exception as exc:
+                return key, exc
+    return None
 
 
-def _without_unwritable(
+def _without_first_unwritable(
     store: FileStore, applied: list[_Applied], failed: list[tuple[_Deferred, Exception]], now: float
-) -> tuple[dict[str, UserRecord | None], list[_Applied]]:
-    """The charges applied, less the first one whose records cannot be encoded; those after
-    it are applied again (they may have built on it), each checked."""
+) -> tuple[dict[str, UserRecord | None], list[_Applied]] | None:
+    """The deferred charges without the first whose records cannot be encoded (to ``failed``):
+    their records, and the charges applied (those after it applied again, each checked: they
+    may have built on it). None if each charge's records can be encoded."""
     working: dict[str, UserRecord | None] = {}
     for n, (item, changed, _) in enumerate(applied):
         try:
@@ -142,47 +144,107 @@ def _without_unwritable(
             again = _apply_all(store, [later for later, _, _ in applied[n + 1 :]], working, failed, now)
             return working, applied[:n] + again
         working.update(changed)
-    return working, applied
+    return None
 
 
-def apply_deferred(store: FileStore, charged: list[tuple[_Deferred, UserRecord]]) -> dict[str, UserRecord | None]:
-    """Take the deferred charges and lease holds and apply them to a working set of records,
-    each charge on its own: one that fails waits for a later write, the others are applied.
+def locked_write(
+    store: FileStore,
+    fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]],
+    charged: list[tuple[_Deferred, UserRecord]],
+) -> T:
+    """Under the store's lock: write the deferred charges, the lease holds and ``fn``'s change
+    in one write (see the module's docstring); ``fn``'s result, or its error once the others
+    are written. The charges written are added to ``charged``.
 
-    The charges are applied unchecked, then their records encoded once; only if one cannot
-    be are they checked one by one, to find which."""
+    Records are encoded once, for the write; only if one cannot be are the changes looked at
+    one by one to find whose it is (deferred charges first: the lease holds and ``fn``'s
+    change are made again without it)."""
     with store._deferred_lock:
-        deferred, store._deferred = store._deferred, []
+        items, store._deferred = store._deferred, []
+    now = store.clock()
     working: dict[str, UserRecord | None] = {}
     failed: list[tuple[_Deferred, Exception]] = []
-    applied = _apply_all(store, deferred, working, failed)
-    now = store.clock()
-    if not _all_encode(store._journal, working, now):
-        working, applied = _without_unwritable(store, applied, failed, now)
-    charged.extend((item, record) for item, _, record in applied)
+    applied = _apply_all(store, items, working, failed)
+    skip: set[str] = set()  # leases whose hold cannot be rewritten
+    error: BaseException | None = None
+    while True:
+        store._ending = {item.call_id for item, _, _ in applied if item.call_id is not None}
+        _take_stock(store, failed)
+        records = dict(working)
+        refreshed = _refresh_leases(store, records, now, skip)
+        changed: Mapping[str, UserRecord | None] = {}
+        if error is None:
+            try:
+                changed, result = fn(Overlay(records, store._journal))
+                check_writable(store._journal, changed)
+            except BaseException as exc:  # a refusal: the others are written all the same
+                error, changed = exc, {}
+            records.update(changed)
+        unencodable = _unencodable(store._journal, records, now)
+        if unencodable is None:
+            break
+        key, why = unencodable
+        failed = []
+        retried = _without_first_unwritable(store, applied, failed, now)
+        if retried is not None:
+            working, applied = retried
+        elif key in changed:
+            error = StoreError(f"the record of {key!r} cannot be written: {why!r}; nothing was changed")
+        elif key in refreshed:
+            skip.add(key)
+            store._stop_lease_spare(key)
+        else:  # no change made it: a bug, which the write reports (nothing written, everything kept)
+            break
+    charged.extend((item, record) for item, changed_records, record in applied if changed_records)
+    try:
+        write(store, records, charged)
+    except StoreError:
+        if error is None:
+            raise
+        logger.warning("writing deferred charges to %s failed", store.path, exc_info=True)
+    finally:
+        store._ending = set()
+    if error is not None:
+        raise error  # the refusal is the answer, never a store error that hides it
+    return result
+
+
+def _take_stock(store: FileStore, failed: list[tuple[_Deferred, Exception]]) -> None:
+    """After deferred charges were applied: retry or give up those that failed, and mark the
+    leases to bring up to date in this write (those whose calls it charges among them)."""
     with store._deferred_lock:
-        failing = {id(item) for item, _ in failed}
-        for item in deferred:  # a charged call leaves its lease: its hold shrinks in the same write
-            if item.call_id is not None and id(item) not in failing:
-                store._end_leased_call(item.call_id)
-        store._refreshed, store._dirty = store._dirty, set()
+        for call_id in store._ending:
+            if call_id in store._leased:
+                store._dirty.add(store._leased[call_id])
         _retry_or_give_up(store, failed)
         if not store._deferred:
             store._pending_since = None
             _STORES_WITH_PENDING.discard(store)
-    for user in store._refreshed:
+        store._refreshed |= store._dirty
+        store._dirty = set()
+
+
+def _refresh_leases(store: FileStore, records: dict[str, UserRecord | None], now: float, skip: set[str]) -> set[str]:
+    """Bring the leases marked for this write up to date in ``records``; the users changed."""
+    changed = set()
+    for user in store._refreshed - skip:
+        before = records.get(user)
         try:
-            store._refresh_lease(user, working, now)
+            store._refresh_lease(user, records, now)
         except Exception:
             logger.exception(
                 "the lease hold of %r in %s cannot be rewritten; it stays until it expires", user, store.path
             )
             store._stop_lease_spare(user)
-    return working
+            skip.add(user)
+        if records.get(user) is not before:
+            changed.add(user)
+    return changed
 
 
 def write(store: FileStore, working: dict[str, UserRecord | None], charged: list[tuple[_Deferred, UserRecord]]) -> None:
-    """Persist the changed records in one write, then make them the loaded ones.
+    """Persist the changed records in one write, then make them the loaded ones, and let the
+    calls charged leave their leases (their holds were written without them).
 
     On failure nothing is written, every charge waits for the next write, and StoreError is raised.
     """
@@ -192,15 +254,19 @@ def write(store: FileStore, working: dict[str, UserRecord | None], charged: list
         with store._deferred_lock:  # not written: they wait for the next operation
             store._deferred[:0] = [item for item, _ in charged]
             store._dirty |= store._refreshed
+            store._refreshed = set()
             if store._deferred or store._dirty:
                 store._schedule()
         charged.clear()
         raise
     with store._deferred_lock:
+        for call_id in store._ending:
+            store._end_leased_call(call_id, rewrite=False)
         for user in store._refreshed:
             lease = store._leases.get(user)
             if lease is not None and lease.writing_until is not None:
                 lease.written_until, lease.writing_until = lease.writing_until, None
+        store._refreshed = set()
         if store._leases:
             store._unlease_changed(working)
     if written and store._journal.fold_due():

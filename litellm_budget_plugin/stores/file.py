@@ -40,13 +40,18 @@ from ._deferred import (
 from ._journal import Journal
 from ._leases import LEASE_HORIZON_SECONDS, LEASE_IDLE_SECONDS, _Lease
 from ._lock import _Locked, _ProcessLock
-from ._writes import Overlay, apply_deferred, check_writable, write
+from ._writes import locked_write
 from .base import NewBudget, RecordStore, _at_one_time
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 10.0
+
+
+def _nothing(_records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord | None], None]:
+    """The change of an operation that only writes what is pending."""
+    return {}, None
 
 
 class FileStore(RecordStore):
@@ -108,6 +113,7 @@ class FileStore(RecordStore):
         self._leases: dict[str, _Lease] = {}
         self._leased: dict[str, str] = {}  # call id admitted from a lease -> its user
         self._refreshed: set[str] = set()  # lease holds in the write under way (under the lock)
+        self._ending: set[str] = set()  # calls charged in the write under way: they leave their lease
         self._giving_back = False  # closing or exiting: leases keep no spare
         self._flusher: threading.Thread | None = None
         self._closed = False
@@ -122,7 +128,7 @@ class FileStore(RecordStore):
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
             with locked:
-                write(self, apply_deferred(self, charged), charged)
+                locked_write(self, _nothing, charged)
                 return fn(self._journal.records)
         finally:
             _notify(charged)
@@ -138,18 +144,7 @@ class FileStore(RecordStore):
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
             with self._locked():
-                working = apply_deferred(self, charged)
-                try:
-                    changed, result = fn(Overlay(working, self._journal))
-                    check_writable(self._journal, changed, self.clock())
-                except BaseException:  # a refused change still writes the deferred charges...
-                    try:
-                        write(self, working, charged)
-                    except StoreError:  # ...if it can (they wait for the next operation), but
-                        logger.warning("writing deferred charges to %s failed", self.path, exc_info=True)
-                    raise  # the refusal is the answer, never a store error that hides it
-                working.update(changed)
-                write(self, working, charged)
+                result = locked_write(self, fn, charged)
                 if written is not None:
                     written(result)
                 return result
@@ -261,13 +256,15 @@ class FileStore(RecordStore):
         (see :func:`._admission.admit`)."""
         return _admission.admit(self, user, call_id, amount, ttl, default, at_least, model, subjects)
 
-    def _end_leased_call(self, call_id: str) -> bool:
-        """Take a call admitted from a lease out of it, marking its hold to rewrite. Under _deferred_lock."""
+    def _end_leased_call(self, call_id: str, rewrite: bool = True) -> bool:
+        """Take a call admitted from a lease out of it, marking its hold to rewrite (unless it
+        was just written without it). Under _deferred_lock."""
         user = self._leased.pop(call_id, None)
         if user is None:
             return False
         self._leases[user].drop(call_id)
-        self._dirty.add(user)
+        if rewrite:
+            self._dirty.add(user)
         return True
 
     def _refresh_lease(self, user: str, working: dict[str, UserRecord | None], now: float) -> None:
@@ -284,17 +281,18 @@ class FileStore(RecordStore):
         with self._deferred_lock:
             lease.writing_until = None
             self._expire(lease, now)
+            in_flight = lease.in_flight_without(self._ending)  # those charged in this write leave it
             if lease.spare and (
                 self._giving_back
                 or time.monotonic() - lease.last_used >= LEASE_IDLE_SECONDS
                 or not reservations.leasable(current)  # given a team or windows since
-                or not reservations.lease_spare_fits(current, lease.hold_id, lease.in_flight, lease.spare, now)
+                or not reservations.lease_spare_fits(current, lease.hold_id, in_flight, lease.spare, now)
             ):
                 lease.spare = 0.0
             elif lease.spare:
                 self._schedule(user)  # come back to it
-            target = lease.in_flight + lease.spare
-            expires_at = lease.expires_at(now, spare=bool(lease.spare))
+            target = in_flight + lease.spare
+            expires_at = lease.expires_at(now, spare=bool(lease.spare), leaving=self._ending)
             enough = expires_at - (LEASE_HORIZON_SECONDS / 2 if lease.spare else 0.0)
             held = current.get("reservations", {}).get(lease.hold_id)
             if (held is None and target == 0) or (
@@ -302,9 +300,7 @@ class FileStore(RecordStore):
             ):
                 return  # the file says so already
             lease.writing_until = expires_at
-        updated = budget.set_hold(current, lease.hold_id, target, expires_at, now)
-        check_writable(self._journal, {user: updated}, now)
-        working[user] = updated
+        working[user] = budget.set_hold(current, lease.hold_id, target, expires_at, now)
 
     def _unlease_changed(self, written: Mapping[str, UserRecord | None]) -> None:
         """Admit nothing more from the spare of a user whose record was just written with a team
