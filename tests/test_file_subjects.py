@@ -325,3 +325,53 @@ def test_four_processes_admit_at_most_what_the_team_budget_covers(open_store, pa
     assert sum(spend(reader, user) for user in USERS) == pytest.approx(TEAM_CALLS * COST)
     for key in (*USERS, "team:red"):
         assert holds(reader, key) == {}, key
+
+
+# --- a charge that cannot be written takes none of its records with it --------------------------
+
+
+class TeamRecordBreaks(FileStore):
+    """The real file store, except that a charge of ``mallory`` gives a team record JSON cannot
+    encode (its user's record is fine): the charge must be written whole or not at all."""
+
+    def _charge_change(self, user: str, *args: Any, **kwargs: Any) -> Any:
+        change = super()._charge_change(user, *args, **kwargs)
+        if user != "mallory":
+            return change
+
+        def breaks(records: Any) -> Any:
+            changed, record = change(records)
+            return {**changed, "team:red": {**changed["team:red"], "note": float("inf")}}, record
+
+        return breaks
+
+
+def test_a_charge_whose_team_record_cannot_be_written_leaves_its_user_alone_and_the_others_land(
+    path, quiet_flusher
+) -> None:
+    store = TeamRecordBreaks(path)
+    try:
+        red_team(store, team_budget=10.0)
+        store.set_budget("mallory", 10.0, fields={"team": "red"})
+        store.charge_later("alice", 0.1, "m", call_id="a1")
+        store.charge_later("mallory", 0.2, "m", call_id="m1")
+        store.charge_later("alice", 0.3, "m", call_id="a2")  # built on mallory's team record at first
+        journal = counting(store)
+
+        created = store.set_budget("bob", 1.0)  # the operation carrying them answers on its own
+
+        assert created["total_budget"] == 1.0
+        assert journal.appends == 1
+        reader = FileStore(path)
+        try:
+            assert spend(reader, "alice") == pytest.approx(0.4)
+            assert spend(reader, "team:red") == pytest.approx(0.4)  # alice's two, not mallory's
+            assert spend(reader, "mallory") == 0.0
+            assert reader.get("bob") is not None
+        finally:
+            reader.close()
+        for _ in range(deferred_module.CHARGE_ATTEMPTS - 1):
+            store.flush()
+        assert [(f.user, f.call_id) for f in store.failed_charges] == [("mallory", "m1")]
+    finally:
+        store.close()
