@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +39,15 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_store(path: Path) -> Iterator[Callable[[], FileStore]]:
-    """Opens FileStores on ``path``, each another process's view of the same store."""
-    made: list[FileStore] = []
+def open_store(file_store_factory: Callable[[], object], path: Path) -> Callable[[], FileStore]:
+    """FileStores on ``path`` (conftest's factory, which closes them), each another process's view."""
 
     def make() -> FileStore:
-        store = FileStore(path)
-        made.append(store)
+        store = file_store_factory()
+        assert isinstance(store, FileStore) and store.path == path
         return store
 
-    yield make
-    for store in made:
-        store.close()
+    return make
 
 
 @pytest.fixture
