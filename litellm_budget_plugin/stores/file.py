@@ -3,11 +3,14 @@
 The files (a snapshot, a journal of changes since, a lock) and how a process keeps its copy
 of the records current are described in :mod:`._journal`; the lock is in :mod:`._lock`.
 
-Charges made with :meth:`FileStore.charge_later` (the guard's) wait for the store's next
-operation in this process and share its lock and its write (see :mod:`._deferred`). Calls
-admitted with :meth:`FileStore.admit` (the guard's, in strict mode) are held in one lease per
-user and process, which a process that keeps calling for a user grows ahead of need, so that
-most of its calls are admitted without a write (see :class:`._leases._Lease`).
+Every change, whatever records it touches (a call's user, team, tags, the global budget), is
+written in one append to the journal, or not at all (see :mod:`._writes`). Charges made with
+:meth:`FileStore.charge_later` (the guard's) wait for the store's next operation in this
+process and share its lock and its write (see :mod:`._deferred`). Calls admitted with
+:meth:`FileStore.admit` (the guard's, in strict mode) for a user with no other budget are held
+in one lease per user and process, which a process that keeps calling for a user grows ahead
+of need, so that most of its calls are admitted without a write (see :mod:`._admission` and
+:class:`._leases._Lease`); other calls are reserved in every budget in one write.
 """
 
 from __future__ import annotations
