@@ -36,7 +36,7 @@ def fields_of(user: str, record: UserRecord) -> list[str]:
         fields += ["total_budget", repr(record["total_budget"])]
     for name in ("duration", "overruns", "overrun_cost"):
         if name in record:
-            fields += [name, repr(record[name])]  # type: ignore[literal-required]
+            fields += [name, repr(record[name])]
     for name in ("team", "timezone"):
         if name in record:
             fields += [name, record[name]]  # type: ignore[literal-required]

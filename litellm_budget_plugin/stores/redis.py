@@ -178,7 +178,7 @@ class RedisStore(WritesAtOnce):
 
         def change(record: UserRecord | None) -> UserRecord:
             updated = budget.with_budget(record, total_budget, duration, now, created_at)
-            return updated if checked is None else budget.with_fields(updated, checked, now, user)
+            return budget.with_fields(updated, checked or {}, now, user)  # as base.RecordStore.set_budget
 
         return self._configure(user, change)
 
@@ -205,12 +205,13 @@ class RedisStore(WritesAtOnce):
                     pipe.watch(key)
                     stored = pipe.hgetall(key)
                     fields = fields_of(user, change(record_of(user, [x for item in stored.items() for x in item])))
+                    record = written(user, ["ok", fields])  # read back as it will be: checked before writing
                     pipe.multi()
                     self._script(args=self._args("put", self.clock(), user, len(fields), *fields), client=pipe)
                     pipe.execute()
                 except errors.WatchError:
                     continue
-            return written(user, ["ok", fields])
+            return record
         raise StoreError(f"the record of user {user!r} kept changing: not written after {CONFIGURE_ATTEMPTS} tries")
 
     # -- writes --------------------------------------------------------------------------
