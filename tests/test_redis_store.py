@@ -405,7 +405,7 @@ def _random_operation(rng: random.Random) -> tuple[str, tuple[Any, ...], dict[st
     default = rng.choice([None, {"total_budget": 3.0, "duration": "2h"}])
     model = rng.choice(["a", "b"])
     others = rng.sample(OTHERS, rng.choice([0, 0, 1, 2]))
-    operations = [
+    operations: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
         ("set_budget", (key, rng.choice([None, 1.0, 5.0]), rng.choice([None, "1h", 0.5, "daily"])), {}),
         ("set_budget", (key, rng.choice([1.0, 5.0]), "daily"), {"fields": _random_fields(rng)}),
         ("set_fields", (key, _random_fields(rng)), {}),

@@ -29,9 +29,9 @@ PARIS = ZoneInfo("Europe/Paris")
 HOUR = 3600.0
 
 
-def paris(*when: int) -> float:
+def paris(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
     """A local time in Paris, as seconds since 1970."""
-    return datetime(*when, tzinfo=PARIS).timestamp()  # type: ignore[misc]
+    return datetime(year, month, day, hour, minute, second, tzinfo=PARIS).timestamp()
 
 
 @pytest.fixture
