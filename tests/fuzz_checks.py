@@ -62,7 +62,7 @@ SEED: dict[str, dict[str, Any]] = {
         "model_cost": {},
         "created_at": T0,
         "last_updated_at": T0,
-        "team": {"name": "t", "tags": [1, "x", None]},
+        "group": {"name": "t", "tags": [1, "x", None]},
     },
 }
 DOCUMENTED = (BudgetPluginError, BudgetRefusal)

@@ -302,8 +302,8 @@ class RecordStore(abc.ABC):
 
         def change(record: UserRecord | None) -> tuple[UserRecord, UserRecord]:
             updated = budget.with_budget(record, total_budget, duration, now, created_at)
-            if checked is not None:
-                updated = budget.with_fields(updated, checked, now, user)
+            # with no fields too: a new duration must still suit the record's timezone and windows
+            updated = budget.with_fields(updated, checked or {}, now, user)
             return updated, updated
 
         return self._update(user, change)

@@ -1,34 +1,51 @@
 """Budgets in Redis: one budget shared by every process on every machine that uses it.
 
 Each operation is one Lua script (``redis_budget.lua``, shipped beside this module) run
-atomically by the server in one round trip; the script mirrors :mod:`..budget`, and every
-argument is validated in Python with budget.py's checks before it is sent. Time is this
-process's ``clock`` (``time.time`` unless replaced), sent with each call, so windows and
-leases follow the same clock as the other stores.
+atomically by the server in one round trip; the script mirrors :mod:`..budget` and
+:mod:`..reservations`, and every argument is validated in Python with their checks before it
+is sent. Time is this process's ``clock`` (``time.time`` unless replaced), sent with each call,
+so windows and leases follow the same clock as the other stores. Lua has no timezone database:
+each call also sends the start of the current period of every calendar window (a ``timezone``)
+this client has met, and a script meeting another asks for it and is run again (see
+:class:`._redis_records.CalendarPeriods`).
+
+Configuring a record (``set_budget``, ``set_fields``) is rare and merges windows as
+:func:`..budget.with_fields` does: it is computed here by that function, on the record read
+under WATCH, and written in a MULTI that fails and is tried again if the record changed
+meanwhile (optimistic locking), so it is as atomic as the scripts.
 
 Key layout, for project ``p`` (the project name is percent-quoted, so it holds no ``:``)::
 
-    litellm_budget:p:users              set    every user of the project
-    litellm_budget:p:user:<user>        hash   the user's record:
+    litellm_budget:p:users              set    every budget of the project (users, team:<name>,
+                                               tag:<name>, litellm.max_budget)
+    litellm_budget:p:user:<key>         hash   the record of that budget:
         total_budget, current_cost,            numbers as text ("%.17g": exact doubles);
         created_at, last_updated_at,           total_budget absent = no limit,
         duration                               duration (days) absent = never resets
         overruns, overrun_cost                 absent until a call costs more than its hold
+        team, timezone                         text: the user's team, the main window's zone
+        windows                                JSON list of more windows, numbers as text:
+                                               [{"budget": "5", "spend": "0.25", "start":
+                                               "...", "duration": "1", "timezone": ..,
+                                               "model": ..}, ...]
         m:<model>                              spend on that model this window
-        r:<call id>                            a hold: "<amount> <expires_at>"
+        r:<call id>                            a hold: "<amount> <expires_at>", then
+                                               JSON {"model": .., "also": [keys]} if any
+                                               (the user's hold lists the other budgets)
         applied                                call ids already charged, oldest first:
                                                JSON [[id, "<time>"], ...]
         extra                                  JSON of fields LiteLLM or others added
-    litellm_budget:p:call:<call id>     string the user holding that call's hold; it
-                                               expires with the lease (PX), so a hold
-                                               nobody settles disappears from the server
+    litellm_budget:p:call:<call id>     string the user holding that call's hold (never a
+                                               team or tag it also holds); it expires with
+                                               the lease (PX), so a hold nobody settles
+                                               disappears from the server
 
 A record is one hash, read whole and rewritten whole by each change: it stays small (a
 user's holds in flight and at most ``APPLIED_ID_LIMIT`` recent call ids), and the reply to a
-change is the record as written, in the same round trip. Expired holds stop counting at once
-and are dropped by the next write of the record; their call keys expire by themselves.
-Scripts build key names from the prefix (settle finds the user from the call id), so this
-store needs a single Redis server, not Redis Cluster.
+change is the user's record as written, in the same round trip. Expired holds stop counting at
+once and are dropped by the next write of the record; their call keys expire by themselves.
+Scripts build key names from the prefix (a reservation reads the user's team, settle finds
+the user from the call id), so this store needs a single Redis server, not Redis Cluster.
 
 redis-py is an optional extra (``pip install litellm_budget_plugin[redis]``), imported when a
 store is made. Connection failures raise :class:`StoreUnavailableError` naming the URL
@@ -39,35 +56,30 @@ to repeat.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
-import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .. import budget
+from .. import budget, subjects
 from ..budget import Mode, UserRecord
-from ..errors import (
-    ConfigurationError,
-    StoreCorruptError,
-    StoreError,
-    StoreUnavailableError,
-    UnknownUserError,
-    over_budget,
-)
-from ..limits import OWN_FIELDS
-from .base import NewBudget, WritesAtOnce
+from ..errors import ConfigurationError, StoreCorruptError, StoreError, StoreUnavailableError, UnknownUserError
+from ._redis_records import CalendarPeriods, fields_of, record_of, refusal, written
+from .base import NewBudget, WritesAtOnce, check_subjects
 
 KEY_ROOT = "litellm_budget"
 DEFAULT_PROJECT = "default"
 DEFAULT_TIMEOUT = 5.0
+# A configuration write tried again this often while others keep changing the record.
+CONFIGURE_ATTEMPTS = 100
 logger = logging.getLogger(__name__)
 
 
@@ -121,6 +133,7 @@ class RedisStore(WritesAtOnce):
         self._pid = 0
         self._client: Any = None
         self._script: Any = None
+        self._periods = CalendarPeriods()
         self._connect()  # parses the URL now; redis-py connects on first use
 
     def __repr__(self) -> str:
@@ -131,16 +144,16 @@ class RedisStore(WritesAtOnce):
     def get(self, user: str) -> UserRecord | None:
         budget.check_user(user)
         now = self.clock()
-        record = _record(user, self._run("get", now, user)[1])
+        record = record_of(user, self._run("get", now, user)[1])
         return None if record is None else budget.current_window(record, now)
 
     def all(self) -> dict[str, UserRecord]:
-        """Every user's record, in user order."""
+        """Every record, in key order."""
         now = self.clock()
         records = {}
         for user, fields in sorted(self._run("all", now)[1:], key=lambda entry: str(entry[0])):
             try:
-                record = _record(user, fields)
+                record = record_of(user, fields)
             except StoreCorruptError as exc:  # reported for that user only (get raises it)
                 logger.warning("%s: left out of the listing: %s", self, exc)
                 continue
@@ -148,7 +161,7 @@ class RedisStore(WritesAtOnce):
                 records[user] = budget.current_window(record, now)
         return records
 
-    # -- writes --------------------------------------------------------------------------
+    # -- configuration: computed in Python under WATCH -----------------------------------
 
     def set_budget(
         self,
@@ -156,30 +169,58 @@ class RedisStore(WritesAtOnce):
         total_budget: float | None,
         duration: float | str | None = None,
         created_at: float | None = None,
+        fields: Mapping[str, object] | None = None,
     ) -> UserRecord:
-        budget.check_user(user)
+        subjects.check_subject(user)
         now = self.clock()
-        fresh = budget.new_record(total_budget, duration, now, created_at)
-        reply = self._run(
-            "set_budget",
-            now,
-            user,
-            _opt(fresh["total_budget"]),
-            _opt(fresh.get("duration")),
-            _opt(None if created_at is None else fresh["created_at"]),
-        )
-        return _written(user, reply)
+        budget.new_record(total_budget, duration, now, created_at)  # validate before reading
+        checked = None if fields is None else budget.check_fields(user, fields)
 
-    def put(self, user: str, record: UserRecord) -> None:
-        budget.check_user(user)
-        checked = budget.check_record(user, record)
-        fields = _fields(user, checked)
-        self._run("put", self.clock(), user, len(fields), *fields)
+        def change(record: UserRecord | None) -> UserRecord:
+            updated = budget.with_budget(record, total_budget, duration, now, created_at)
+            return budget.with_fields(updated, checked or {}, now, user)  # as base.RecordStore.set_budget
+
+        return self._configure(user, change)
 
     def set_fields(self, user: str, fields: Mapping[str, object]) -> UserRecord:
         budget.check_user(user)
-        checked = json.dumps(budget.check_fields(user, fields))
-        return _written(user, self._run("set_fields", self.clock(), user, checked))
+        checked = budget.check_fields(user, fields)
+        now = self.clock()
+
+        def change(record: UserRecord | None) -> UserRecord:
+            if record is None:
+                raise UnknownUserError(user)
+            return budget.with_fields(record, checked, now, user)
+
+        return self._configure(user, change)
+
+    def _configure(self, user: str, change: Callable[[UserRecord | None], UserRecord]) -> UserRecord:
+        """Write ``change`` of the user's record, read and rewritten with nobody writing it
+        in between (WATCH, then MULTI: tried again if someone did)."""
+        key = f"{self.prefix}user:{user}"
+        errors = self._redis.exceptions
+        for _ in range(CONFIGURE_ATTEMPTS):
+            with self._translated(), self._connection().pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    stored = pipe.hgetall(key)
+                    fields = fields_of(user, change(record_of(user, [x for item in stored.items() for x in item])))
+                    record = written(user, ["ok", fields])  # read back as it will be: checked before writing
+                    pipe.multi()
+                    self._script(args=self._args("put", self.clock(), user, len(fields), *fields), client=pipe)
+                    pipe.execute()
+                except errors.WatchError:
+                    continue
+            return record
+        raise StoreError(f"the record of user {user!r} kept changing: not written after {CONFIGURE_ATTEMPTS} tries")
+
+    # -- writes --------------------------------------------------------------------------
+
+    def put(self, user: str, record: UserRecord) -> None:
+        subjects.check_subject(user)
+        checked = budget.check_record(user, record)
+        fields = fields_of(user, checked)
+        self._run("put", self.clock(), user, len(fields), *fields)
 
     def delete(self, user: str) -> bool:
         budget.check_user(user)
@@ -187,11 +228,11 @@ class RedisStore(WritesAtOnce):
 
     def reset(self, user: str) -> UserRecord:
         budget.check_user(user)
-        return _written(user, self._run("reset", self.clock(), user))
+        return written(user, self._run("reset", self.clock(), user))
 
     def roll(self, user: str) -> UserRecord:
         budget.check_user(user)
-        return _written(user, self._run("roll", self.clock(), user))
+        return written(user, self._run("roll", self.clock(), user))
 
     def charge(
         self,
@@ -201,16 +242,21 @@ class RedisStore(WritesAtOnce):
         call_id: str | None = None,
         default: NewBudget | None = None,
         held: float | None = None,
+        *,
+        subjects: Sequence[str] = (),
     ) -> UserRecord:
         budget.check_user(user)
         cost = budget.check_amount("cost", cost)
-        _check_model(model)
+        budget.check_model_name(model)
         if call_id is not None:
             budget.check_call_id(call_id)
         held = None if held is None else budget.check_amount("held amount", held)
+        others = check_subjects(subjects)
         now = self.clock()
-        reply = self._run("charge", now, user, cost, model, _opt(call_id), *_default(default, now), _opt(held))
-        return _written(user, reply, cost)
+        reply = self._run(
+            "charge", now, user, cost, model, _opt(call_id), *_default(user, default, now), _opt(held), *_listed(others)
+        )
+        return written(user, reply, cost)
 
     def reserve(
         self,
@@ -221,19 +267,36 @@ class RedisStore(WritesAtOnce):
         mode: Mode = "strict",
         default: NewBudget | None = None,
         at_least: float | None = None,
+        *,
+        model: str | None = None,
+        subjects: Sequence[str] = (),
     ) -> UserRecord:
         amount, ttl = budget.check_reservation(user, call_id, amount, ttl, mode, at_least)
+        if model is not None:
+            budget.check_model_name(model)
+        others = check_subjects(subjects)
         now = self.clock()
-        reply = self._run("reserve", now, user, call_id, amount, ttl, mode, *_default(default, now), _opt(at_least))
+        reply = self._run(
+            "reserve",
+            now,
+            user,
+            call_id,
+            amount,
+            ttl,
+            mode,
+            *_default(user, default, now),
+            _opt(at_least),
+            _opt(model),
+            *_listed(others),
+        )
         if reply[0] == "over":
-            spend, limit, held = (float(x) for x in reply[1:4])
-            raise over_budget(user, spend, limit, amount, held)
-        return _written(user, reply)
+            raise refusal(reply, amount)
+        return written(user, reply)
 
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
         budget.check_call_id(call_id)
         cost = budget.check_amount("actual cost", actual_cost)
-        _check_model(model)
+        budget.check_model_name(model)
         if user is not None:
             budget.check_user(user)
         reply = self._run("settle", self.clock(), call_id, cost, model, _opt(user))
@@ -263,27 +326,45 @@ class RedisStore(WritesAtOnce):
         self._script = self._client.register_script(_lua_source())
         self._pid = os.getpid()
 
-    def _run(self, op: str, now: float, *args: str | float | int) -> list[Any]:
-        """Run one operation of the script; translate redis-py's errors to ours."""
-        if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
+    def _connection(self) -> Any:
+        """This process's client (forked: the parent's sockets are not ours to use)."""
+        if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
                     self._connect()
+        return self._client
+
+    def _args(self, op: str, now: float, *args: str | float | int) -> list[str | float | int]:
+        periods = self._periods.args(now)
+        return [self.prefix, op, now, budget.APPLIED_ID_TTL_SECONDS, budget.APPLIED_ID_LIMIT, *periods, *args]
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """redis-py's errors as ours."""
         errors = self._redis.exceptions
-        script_args = [self.prefix, op, now, budget.APPLIED_ID_TTL_SECONDS, budget.APPLIED_ID_LIMIT, *args]
         try:
-            raw = self._script(args=script_args)
+            yield
         except (errors.ConnectionError, errors.TimeoutError, errors.ReadOnlyError, OSError) as exc:
             raise StoreUnavailableError(f"Redis at {self.safe_url} cannot be reached: {exc}") from exc
         except errors.RedisError as exc:
             raise StoreError(f"Redis at {self.safe_url} failed: {exc}") from exc
         except UnicodeError as exc:  # a lone surrogate in a user id or model name
             raise ConfigurationError(f"cannot send to Redis: {exc}") from exc
-        try:
-            reply = json.loads(raw)
-        except (TypeError, ValueError) as exc:
-            raise StoreCorruptError(f"Redis at {self.safe_url} sent {raw!r}: {exc}") from exc
-        return cast(list[Any], reply)
+
+    def _run(self, op: str, now: float, *args: str | float | int) -> list[Any]:
+        """Run one operation of the script, again if it needs calendar periods it was not given."""
+        while True:
+            connection = self._connection()
+            with self._translated():
+                raw = self._script(args=self._args(op, now, *args), client=connection)
+            try:
+                reply = cast(list[Any], json.loads(raw))
+            except (TypeError, ValueError) as exc:
+                raise StoreCorruptError(f"Redis at {self.safe_url} sent {raw!r}: {exc}") from exc
+            if reply[0] != "bounds":
+                return reply
+            if not self._periods.learn(reply[1]):
+                raise StoreError(f"Redis at {self.safe_url}: the script asked again for periods it was given")
 
 
 @cache
@@ -316,104 +397,21 @@ def _without_password(url: str) -> str:
         return "<unparsable Redis URL>"
 
 
-def _check_model(model: object) -> None:
-    budget.check_model_name(model)
-
-
 def _opt(value: str | float | None) -> str | float:
-    """None travels as '' (no number or call id is empty)."""
+    """None travels as '' (no number, call id or model is empty)."""
     return "" if value is None else value
 
 
-def _default(default: NewBudget | None, now: float) -> tuple[str | float, str | float, str]:
+def _listed(keys: Sequence[str]) -> list[str | int]:
+    """A list as script arguments: its length, then its items."""
+    return [len(keys), *keys]
+
+
+def _default(user: str, default: NewBudget | None, now: float) -> tuple[str | float, str | float, str]:
     """A new user's budget as script arguments, validated now so bad input never reaches Redis."""
     if default is None:
         return "", "", "0"
+    subjects.check_subject(user)  # a record may be made under this key
     checked = budget.check_default(default)
     fresh = budget.new_record(checked["total_budget"], checked["duration"], now)
     return _opt(fresh["total_budget"]), _opt(fresh.get("duration")), "1"
-
-
-def _fields(user: str, record: UserRecord) -> list[str]:
-    """A checked record as the hash fields the script reads (see the key layout)."""
-    fields = [
-        "current_cost",
-        repr(record["current_cost"]),
-        "created_at",
-        repr(record["created_at"]),
-        "last_updated_at",
-        repr(record["last_updated_at"]),
-    ]
-    if record["total_budget"] is not None:
-        fields += ["total_budget", repr(record["total_budget"])]
-    for name in ("duration", "overruns", "overrun_cost"):
-        if name in record:
-            fields += [name, repr(record[name])]
-    extra = {k: v for k, v in record.items() if k not in OWN_FIELDS}
-    if extra:
-        try:
-            fields += ["extra", json.dumps(extra, allow_nan=False)]
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"record of user {user!r} has fields that are not JSON: {exc}") from exc
-    for model, cost in record["model_cost"].items():
-        fields += [f"m:{model}", repr(cost)]
-    for call_id, held in record.get("reservations", {}).items():
-        fields += [f"r:{call_id}", f"{held['amount']!r} {held['expires_at']!r}"]
-    applied = [[call_id, repr(at)] for call_id, at in record.get("applied", {}).items()]
-    if applied:
-        fields += ["applied", json.dumps(applied)]
-    return fields
-
-
-def _record(user: str, fields: Sequence[str]) -> UserRecord | None:
-    """A record from the hash fields the script sends back; None if there are none."""
-    if not fields:  # cjson sends an empty list as {}
-        return None
-    values = dict(zip(fields[::2], fields[1::2], strict=True))
-    try:
-        total = values.pop("total_budget", None)
-        record: dict[str, Any] = {
-            "total_budget": None if total is None else float(total),
-            "current_cost": float(values.pop("current_cost")),
-            "model_cost": {},
-            "created_at": float(values.pop("created_at")),
-            "last_updated_at": float(values.pop("last_updated_at")),
-        }
-        if "duration" in values:
-            record["duration"] = float(values.pop("duration"))
-        if "overruns" in values:
-            record["overruns"] = int(values.pop("overruns"))
-        if "overrun_cost" in values:
-            record["overrun_cost"] = float(values.pop("overrun_cost"))
-        extra = json.loads(values.pop("extra", "{}"))
-        applied = json.loads(values.pop("applied", "[]"))
-        reservations = {}
-        for field, value in values.items():
-            kind, _, name = field.partition(":")
-            if kind == "m":
-                record["model_cost"][name] = float(value)
-            elif kind == "r":
-                amount, expires_at = value.split(" ")
-                reservations[name] = {"amount": float(amount), "expires_at": float(expires_at)}
-        for key, value in extra.items():
-            record.setdefault(key, value)
-        if reservations:
-            record["reservations"] = reservations
-        if applied:
-            record["applied"] = {call_id: float(at) for call_id, at in applied}
-        return budget.check_record(budget.check_user(user), record)
-    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:  # ConfigurationError too
-        raise StoreCorruptError(f"the Redis record of user {user!r} is not what this store writes: {exc}") from exc
-
-
-def _written(user: str, reply: list[Any], cost: float = math.nan) -> UserRecord:
-    """The record a write sent back, or the error it reported."""
-    status = reply[0]
-    if status == "unknown":
-        raise UnknownUserError(user)
-    if status == "too_large":
-        raise budget.too_large(cost)
-    record = _record(user, reply[1]) if len(reply) > 1 else None
-    if record is None:
-        raise StoreError(f"the record of user {user!r} vanished while it was written")
-    return record
