@@ -117,8 +117,8 @@ spend and reset; a call must fit every window. They are written BUDGET[/DURATION
   --window 100/monthly@Europe/Paris  $100 per calendar month, reset on the 1st in Paris
   --model-cap gpt-4o=1/daily         $1 a day on gpt-4o calls only
 Given ones replace USER's windows (one of the same length and model keeps what it spent);
-without them (or --no-windows) the windows are kept. No two windows may have the same length
-(for the same model), the main one included. --team and --no-team change USER's team; without
+without them the windows are kept, --no-windows drops them. No two windows may have the same
+length (for the same model), the main one included. --team and --no-team change USER's team; without
 them it is kept.
 """
 
@@ -192,10 +192,11 @@ def set_command(
 def show(user: str | None, as_json: bool, store: str | None, project: str, api_key: str | None) -> None:
     """Show every budget's spend, by kind (users, teams, tags, global), or USER's.
 
-    Each budget's further windows follow it (+ $100 monthly ...). For a team (show team:red),
-    the users whose record names it follow, with their own spend. An OVERRUNS column, shown
-    once a budget has any, counts the calls that cost more than the guard held for them, and
-    by how much in all (kept across windows and resets).
+    USER is a user id, team:NAME or tag:NAME. Each budget's further windows follow it
+    (+ $100 monthly ...). For a team (show team:red), the users whose record names it follow,
+    with their own spend. An OVERRUNS column, shown once a budget has any, counts the calls
+    that cost more than the guard held for them, and by how much in all (kept across windows
+    and resets).
     """
     key = None if user is None else check_subject(user)
     target = open_store(store, project, api_key)
