@@ -154,18 +154,7 @@ them it is kept.
 @_store_options
 @_exit_codes
 def set_command(
-    user: str,
-    amount: str,
-    duration: str | None,
-    timezone: str | None,
-    team: str | None,
-    no_team: bool,
-    window_specs: tuple[str, ...],
-    cap_specs: tuple[str, ...],
-    no_windows: bool,
-    store: str | None,
-    project: str,
-    api_key: str | None,
+    user: str, amount: str, duration: str | None, store: str | None, project: str, api_key: str | None, **given: Any
 ) -> None:
     """Give USER a budget of AMOUNT dollars (a known one keeps what it has spent).
 
@@ -174,7 +163,7 @@ def set_command(
     """
     total = _amount(amount)
     check_subject(user)
-    fields = _fields(duration, timezone, team, no_team, window_specs, cap_specs, no_windows)
+    fields = _fields(duration, **given)  # --timezone, --team, --window...
     budget.check_fields(user, fields)  # every value, before the store is opened
     target = open_store(store, project, api_key)
     try:

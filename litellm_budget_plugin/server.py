@@ -108,7 +108,6 @@ _CALL_ID = (budget.check_call_id, True)
 _MODEL = (budget.check_model_name, True)
 _DEFAULT = (_optional(budget.check_default), False)
 _SUBJECTS = (_optional(subjects.check_subjects), False)
-_FIELDS = (_object("fields"), True)  # checked for their user in _check_fields
 
 _OPS: dict[str, _Op] = {
     "get": _Op({"user": _USER}, lambda s, a: s.get(a["user"]), lambda _a: None),
@@ -134,7 +133,7 @@ _OPS: dict[str, _Op] = {
         creates=lambda _a: True,
     ),
     "set_fields": _Op(
-        {"user": _USER, "fields": _FIELDS},
+        {"user": _USER, "fields": (_object("fields"), True)},
         lambda s, a: s.set_fields(a["user"], a["fields"]),
         _unknown_user,
     ),
