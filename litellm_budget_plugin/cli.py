@@ -18,7 +18,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import click
 
 from . import _cli_tables, budget, limits, windows
-from ._cli_tables import money
+from ._cli_tables import money as _money
 from .errors import BudgetPluginError, ConfigurationError, UnknownUserError
 from .stores import DEFAULT_STORE, STORE_ENV, BudgetStore, FileStore, store_from_url
 from .subjects import check_subject, kind_of
@@ -187,7 +187,7 @@ def show(user: str | None, as_json: bool, store: str | None, project: str, api_k
     that cost more than the guard held for them, and by how much in all (kept across windows
     and resets).
     """
-    key = None if user is None else check_subject(user)
+    key = None if user is None else budget.check_user(user)  # a record made before kinds were checked is shown
     target = open_store(store, project, api_key)
     try:
         if key is None or kind_of(key) == "team":
@@ -217,7 +217,7 @@ def reset(user: str, store: str | None, project: str, api_key: str | None) -> No
         record = target.reset(user)
     finally:
         target.close()
-    click.echo(f"{user}: spend reset to {money(0.0)} of {money(record['total_budget'])}")
+    click.echo(f"{user}: spend reset to {_money(0.0)} of {_money(record['total_budget'])}")
 
 
 @main.command(name="import", epilog=EPILOG)
@@ -395,7 +395,7 @@ def _describe(user: str, record: budget.UserRecord, duration: str | None) -> str
     window = "" if duration is None else f" {_window(duration)}"
     if "timezone" in record:
         window += f" (calendar, {record['timezone']})"
-    text = f"{user}: budget {money(record['total_budget'])}{window}, spent {money(record['current_cost'])}"
+    text = f"{user}: budget {_money(record['total_budget'])}{window}, spent {_money(record['current_cost'])}"
     if "team" in record:
         text += f", team {record['team']}"
     if "windows" in record:
