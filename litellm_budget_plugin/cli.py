@@ -1,8 +1,12 @@
-"""The ``litellm-budget`` command: set, show, reset and import budgets, and serve them."""
+"""The ``litellm-budget`` command: set, show, reset and import budgets, and serve them.
+
+Budgets are for users, teams (``team:<name>``) and tags (``tag:<name>``), each with a main
+window and maybe further ones (see :mod:`.windows`); ``show`` prints them with
+:mod:`._cli_tables`.
+"""
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import logging
@@ -13,9 +17,11 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from . import budget
+from . import _cli_tables, budget, limits, windows
+from ._cli_tables import money as _money
 from .errors import BudgetPluginError, ConfigurationError, UnknownUserError
 from .stores import DEFAULT_STORE, STORE_ENV, BudgetStore, FileStore, store_from_url
+from .subjects import check_subject, kind_of
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the store could not be read or written, the server not reached, the port not bound
@@ -99,11 +105,26 @@ def open_store(store: str | None, project: str, api_key: str | None) -> BudgetSt
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="litellm_budget_plugin")
 def main() -> None:
-    """Per-user budgets for litellm: set, show, reset, import, and serve them."""
+    """Budgets for litellm: of users, teams (team:NAME) and tags (tag:NAME); set, show, reset,
+    import, and serve them."""
+
+
+WINDOW_HELP = """\b
+Windows: AMOUNT, --duration and --timezone describe the main window, as given (without
+--duration it never resets). --window and --model-cap add further windows, each with its own
+spend and reset; a call must fit every window. They are written BUDGET[/DURATION][@ZONE]:
+  --window 100/monthly               $100 per 28 days, as LiteLLM counts a month
+  --window 100/monthly@Europe/Paris  $100 per calendar month, reset on the 1st in Paris
+  --model-cap gpt-4o=1/daily         $1 a day on gpt-4o calls only
+Given ones replace USER's windows (one of the same length and model keeps what it spent);
+without them the windows are kept, --no-windows drops them. No two windows may have the same
+length (for the same model), the main one included. --team and --no-team change USER's team; without
+them it is kept.
+"""
 
 
 # A negative AMOUNT ("-5") is an argument, so that its own error shows, not "No such option".
-@main.command(name="set", epilog=EPILOG, context_settings={"ignore_unknown_options": True})
+@main.command(name="set", epilog=WINDOW_HELP + "\n" + EPILOG, context_settings={"ignore_unknown_options": True})
 @click.argument("user")
 @click.argument("amount")
 @click.option(
@@ -111,73 +132,78 @@ def main() -> None:
     metavar="DURATION",
     help='Budget window: daily, weekly, monthly, yearly, or "1h", "30d", "1mo"... (default: never resets).',
 )
+@click.option(
+    "--timezone",
+    metavar="ZONE",
+    help="Reset the main window on the calendar in this IANA timezone (e.g. Europe/Paris): at local midnight, "
+    "on Monday, on the 1st, on January 1st; needs --duration daily, weekly, monthly or yearly.",
+)
+@click.option("--team", metavar="NAME", help="The team USER belongs to: its calls count against team:NAME too.")
+@click.option("--no-team", is_flag=True, help="USER belongs to no team any more.")
+@click.option(
+    "--window", "window_specs", multiple=True, metavar="BUDGET[/DURATION][@ZONE]", help="A further window; repeatable."
+)
+@click.option(
+    "--model-cap",
+    "cap_specs",
+    multiple=True,
+    metavar="MODEL=BUDGET[/DURATION][@ZONE]",
+    help="A further window counting MODEL's calls only; repeatable.",
+)
+@click.option("--no-windows", is_flag=True, help="Drop USER's further windows and model caps.")
 @_store_options
 @_exit_codes
 def set_command(
-    user: str, amount: str, duration: str | None, store: str | None, project: str, api_key: str | None
+    user: str, amount: str, duration: str | None, store: str | None, project: str, api_key: str | None, **given: Any
 ) -> None:
-    """Give USER a budget of AMOUNT dollars (a known user keeps what it has spent)."""
+    """Give USER a budget of AMOUNT dollars (a known one keeps what it has spent).
+
+    USER is a user id, team:NAME or tag:NAME: "set team:red 50 --duration monthly" gives team
+    red $50 a month, "set alice 5 --duration daily --team red" puts alice in it.
+    """
     total = _amount(amount)
+    check_subject(user)
+    fields = _fields(duration, **given)  # --timezone, --team, --window...
+    budget.check_fields(user, fields)  # every value, before the store is opened
     target = open_store(store, project, api_key)
     try:
-        record = target.set_budget(user, total, duration)
+        record = target.set_budget(user, total, duration, fields=fields)
     finally:
         target.close()
-    window = "" if duration is None else f" {_window(duration)}"
-    click.echo(f"{user}: budget {_money(record['total_budget'])}{window}, spent {_money(record['current_cost'])}")
+    click.echo(_describe(user, record, duration))
 
 
 @main.command(epilog=EPILOG)
 @click.argument("user", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: {user: record with next_reset}.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {name: record with next_reset}.")
 @_store_options
 @_exit_codes
 def show(user: str | None, as_json: bool, store: str | None, project: str, api_key: str | None) -> None:
-    """Show every user's spend and budget, or USER's.
+    """Show every budget's spend, by kind (users, teams, tags, global), or USER's.
 
-    An OVERRUNS column, shown once some user has any, counts the calls that cost more than
-    the guard held for them, and by how much in all (kept across windows and resets).
+    USER is a user id, team:NAME or tag:NAME. Each budget's further windows follow it
+    (+ $100 monthly ...). For a team (show team:red), the users whose record names it follow,
+    with their own spend. An OVERRUNS column, shown once a budget has any, counts the calls
+    that cost more than the guard held for them, and by how much in all (kept across windows
+    and resets).
     """
+    key = None if user is None else budget.check_user(user)  # a record made before kinds were checked is shown
     target = open_store(store, project, api_key)
     try:
-        if user is None:
+        if key is None or kind_of(key) == "team":
             records = target.all()
         else:
-            record = target.get(budget.check_user(user))
-            if record is None:
-                raise UnknownUserError(user)
-            records = {user: record}
+            record = target.get(key)
+            records = {} if record is None else {key: record}
     finally:
         target.close()
     now = time.time()
-    if as_json:
-        out = {u: {**budget.litellm_view(r), "next_reset": budget.next_reset(r, now)} for u, r in records.items()}
-        click.echo(json.dumps(out, indent=2, sort_keys=True))
-        return
-    if not records:
+    lines = _show(records, key, now, as_json)
+    if not lines:
         other = "" if isinstance(target, FileStore) else " (--project NAME shows another project)"
         click.echo(f"no budgets in {target!r}{other}")
-        return
-    overruns = any(record.get("overruns") for record in records.values())
-    rows = [("USER", "SPENT", "BUDGET", "USED", "NEXT RESET") + (("OVERRUNS",) if overruns else ())]
-    for name, record in sorted(records.items()):
-        rows.append(
-            (
-                name,
-                _money(record["current_cost"]),
-                _money(record["total_budget"]),
-                _used(record),
-                _time(budget.next_reset(record, now)),
-            )
-            + ((_overruns(record),) if overruns else ())
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    for line in lines:
+        click.echo(line)
 
 
 @main.command(epilog=EPILOG)
@@ -199,10 +225,11 @@ def reset(user: str, store: str | None, project: str, api_key: str | None) -> No
 @_store_options
 @_exit_codes
 def import_command(file: str, store: str | None, project: str, api_key: str | None) -> None:
-    """Copy the users of a LiteLLM user_cost.json FILE into the store (replacing same-named users).
+    """Copy the budgets of a LiteLLM user_cost.json FILE into the store (replacing same-named ones).
 
-    Every record is checked first (the ranges in the README's "Limits"): if one is invalid,
-    nothing is imported. Then each user is written in turn.
+    Its keys are user ids, team:NAME or tag:NAME; records may carry this package's fields
+    (team, timezone, windows). Every record is checked first (the ranges in the README's
+    "Limits"): if one is invalid, nothing is imported. Then each budget is written in turn.
     """
     try:
         with open(file, encoding="utf-8") as source:
@@ -214,7 +241,7 @@ def import_command(file: str, store: str | None, project: str, api_key: str | No
     records = {}
     for name, record in raw.items():
         try:
-            records[budget.check_user(name)] = budget.check_record(name, record)
+            records[check_subject(name)] = budget.check_record(name, record)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{file}: {exc}; nothing was imported") from exc
     target = open_store(store, project, api_key)
@@ -223,7 +250,7 @@ def import_command(file: str, store: str | None, project: str, api_key: str | No
             target.put(name, record)
     finally:
         target.close()
-    click.echo(f"imported {len(records)} user(s) from {file}")
+    click.echo(f"imported {len(records)} budget(s) from {file}")
 
 
 @main.command(epilog=EPILOG)
@@ -260,15 +287,120 @@ def serve(store: str, host: str, port: int, api_key: str | None, project: str | 
     server.run(stores, host=host, port=port, api_key=api_key, announce=click.echo, **options)
 
 
+# --- set: windows given as options ------------------------------------------------------
+
+
+def _fields(
+    duration: str | None,
+    timezone: str | None,
+    team: str | None,
+    no_team: bool,
+    window_specs: tuple[str, ...],
+    cap_specs: tuple[str, ...],
+    no_windows: bool,
+) -> dict[str, Any]:
+    """The record fields ``set`` writes besides the budget: the main window's timezone (or
+    none), and the team and windows if given."""
+    if team is not None and no_team:
+        raise ConfigurationError("--team and --no-team contradict each other: give one")
+    if no_windows and (window_specs or cap_specs):
+        raise ConfigurationError("--no-windows drops every window: give it without --window or --model-cap")
+    fields: dict[str, Any] = {"timezone": timezone}
+    if team is not None or no_team:
+        fields["team"] = team
+    if no_windows:
+        fields["windows"] = None
+    elif window_specs or cap_specs:
+        given = [("--window", text, _window_spec("--window", text)) for text in window_specs]
+        given += [("--model-cap", text, _model_cap(text)) for text in cap_specs]
+        _check_overlaps(duration, given)
+        fields["windows"] = [window for _, _, window in given]
+    return fields
+
+
+def _window_spec(option: str, text: str, model: str | None = None) -> dict[str, Any]:
+    """``BUDGET[/DURATION][@ZONE]`` as a window, checked, or an error naming ``text``."""
+    where = f"{option} {text!r}"
+    spec, at, zone = text.partition("@")
+    amount, slash, duration = spec.partition("/")
+    window: dict[str, Any] = {"budget": _amount(amount.strip(), f"{where}: BUDGET")}
+    if slash:
+        window["duration"] = duration.strip()
+    if at:
+        window["timezone"] = zone.strip()
+    if model is not None:
+        window["model"] = model
+    try:
+        limits.check_windows(where, [window], None)
+    except ConfigurationError as exc:
+        raise ConfigurationError(str(exc).replace(f"{where}: window 0", where, 1)) from None
+    return window
+
+
+def _model_cap(text: str) -> dict[str, Any]:
+    """``MODEL=BUDGET[/DURATION][@ZONE]``: the model is what comes before the last ``=``
+    (model names may hold ``@`` and ``:``, as Vertex's and Ollama's do)."""
+    model, equals, spec = text.rpartition("=")
+    if not equals or not model.strip():
+        raise ConfigurationError(f"--model-cap {text!r}: write MODEL=BUDGET[/DURATION][@ZONE], e.g. gpt-4o=1/daily")
+    return _window_spec("--model-cap", spec, model.strip())
+
+
+def _check_overlaps(duration: str | None, given: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """No two windows of the same length for the same model, the main one included."""
+    seen = {windows.overlap_key(budget.parse_duration(duration), None): "the main window (--duration)"}
+    for option, text, window in given:
+        key = windows.overlap_key(budget.parse_duration(window.get("duration")), window.get("model"))
+        if key in seen:
+            raise ConfigurationError(
+                f"{option} {text!r} overlaps {seen[key]}: two windows of the same length"
+                + (f" for model {window['model']!r}" if "model" in window else "")
+            )
+        seen[key] = f"{option} {text!r}"
+
+
 # --- formatting -------------------------------------------------------------------------
 
 
-def _money(amount: float | None) -> str:
-    if amount is None:
-        return "unlimited"
-    if amount == round(amount, 2):
-        return f"${amount:,.2f}"
-    return f"${amount:,.6f}".rstrip("0")
+def _show(records: dict[str, budget.UserRecord], key: str | None, now: float, as_json: bool) -> list[str]:
+    """What ``show`` prints: every budget, or one (a team with its members)."""
+    if key is not None and kind_of(key) == "team":
+        return _show_team(records, key, now, as_json)
+    if key is not None and key not in records:
+        raise UnknownUserError(key)
+    return _json(records, now) if as_json else _cli_tables.tables(records, now)
+
+
+def _show_team(records: dict[str, budget.UserRecord], key: str, now: float, as_json: bool) -> list[str]:
+    """A team's budget and the users whose record names it; a team without a budget of its
+    own is shown while some user names it."""
+    team = {key: records[key]} if key in records else {}
+    crew = _cli_tables.members(records, key)
+    if not team and not crew:
+        raise UnknownUserError(key)
+    if as_json:
+        return _json({**team, **crew}, now)
+    lines = _cli_tables.table("TEAM", team, records, now) if team else [f"{key}: no budget (its spend is tracked)"]
+    if not crew:
+        return [*lines, "", f"no users name team {key.removeprefix('team:')!r} (set USER AMOUNT --team NAME)"]
+    return [*lines, "", *_cli_tables.table("MEMBER", crew, records, now)]
+
+
+def _json(records: dict[str, budget.UserRecord], now: float) -> list[str]:
+    return [json.dumps(_cli_tables.json_view(records, now), indent=2, sort_keys=True)]
+
+
+def _describe(user: str, record: budget.UserRecord, duration: str | None) -> str:
+    """What ``set`` echoes: the budget, its window as written, and what else the record has."""
+    window = "" if duration is None else f" {_window(duration)}"
+    if "timezone" in record:
+        window += f" (calendar, {record['timezone']})"
+    text = f"{user}: budget {_money(record['total_budget'])}{window}, spent {_money(record['current_cost'])}"
+    if "team" in record:
+        text += f", team {record['team']}"
+    if "windows" in record:
+        text += ", windows: " + ", ".join(map(_cli_tables.window_label, record["windows"]))
+    return text
 
 
 def _window(duration: str) -> str:
@@ -277,7 +409,7 @@ def _window(duration: str) -> str:
     return text if text in budget.NAMED_DURATIONS_DAYS else f"per {text}"
 
 
-def _amount(text: str) -> float:
+def _amount(text: str, name: str = "AMOUNT") -> float:
     """AMOUNT as written: ``10`` stays the whole number 10 in the store, as LiteLLM writes it."""
     try:
         return int(text)
@@ -286,27 +418,7 @@ def _amount(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ConfigurationError(f"AMOUNT must be a number of dollars, got {text!r}") from None
-
-
-def _used(record: budget.UserRecord) -> str:
-    limit = record["total_budget"]
-    if limit is None:
-        return "-"
-    if limit == 0:
-        return "100.0%" if record["current_cost"] > 0 else "0.0%"
-    return f"{100 * record['current_cost'] / limit:.1f}%"
-
-
-def _overruns(record: budget.UserRecord) -> str:
-    count = record.get("overruns", 0)
-    return f"{count} (+{_money(record.get('overrun_cost', 0.0))})" if count else "-"
-
-
-def _time(when: float | None) -> str:
-    if when is None:
-        return "never"
-    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        raise ConfigurationError(f"{name} must be a number of dollars, got {text!r}") from None
 
 
 if __name__ == "__main__":

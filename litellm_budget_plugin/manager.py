@@ -8,17 +8,23 @@ method is one atomic store operation that is durable before it returns.
 LiteLLM's code also changes that dict directly (``manager.user_dict[user]["current_cost"] = 0``)
 and saves it later. Here ``user_dict`` is read from the store, and each change made to it is
 one store operation at once, of the fields changed and no others.
+
+Budgets beyond a user's are records too: ``create_budget(50, user="team:red", duration="monthly")``
+gives team red a budget, ``create_budget(5, "alice", "daily", team="red", windows=[...])`` puts
+alice in it and adds windows ("$100 a month", "$1 a day on gpt-4o"); see :mod:`.subjects` and
+:mod:`.windows`. LiteLLM's own class reads such records as users with extra fields.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Self
 
-from . import budget, pricing
+from . import budget, pricing, subjects
 from .errors import ConfigurationError, UnknownUserError
+from .limits import SUBJECT_FIELDS
 from .stores import BudgetStore, store_from_url
 
 Duration = Literal["daily", "weekly", "monthly", "yearly"] | str | float
@@ -69,9 +75,28 @@ class BudgetManager:
         user: str,
         duration: Duration | None = None,
         created_at: float | None = None,
+        *,
+        team: str | None = None,
+        windows: list[Mapping[str, Any]] | None = None,
+        timezone: str | None = None,
     ) -> dict[str, Any]:
-        """Give ``user`` a budget; for a known user, change it and keep what was spent."""
-        return _RecordView(self.store, user, self.store.set_budget(user, total_budget, duration, created_at))
+        """Give ``user`` a budget; for a known user, change it and keep what was spent.
+
+        ``user`` is a user id, ``"team:<name>"`` or ``"tag:<name>"``. The keywords, beyond
+        LiteLLM's, are set in the same write (None leaves what the record has):
+
+        :param team: the team the user belongs to (``"red"``): its calls are held and charged
+            against ``team:red`` too. A team without a budget of its own is tracked, not limited.
+        :param windows: more windows, each ``{"budget": 100, "duration": "monthly"}``, with
+            ``"timezone"`` for a calendar reset and ``"model"`` for a per-model cap; they replace
+            the record's (one of the same length and model keeps what it has spent).
+        :param timezone: makes the main window a calendar one (local midnight, Monday, the 1st).
+        :raises ConfigurationError: naming the bad value; nothing is changed.
+        """
+        given = {"team": team, "windows": windows, "timezone": timezone}
+        fields = {name: value for name, value in given.items() if value is not None}
+        record = self.store.set_budget(user, total_budget, duration, created_at, fields=fields or None)
+        return _RecordView(self.store, user, record)
 
     def get_total_budget(self, user: str) -> float | None:
         return self._record(user)["total_budget"]
@@ -93,8 +118,9 @@ class BudgetManager:
         """Every record as LiteLLM's attribute of that name shows them, read now.
 
         Changes write through to the store at once: setting a field (``total_budget``,
-        ``current_cost``, ``model_cost``, ``duration``, ``created_at``, ``last_updated_at``)
-        sets that field alone, so charges made meanwhile by other processes are kept;
+        ``current_cost``, ``model_cost``, ``duration``, ``created_at``, ``last_updated_at``,
+        ``team``, ``timezone``, ``windows``) sets that field alone, so charges made meanwhile
+        by other processes are kept;
         assigning a whole record adds or replaces the user, ``del`` deletes one. A change that
         cannot be made raises :class:`ConfigurationError` and changes nothing.
         """
@@ -124,9 +150,16 @@ class BudgetManager:
         model: str | None = None,
         input_text: str | None = None,
         output_text: str | None = None,
+        *,
+        team: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """Charge a response, or texts priced as LiteLLM does; returns ``{"user": record}``."""
+        """Charge a response, or texts priced as LiteLLM does; returns ``{"user": record}``.
+
+        The charge goes to the team the user's record names too, and, given here, to the call's
+        own ``team`` and ``tags`` (LiteLLM's ``metadata["tags"]``), in the same write."""
         budget.check_user(user)
+        others = _call_subjects(team, tags)
         if model is not None:
             budget.check_model_name(model)
         for name, text in (("input_text", input_text), ("output_text", output_text)):
@@ -140,7 +173,7 @@ class BudgetManager:
         else:
             raise ConfigurationError("update_cost needs a completion_obj, or model, input_text and output_text")
         call_id = getattr(completion_obj, "id", None) if completion_obj is not None else None
-        record = self.store.charge(user, cost, model, call_id=call_id or None)
+        record = self.store.charge(user, cost, model, call_id=call_id or None, subjects=others)
         return {"user": _RecordView(self.store, user, record)}
 
     def reset_cost(self, user: str) -> dict[str, Any]:
@@ -152,7 +185,7 @@ class BudgetManager:
 
     def update_budget_all_users(self) -> None:
         for user, record in self.store.all().items():
-            if "duration" in record:
+            if "duration" in record or "windows" in record:
                 self.store.roll(user)
 
     def save_data(self) -> dict[str, str]:
@@ -175,6 +208,16 @@ class BudgetManager:
         if record is None:
             raise UnknownUserError(user)
         return record
+
+
+def _call_subjects(team: str | None, tags: Sequence[str] | None) -> list[str]:
+    """The budgets a call names besides its user's: its team's and its tags' keys."""
+    keys = [] if team is None else [subjects.team_key(team)]
+    return keys if tags is None else [*keys, *subjects.tag_keys(tags)]
+
+
+# Fields of a record that ``del user_dict[user][name]`` drops (the others are set instead).
+_DELETABLE = ("duration", *SUBJECT_FIELDS)
 
 
 class _WritesThrough(dict[str, Any]):
@@ -244,10 +287,10 @@ class _RecordView(_WritesThrough):
     def _apply(self, changes: dict[str, Any], removed: tuple[str, ...]) -> None:
         fields = dict(changes)
         for name in removed:
-            if name != "duration":
+            if name not in _DELETABLE:
                 raise ConfigurationError(
                     f"cannot delete field {name!r} of user {self._user!r}: set it instead "
-                    "(only duration can be deleted, for a budget that never resets)"
+                    f"(only {', '.join(_DELETABLE)} can be deleted; without duration a budget never resets)"
                 )
             fields[name] = None
         self._show_record(self._store.set_fields(self._user, fields))

@@ -14,9 +14,14 @@ LiteLLM's protocol, for ``litellm.BudgetManager(project, client_type="hosted", a
 
 Atomic operations, one store call each (:class:`~litellm_budget_plugin.stores.http.HttpStore`
 is their client): ``/v1/<op>`` with the arguments of the :class:`BudgetStore` method of that
-name, answered by ``{"status": "success", "result": ...}``. Errors: 400 invalid request,
-401 missing or wrong API key, 402 over budget (with ``user``, ``spend``, ``budget``,
-``estimate``, ``reserved``), 404 unknown user or path, 408 body not sent within
+name, answered by ``{"status": "success", "result": ...}``. Budgets beyond the user's travel as
+those methods take them: ``subjects`` (a list of keys such as ``"team:red"``, ``"tag:search"``)
+on ``reserve`` and ``charge``, ``model`` on ``reserve``, ``fields`` (``team``, ``timezone``,
+``windows``...) on ``set_budget`` and ``set_fields``; each operation changes all the records it
+names in one atomic step of the project's store. Errors: 400 invalid request,
+401 missing or wrong API key, 402 over budget (with ``subject``, the budget that refused, also
+as ``user``; ``window``, which of its windows; ``spend``, ``budget``, ``estimate``,
+``reserved``), 404 unknown user or path, 408 body not sent within
 ``read_timeout``, 413 request too large, 503 store unavailable or busy, 500 store corrupt
 (a store file or record the store refuses, such as a link: logged). Anything a client sends
 is checked (limits.py) before a store is touched: a refused request changes nothing.
@@ -41,7 +46,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import budget
+from . import budget, subjects
 from .errors import (
     BudgetRefusal,
     ConfigurationError,
@@ -102,6 +107,7 @@ _USER = (budget.check_user, True)
 _CALL_ID = (budget.check_call_id, True)
 _MODEL = (budget.check_model_name, True)
 _DEFAULT = (_optional(budget.check_default), False)
+_SUBJECTS = (_optional(subjects.check_subjects), False)
 
 _OPS: dict[str, _Op] = {
     "get": _Op({"user": _USER}, lambda s, a: s.get(a["user"]), lambda _a: None),
@@ -112,8 +118,11 @@ _OPS: dict[str, _Op] = {
             "total_budget": (_optional(_amount("total_budget")), True),
             "duration": (_optional(budget.parse_duration), False),
             "created_at": (_optional(lambda value: budget.check_timestamp("created_at", value)), False),
+            "fields": (_optional(_object("fields")), False),
         },
-        lambda s, a: s.set_budget(a["user"], a["total_budget"], a.get("duration"), a.get("created_at")),
+        lambda s, a: s.set_budget(
+            a["user"], a["total_budget"], a.get("duration"), a.get("created_at"), fields=a.get("fields")
+        ),
         _unknown_user,
         creates=lambda _a: True,
     ),
@@ -139,8 +148,17 @@ _OPS: dict[str, _Op] = {
             "call_id": (_optional(budget.check_call_id), False),
             "default": _DEFAULT,
             "held": (_optional(_amount("held amount")), False),
+            "subjects": _SUBJECTS,
         },
-        lambda s, a: s.charge(a["user"], a["cost"], a["model"], a.get("call_id"), a.get("default"), a.get("held")),
+        lambda s, a: s.charge(
+            a["user"],
+            a["cost"],
+            a["model"],
+            a.get("call_id"),
+            a.get("default"),
+            a.get("held"),
+            subjects=a.get("subjects") or (),
+        ),
         _unknown_user,
         creates=lambda a: a.get("default") is not None,
     ),
@@ -153,9 +171,19 @@ _OPS: dict[str, _Op] = {
             "mode": (budget.check_mode, False),
             "default": _DEFAULT,
             "at_least": (_optional(_amount("reservation at_least")), False),
+            "model": (_optional(budget.check_model_name), False),
+            "subjects": _SUBJECTS,
         },
         lambda s, a: s.reserve(
-            a["user"], a["call_id"], a["amount"], a["ttl"], a.get("mode", "strict"), a.get("default"), a.get("at_least")
+            a["user"],
+            a["call_id"],
+            a["amount"],
+            a["ttl"],
+            a.get("mode", "strict"),
+            a.get("default"),
+            a.get("at_least"),
+            model=a.get("model"),
+            subjects=a.get("subjects") or (),
         ),
         _unknown_user,
         creates=lambda a: a.get("default") is not None,
@@ -179,6 +207,9 @@ _OPS: dict[str, _Op] = {
 
 
 def _check_fields(op: _Op, body: dict[str, Any]) -> dict[str, Any]:
+    """The request's arguments, every one checked: a bad one is refused before any store is
+    touched (the checks that need a record, such as overlapping windows, run in the store's
+    atomic step, before it writes)."""
     unknown = sorted(set(body) - set(op.fields))
     if unknown:
         raise ConfigurationError(f"unknown field(s) {', '.join(map(repr, unknown))}")
@@ -188,8 +219,12 @@ def _check_fields(op: _Op, body: dict[str, Any]) -> dict[str, Any]:
             args[name] = check(body[name])
         elif required:
             raise ConfigurationError(f"missing field {name!r}")
+    if op.creates(args):  # a record may be made under this key: a team, a tag or a user
+        subjects.check_subject(args["user"])
     if "record" in args:
         args["record"] = budget.check_record(args["user"], args["record"])
+    if args.get("fields") is not None:
+        args["fields"] = budget.check_fields(args["user"], args["fields"])
     return args
 
 
@@ -292,7 +327,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             402,
             "budget_exceeded",
             str(exc),
+            subject=exc.subject,
             user=exc.user,
+            window=exc.window,
             spend=exc.spend,
             budget=exc.budget,
             estimate=exc.estimate,
@@ -346,7 +383,8 @@ async def _set_budget(request: web.Request) -> web.Response:
     body = await _body(request)
     project = check_project_name(body.get("project_name"))
     user_dict = _object("user_dict")(body.get("user_dict"))
-    checked = {budget.check_user(u): budget.check_record(u, r) for u, r in user_dict.items()}
+    # every key is checked as the store will (a team, a tag, a user) before one is written
+    checked = {subjects.check_subject(u): budget.check_record(u, r) for u, r in user_dict.items()}
     stores = request.app[_STORES]
 
     def replace() -> None:

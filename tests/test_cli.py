@@ -127,7 +127,7 @@ def litellm_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 def test_import_litellm_file(litellm_file: Path, store_path: Path) -> None:
     written = json.loads(litellm_file.read_text())
     result = run("import", str(litellm_file), "--store", str(store_path))
-    assert result.exit_code == EXIT_OK and "imported 2 user(s)" in result.output
+    assert result.exit_code == EXIT_OK and "imported 2 budget(s)" in result.output
     imported = records(store_path)
     assert imported["alice"]["current_cost"] == written["alice"]["current_cost"] > 0
     assert imported["alice"]["duration"] == 7.0

@@ -1,6 +1,8 @@
 """A store on a budget server (``litellm-budget serve``), over its atomic ``/v1/<op>`` endpoints.
 
 Each method is one request, so many app servers sharing one budget server lose no update.
+A call held or charged against several budgets (``subjects=``: its team, tags, the global
+budget) is one request too, applied by the server's store in one atomic step.
 Time is the server's: windows and reservation leases follow the server's clock.
 
 Failures map onto the package's errors: a server that cannot be reached or that times out
@@ -22,7 +24,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import httpx
@@ -37,7 +39,8 @@ from ..errors import (
     UnknownUserError,
     over_budget,
 )
-from .base import NewBudget, WritesAtOnce
+from ..subjects import check_subject
+from .base import NewBudget, WritesAtOnce, check_subjects
 
 API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
 DEFAULT_PROJECT = "default"
@@ -112,15 +115,18 @@ class HttpStore(WritesAtOnce):
         total_budget: float | None,
         duration: float | str | None = None,
         created_at: float | None = None,
+        fields: Mapping[str, object] | None = None,
     ) -> UserRecord:
-        budget.check_user(user)
+        check_subject(user)
         budget.new_record(total_budget, duration, 0.0, created_at)  # validate before sending
+        # fields only when given: a server older than them refuses the field
+        extra = {} if fields is None else {"fields": budget.check_fields(user, fields)}
         return self._record(
-            "set_budget", user=user, total_budget=total_budget, duration=duration, created_at=created_at
+            "set_budget", user=user, total_budget=total_budget, duration=duration, created_at=created_at, **extra
         )
 
     def put(self, user: str, record: UserRecord) -> None:
-        budget.check_user(user)
+        check_subject(user)
         self._call("put", user=user, record=budget.check_record(user, record))
 
     def set_fields(self, user: str, fields: Mapping[str, object]) -> UserRecord:
@@ -147,13 +153,16 @@ class HttpStore(WritesAtOnce):
         call_id: str | None = None,
         default: NewBudget | None = None,
         held: float | None = None,
+        *,
+        subjects: Sequence[str] = (),
     ) -> UserRecord:
         budget.check_user(user)
         budget.check_amount("cost", cost)
         # A charge is retried after a timeout; its id makes sure it is applied once.
         call_id = f"http-charge-{uuid.uuid4().hex}" if call_id is None else budget.check_call_id(call_id)
-        # held is sent only when given, so that a server older than it still takes other charges.
-        extra = {} if held is None else {"held": budget.check_amount("held amount", held)}
+        # held and subjects are sent only when given, so that a server older than them still
+        # takes other charges.
+        extra = _given(held=None if held is None else budget.check_amount("held amount", held), subjects=subjects)
         return self._record("charge", user=user, cost=cost, model=model, call_id=call_id, default=default, **extra)
 
     def reserve(
@@ -165,12 +174,17 @@ class HttpStore(WritesAtOnce):
         mode: Mode = "strict",
         default: NewBudget | None = None,
         at_least: float | None = None,
+        *,
+        model: str | None = None,
+        subjects: Sequence[str] = (),
     ) -> UserRecord:
         budget.check_reservation(user, call_id, amount, ttl, mode, at_least)
-        # at_least only when given: a server older than it refuses the field
-        lower = {} if at_least is None else {"at_least": at_least}
+        if model is not None:
+            budget.check_model_name(model)
+        # at_least, model and subjects only when given: a server older than them refuses them
+        extra = _given(at_least=at_least, model=model, subjects=subjects)
         return self._record(
-            "reserve", user=user, call_id=call_id, amount=amount, ttl=ttl, mode=mode, default=default, **lower
+            "reserve", user=user, call_id=call_id, amount=amount, ttl=ttl, mode=mode, default=default, **extra
         )
 
     def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
@@ -230,6 +244,14 @@ class HttpStore(WritesAtOnce):
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
+def _given(*, subjects: Sequence[str] = (), **args: object) -> dict[str, object]:
+    """The optional arguments of a request that were given (checked ``subjects`` as a list)."""
+    given = {name: value for name, value in args.items() if value is not None}
+    if subjects:
+        given["subjects"] = list(check_subjects(subjects))
+    return given
+
+
 def _result(response: httpx.Response, url: str) -> Any:
     """The ``result`` of a success answer, or the package error the server reports."""
     try:
@@ -247,11 +269,12 @@ def _result(response: httpx.Response, url: str) -> Any:
     if code == "budget_exceeded":
         try:
             raise over_budget(
-                str(answer["user"]),
+                str(answer.get("subject", answer["user"])),  # a server older than subjects sends user
                 float(answer["spend"]),
                 float(answer["budget"]),
                 float(answer["estimate"]),
                 float(answer.get("reserved", 0.0)),
+                window=str(answer.get("window", "")),
             )
         except (KeyError, TypeError, ValueError):
             raise StoreUnavailableError(f"budget server {url}: malformed over-budget answer") from None
