@@ -190,7 +190,7 @@ class BudgetGuard(CustomLogger):
 
         ``positionals`` are the call's positional arguments by parameter name: estimated with
         the keywords, never added to ``kwargs`` (litellm passes them on positionally).
-        Called before the provider is contacted, from the sync hook.
+        Called before the provider is contacted, from the sync hook or the async hook.
         """
         request = with_positionals(kwargs, positionals)
         limit = litellm.max_budget or None
@@ -388,13 +388,11 @@ class BudgetGuard(CustomLogger):
 
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         name = str(getattr(call_type, "value", call_type))
-        request = with_positionals(kwargs, self.pending_positionals.pop(kwargs.get("litellm_call_id")))
-        limit = litellm.max_budget or None
-        keys = self._budgets_of(request, limit)  # read here: budget_scope is this task's
-        if keys:
-            await asyncio.to_thread(self._hold, name, kwargs, request, keys, limit)
+        positionals = self.pending_positionals.pop(kwargs.get("litellm_call_id"))
+        if self._budgets_of(with_positionals(kwargs, positionals), litellm.max_budget or None):
+            await asyncio.to_thread(self.check, name, kwargs, positionals)  # a copy of this task's context
         else:
-            self._hold(name, kwargs, request, keys, limit)  # no store operation: no thread hop either
+            self.check(name, kwargs, positionals)  # no store operation: no thread hop either
         return kwargs  # litellm sends what this returns: an output limit cap_output lowered
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
