@@ -12,6 +12,7 @@ from typing import Any
 
 import litellm
 import pytest
+from test_guard import litellm_logging_worker_idle
 from waiting import wait_until
 
 from litellm_budget_plugin import (
@@ -158,7 +159,9 @@ def test_asyncio_tasks_and_to_thread_keep_their_own_scope(file_store: FileStore,
 
     async def both() -> list[float]:
         with budget_scope(team="red"):
-            return list(await asyncio.gather(as_user("alice", ["a"]), as_user("bob", ["b"])))
+            costs = list(await asyncio.gather(as_user("alice", ["a"]), as_user("bob", ["b"])))
+        await litellm_logging_worker_idle()
+        return costs
 
     alice, bob = asyncio.run(both())
 

@@ -13,6 +13,7 @@ from typing import Any
 import litellm
 import pytest
 from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
+from test_guard import litellm_logging_worker_idle
 from waiting import wait_until
 
 from litellm_budget_plugin import BudgetExceededError, ConfigurationError, FileStore, budget_scope, pricing
@@ -343,6 +344,7 @@ def test_32_tasks_for_4_users_of_one_team_admit_what_the_team_covers(gated: Gate
 
     async def run() -> None:
         await asyncio.gather(*(one(i) for i in range(32)))
+        await litellm_logging_worker_idle()
 
     watcher = open_when_all_decided(gated, refused, 32)
     asyncio.run(asyncio.wait_for(run(), 120))
