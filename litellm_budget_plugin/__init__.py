@@ -1,4 +1,5 @@
-"""Per-user budgets for litellm calls: enforced before the call, charged after, shared safely.
+"""Budgets for litellm calls, per user, team, tag and model: enforced before the call, charged
+after, shared safely.
 
 ``from litellm_budget_plugin import BudgetGuard`` is all an app needs. Importing the package
 does not import litellm (seconds) or a store's client library: the names that need them are
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .manager import BudgetManager
     from .overruns import Overrun, Overruns
     from .pricing import OutputLimit, WorstCase, register_price
+    from .scope import BudgetScope, budget_scope, current_scope
     from .stores.http import HttpStore
     from .stores.redis import RedisStore
 
@@ -45,6 +47,9 @@ _LAZY = {
     "OutputLimit": ".pricing",  # litellm
     "WorstCase": ".pricing",  # litellm
     "register_price": ".pricing",  # litellm
+    "BudgetScope": ".scope",
+    "budget_scope": ".scope",
+    "current_scope": ".scope",
     "HttpStore": ".stores.http",  # httpx
     "RedisStore": ".stores.redis",  # redis-py, an optional extra, imported when a RedisStore is made
 }
@@ -56,6 +61,7 @@ __all__ = [
     "BudgetManager",
     "BudgetPluginError",
     "BudgetRefusal",
+    "BudgetScope",
     "BudgetStore",
     "ConfigurationError",
     "FileStore",
@@ -75,6 +81,8 @@ __all__ = [
     "UnpricedModelError",
     "UserRecord",
     "WorstCase",
+    "budget_scope",
+    "current_scope",
     "register_price",
     "store_from_url",
 ]

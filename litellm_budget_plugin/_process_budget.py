@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import litellm
 
@@ -19,6 +20,9 @@ from . import reservations
 from .budget import UserRecord
 from .errors import BudgetExceededError
 from .subjects import GLOBAL
+
+if TYPE_CHECKING:
+    from .stores import BudgetStore
 
 # The name litellm.max_budget goes by: in refusals, and as the store record of a store-wide
 # global budget (BudgetGuard(global_budget="store")), shared by every process using the store.
@@ -79,14 +83,24 @@ class StoreSpendShown:
     admitted it, so the value must follow the record into each new window. Records come back
     out of order (worker threads settle async calls), so a settlement's record is shown only if
     it is not older than the last one shown: a later window, or the same window with no less
-    spend (spend only grows within a window). The record a reservation returns is shown unless
-    it is of an older window: it is the store's answer at admission, so a spend reset by hand
-    within a window reaches litellm's check too.
+    spend (spend only grows within a window). After an admission (:meth:`admitted`) the record
+    is shown unless it is of an older window, so a spend reset by hand within a window reaches
+    litellm's check too.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._shown = (-math.inf, -math.inf)  # (window start, spend) of the record shown
+
+    def admitted(self, store: BudgetStore, limit: float) -> None:
+        """A call was just admitted against the record, whose spend is therefore under ``limit``
+        (LiteLLM's soft rule). If the spend shown is over it, litellm would refuse the call: it is
+        of an older window, or was reset by hand since, so the record is read and shown. Read
+        only then: a store operation per call is not needed to show what no check stops at."""
+        if float(litellm._current_cost or 0.0) > limit:
+            record = store.get(GLOBAL_USER)
+            if record is not None:
+                self.show(record, admitted=True)
 
     def show(self, record: UserRecord, *, admitted: bool = False) -> None:
         window, spend = record["last_updated_at"], record["current_cost"]

@@ -1,12 +1,14 @@
-"""BudgetGuard: a litellm callback that checks each call against its user's budget.
+"""BudgetGuard: a litellm callback that checks each call against every budget that applies to it.
 
-``litellm.callbacks.append(BudgetGuard(...))`` is the whole integration. Before a call that
-carries ``user=`` reaches the provider, the guard reserves the call's worst-case cost in the
-store (refusing with :class:`BudgetExceededError` when it does not fit); when the call succeeds
-it charges the actual cost in place of the hold, and on failure it releases the hold. A call is
-charged as litellm hands back its response (see :mod:`.hooks`), a stream by litellm's success
-event when it ends. A call that cost more than its hold is an overrun (:mod:`.overruns`): logged,
-and counted in :attr:`BudgetGuard.overruns` and in its user's record.
+``litellm.callbacks.append(BudgetGuard(...))`` is the whole integration. Before a call reaches
+the provider, the guard reserves its worst-case cost in the store against its user, the user's
+team, the call's team and tags and (``global_budget="store"``) the global budget, all in one
+store operation (refusing with :class:`BudgetExceededError`, naming the budget that refused,
+when it does not fit one); when the call succeeds it charges the actual cost in place of the
+holds, and on failure it releases them. A call is charged as litellm hands back its response
+(see :mod:`.hooks`), a stream by litellm's success event when it ends. A call that cost more
+than its hold is an overrun (:mod:`.overruns`): logged, and counted in
+:attr:`BudgetGuard.overruns` and in its budgets' records.
 
 Async calls are stopped in litellm's ``async_pre_call_deployment_hook``. litellm gives
 callbacks no veto over sync calls, so :func:`.hooks.install_sync_hook` wraps
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
@@ -31,6 +32,8 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import budget, pricing, reservations
+from ._estimates import actual_cost, charged_model, check_cappable, explained, limit_output, worst_case
+from ._guard_setup import TRACKED, check_choice, new_user_budget, store_of
 from ._process_budget import GLOBAL_USER, PROCESS_BUDGET, StoreSpendShown
 from .budget import Mode, UserRecord
 from .errors import (
@@ -41,10 +44,12 @@ from .errors import (
     UnknownUserError,
 )
 from .hooks import GuardInstallError as GuardInstallError  # raised by BudgetGuard(), imported from here
-from .hooks import _PendingPositionals, install_sync_hook, off_the_loop
+from .hooks import _PendingPositionals, install_sync_hook, off_the_loop, with_positionals
 from .manager import BudgetManager
 from .overruns import Overrun, Overruns, overrun
-from .stores import BudgetStore, FileStore, NewBudget, store_from_url
+from .scope import call_subjects
+from .stores import BudgetStore, FileStore, NewBudget
+from .subjects import kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +64,27 @@ _NO_POSITIONALS: Mapping[str, Any] = {}
 
 
 class _Hold(NamedTuple):
-    """One reservation the guard made for a call (a named tuple: made on every call, and
-    cheaper to make than a frozen dataclass)."""
+    """One hold the guard made for a call (a named tuple: made on every call, and cheaper to
+    make than a frozen dataclass): in the store under ``key`` and each of ``also``, in one
+    operation; or in this process's budget (``key`` GLOBAL_USER, ``global_budget="process"``)."""
 
-    user: str
+    key: str
     call_id: str
     amount: float
+    also: tuple[str, ...] = ()
 
 
 class BudgetGuard(CustomLogger):
-    """Enforce per-user budgets on every litellm call that carries ``user=``.
+    """Enforce budgets on litellm calls: their users', teams', tags' and the global one.
+
+    A call's budgets (see :func:`.scope.call_subjects`): its user (``user=``, else the
+    :func:`.scope.budget_scope` in force, else ``anonymous_user``) with the team its record
+    names; its team (``metadata={"team": ...}``, else the scope's); its tags
+    (``metadata={"tags": [...]}`` and the scope's). A call with a team or tags but no user is
+    held against them alone: it is not charged to any user, and the first of them (its team, else
+    its first tag) keeps the store's hold. A call with none of them is not tracked, except by
+    ``litellm.max_budget``. Bad tags or teams refuse the call with ConfigurationError before
+    anything is held.
 
     :param budgets: a :class:`BudgetManager`, a store, a path or URL, or None for the default
         store (``$LITELLM_BUDGET_STORE`` or ``user_cost.json``).
@@ -122,29 +138,15 @@ class BudgetGuard(CustomLogger):
         global_duration: str | float | None = None,
     ) -> None:
         super().__init__()
-        if global_budget not in ("process", "store"):
-            raise ConfigurationError(f"global_budget must be process or store, got {global_budget!r}")
+        check_choice("global_budget", global_budget, ("process", "store"))
         if global_duration is not None and global_budget != "store":
             raise ConfigurationError('global_duration= needs global_budget="store": a process\'s budget has no window')
         self.global_budget = global_budget
         self.global_duration = budget.parse_duration(global_duration)
         self.mode = budget.check_mode(mode)
-        if unknown_users not in ("track", "deny", "create"):
-            raise ConfigurationError(f"unknown_users must be track, deny or create, got {unknown_users!r}")
-        if unknown_users == "create" and default_budget is None:
-            raise ConfigurationError('unknown_users="create" needs default_budget')
-        self._default: NewBudget | None = {
-            "track": NewBudget(total_budget=None, duration=None),
-            "deny": None,
-            "create": NewBudget(
-                total_budget=None if default_budget is None else budget.check_amount("default_budget", default_budget),
-                duration=budget.parse_duration(default_duration),
-            ),
-        }[unknown_users]
+        self._default = new_user_budget(unknown_users, default_budget, default_duration)
         self.anonymous_user = None if anonymous_user is None else budget.check_user(anonymous_user)
-        if on_store_error not in ("closed", "open"):
-            raise ConfigurationError(f"on_store_error must be closed or open, got {on_store_error!r}")
-        self.on_store_error = on_store_error
+        self.on_store_error = check_choice("on_store_error", on_store_error, ("closed", "open"))
         self.lease_seconds = budget.check_lease_seconds(lease_seconds)
         if output_token_cap is not None:
             output_token_cap = budget.check_tokens("output_token_cap", output_token_cap)
@@ -157,7 +159,7 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
         self.alert_threshold = alert_threshold
         self.on_alert = on_alert or _log_alert
-        self.store = _store_of(budgets, project)  # opened once the other arguments are checked
+        self.store = store_of(budgets, project)  # opened once the other arguments are checked
         self._charges_in_memory = isinstance(self.store, FileStore)  # see _settles_in_memory
         self._process_budget = PROCESS_BUDGET  # litellm._current_cost is the process's, not a guard's
         self._store_spend = StoreSpendShown()
@@ -190,10 +192,27 @@ class BudgetGuard(CustomLogger):
         the keywords, never added to ``kwargs`` (litellm passes them on positionally).
         Called before the provider is contacted, from the sync hook or the async hook.
         """
-        request = {**positionals, **kwargs} if positionals else kwargs
-        user = request.get("user") or self.anonymous_user
-        global_budget = litellm.max_budget or None
-        if user is None and global_budget is None:
+        request = with_positionals(kwargs, positionals)
+        limit = litellm.max_budget or None
+        self._hold(call_type, kwargs, request, self._budgets_of(request, limit), limit)
+
+    def _budgets_of(self, request: Mapping[str, Any], limit: float | None) -> tuple[str, ...]:
+        """The store budgets a call is held against, the one keeping its hold first: its user, team
+        and tags (:func:`.scope.call_subjects`), and the global budget's record in store mode."""
+        keys = call_subjects(request, self.anonymous_user)
+        return (*keys, GLOBAL_USER) if limit is not None and self.global_budget == "store" else keys
+
+    def _hold(
+        self,
+        call_type: str,
+        kwargs: MutableMapping[str, Any],
+        request: Mapping[str, Any],
+        keys: tuple[str, ...],
+        limit: float | None,
+    ) -> None:
+        """Hold the call in the store against ``keys`` in one operation, then against the process
+        budget (``limit``, process mode); one refusal undoes the other hold."""
+        if not keys and limit is None:
             return
         call_id = kwargs.get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
@@ -201,40 +220,33 @@ class BudgetGuard(CustomLogger):
         model = str(request.get("model") or "")
         limits = pricing.output_limits(request) if call_type in pricing.OUTPUT_CALLS else []
         capped = self.cap_output and call_type in pricing.OUTPUT_CALLS
-        for section, key, _ in limits if capped else ():
-            if section is None and key not in kwargs:  # litellm passes it on positionally
-                raise ConfigurationError(f"cap_output cannot lower {key} given by position: pass it as {key}=")
-        worst = self._worst_case(call_type, model, request, limits, capped)
+        if capped:
+            check_cappable(kwargs, limits)
+        worst = worst_case(call_type, model, request, limits, capped, self.output_token_cap)
         estimate = worst.total
         at_least = worst.prompt_cost + self.min_output_tokens * worst.output_price if capped else None
         holds: list[_Hold] = []
-        untracked: BaseException | None = None  # the store is down, and on_store_error="open"
         try:
-            # The user's hold first: the next one holds no more than it (a capped call needs no more).
-            if user is not None:
+            # The store's hold first: the process's holds no more than it (a capped call needs no more).
+            if keys:
                 try:
-                    estimate = self._reserve_for(budget.check_user(user), call_id, estimate, at_least)
-                    holds.append(_Hold(user, call_id, estimate))
+                    charged = charged_model(model, request)  # as its charge will name it
+                    estimate = self._reserve_for(keys, call_id, estimate, at_least, charged, limit)
+                    holds.append(_Hold(keys[0], call_id, estimate, keys[1:]))
                 except StoreError as exc:
                     if self.on_store_error != "open":
                         raise
-                    untracked = exc
-            if global_budget is not None and (untracked is None or self.global_budget == "process"):
-                estimate = self._hold_global(float(global_budget), call_id, estimate, at_least)
+                    # The process budget still counts the call.
+                    logger.warning("budget store unusable, letting call %s through untracked: %s", call_id, exc)
+            if limit is not None and self.global_budget == "process":
+                estimate = self._process_budget.hold(call_id, float(limit), estimate, self.lease_seconds, at_least)
                 holds.append(_Hold(GLOBAL_USER, call_id, estimate))
         except BaseException as exc:
-            store_down = isinstance(exc, StoreError) and self.on_store_error == "open"
-            kept = [hold for hold in holds if store_down and self._held_in_memory(hold)]
-            for hold in holds:  # one refusal undoes the other hold
-                if hold not in kept:
-                    self._release_hold(hold)
-            if not store_down:
-                if isinstance(exc, BudgetExceededError) and not exc.hint:
-                    raise self._explained(exc, call_type, model, request, limits, worst) from None
-                raise
-            untracked, holds = exc, kept
-        if untracked is not None:  # the process budget still counts the call
-            logger.warning("budget store unusable, letting call %s through untracked: %s", call_id, untracked)
+            for hold in holds:
+                self._release_hold(hold)
+            if isinstance(exc, BudgetExceededError) and not exc.hint:
+                raise explained(exc, call_type, model, request, limits, worst, self) from None
+            raise
         if not holds:
             return
         with self._holds_lock:
@@ -242,88 +254,52 @@ class BudgetGuard(CustomLogger):
         if capped:
             held = min(hold.amount for hold in holds)
             tokens = worst.output_tokens if held >= worst.total else worst.output_tokens_for(held)
-            _limit_output(kwargs, limits, tokens)
+            limit_output(kwargs, limits, tokens)
 
-    def _reserve_for(self, user: str, call_id: str, estimate: float, at_least: float | None) -> float:
-        """Hold the call for ``user``; returns the amount held (less than ``estimate`` only with ``at_least``)."""
-        try:
-            if self.mode == "strict":  # a store may admit it from this process's lease
-                return self.store.admit(user, call_id, estimate, self.lease_seconds, self._default, at_least)
-            record = self.store.reserve(user, call_id, estimate, self.lease_seconds, self.mode, self._default, at_least)
-            return reservations.held_for(record, call_id, estimate)
-        except UnknownUserError:
-            hint = f'user {user!r} has no budget and unknown_users="deny": give it one with create_budget'
-            raise BudgetExceededError(user, 0.0, 0.0, estimate, hint=hint) from None
-
-    def _explained(
+    def _reserve_for(
         self,
-        refusal: BudgetExceededError,
-        call_type: str,
+        keys: tuple[str, ...],
+        call_id: str,
+        estimate: float,
+        at_least: float | None,
         model: str,
-        kwargs: Mapping[str, Any],
-        limits: list[pricing.OutputLimit],
-        worst: pricing.WorstCase,
-    ) -> BudgetExceededError:
-        """The refusal, saying so when most of the estimate is output tokens the caller never asked for,
-        or when output was capped and not even ``min_output_tokens`` fit."""
-        if call_type not in pricing.OUTPUT_CALLS:
-            return refusal
-        if self.cap_output:
-            hint = (
-                f"not even min_output_tokens={self.min_output_tokens} output tokens fit after the prompt "
-                f"(${worst.prompt_cost:.6f}) with cap_output=True"
-            )
-        elif limits or worst.output_cost <= worst.total / 2:
-            return refusal
-        else:
-            choices = kwargs.get("n") or 1
-            per_choice = f" for each of {choices} choices" if choices > 1 else ""
-            bound = self.output_token_cap is None and pricing.most_output_tokens(model) is not None
-            tokens = f"output tokens, the most {model} can write" if bound else "assumed output tokens"
-            hint = (
-                f"of which ${worst.output_cost:.6f} is {worst.output_tokens:,} {tokens}{per_choice} "
-                "(no max_tokens given): pass max_tokens= to hold less, or cap_output=True"
-            )
-        return BudgetExceededError(
-            refusal.user, refusal.spend, refusal.budget, refusal.estimate, refusal.reserved, hint=hint
-        )
-
-    def _worst_case(
-        self, call_type: str, model: str, request: Mapping[str, Any], limits: list[pricing.OutputLimit], capped: bool
-    ) -> pricing.WorstCase:
-        """The call's worst case. A call without an output limit (``limits``) is held for its
-        model's maximum (an upper bound), or ``output_token_cap`` when set (an assumption),
-        except a capped call: the guard then sets the limit, so the model's maximum is a bound."""
-        cap = self.output_token_cap
-        if call_type not in pricing.OUTPUT_CALLS:
-            pass  # no output tokens: the cap is not read
-        elif limits:
-            if cap is None:  # read only if the request's limit is not: its largest is the bound
-                cap = max(value for _, _, value in limits)
-        elif cap is None or capped:
-            cap = pricing.most_output_tokens(model)
-        return pricing.worst_case(call_type, model, request, cap or pricing.DEFAULT_OUTPUT_TOKEN_CAP)
-
-    def _hold_global(self, limit: float, call_id: str, estimate: float, at_least: float | None) -> float:
-        """Hold the call's estimate against litellm.max_budget, with litellm's own (soft) rule:
-        a call starts while spend and holds are under the budget; returns the amount held."""
-        if self.global_budget == "process":
-            return self._process_budget.hold(call_id, limit, estimate, self.lease_seconds, at_least)
-        if limit != self._global_budget_seen:
+        limit: float | None,
+    ) -> float:
+        """Hold the call in every budget of ``keys`` in one store operation, under the first;
+        returns the amount held (less than ``estimate`` only with ``at_least``)."""
+        owner, others = keys[0], keys[1:]
+        if GLOBAL_USER in keys and limit != self._global_budget_seen:
             self.store.set_budget(GLOBAL_USER, limit, self.global_duration)
             self._global_budget_seen = limit
-        record = self.store.reserve(GLOBAL_USER, call_id, estimate, self.lease_seconds, "soft", None, at_least)
-        self._store_spend.show(record, admitted=True)  # the record is in its current window
-        return reservations.held_for(record, call_id, estimate)
+        hold, default = (owner, call_id, estimate, self.lease_seconds), self._default_for(owner)
+        try:
+            # A store may admit a strict call from this process's lease; the global budget keeps
+            # LiteLLM's soft rule, which no lease applies.
+            if self.mode == "strict" and owner != GLOBAL_USER:
+                held = self.store.admit(*hold, default, at_least, model=model, subjects=others)
+            else:
+                record = self.store.reserve(*hold, self.mode, default, at_least, model=model, subjects=others)
+                held = reservations.held_for(record, call_id, estimate)
+        except UnknownUserError:
+            hint = f'user {owner!r} has no budget and unknown_users="deny": give it one with create_budget'
+            raise BudgetExceededError(owner, 0.0, 0.0, estimate, hint=hint) from None
+        if limit is not None and GLOBAL_USER in keys:
+            self._store_spend.admitted(self.store, limit)
+        return held
+
+    def _default_for(self, key: str) -> NewBudget | None:
+        """What a budget the store has no record of is made with: ``unknown_users`` decides for a
+        user; a team, a tag or the global budget is tracked without a limit."""
+        return self._default if kind_of(key) == "user" and key != GLOBAL_USER else TRACKED
 
     def _held_in_memory(self, hold: _Hold) -> bool:
-        return hold.user == GLOBAL_USER and self.global_budget == "process"
+        return hold.key == GLOBAL_USER and self.global_budget == "process"
 
     def _release_hold(self, hold: _Hold) -> None:
         if self._held_in_memory(hold):
             self._process_budget.end(hold.call_id)
         else:
-            self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.user))
+            self._quietly(functools.partial(self.store.release, hold.call_id, user=hold.key))
 
     # -- outcome -------------------------------------------------------------------------
 
@@ -339,40 +315,37 @@ class BudgetGuard(CustomLogger):
         # The smallest hold is what the call was estimated (or, with cap_output, capped) to cost:
         # the guard counts an overrun of it once; each record counts one of its own hold.
         held = min(hold.amount for hold in holds)
-        cost = self._actual_cost(call_id, reported_cost, response_obj, model, held)
+        cost = actual_cost(call_id, reported_cost, response_obj, model, held)
         if overrun(cost, held):
             self._count_overrun(Overrun(holds[0].call_id, model, _user_of(holds), held, cost))
         for hold in holds:
             if self._held_in_memory(hold):
                 self._process_budget.end(hold.call_id, cost)
                 continue
-            if hold.user == GLOBAL_USER:
-                # Written at once, for litellm._current_cost to follow the record. A sync call
-                # is charged before completion() returns; an async one by a worker thread a
-                # moment after its await returns (hooks._settle_returned: the event loop must
-                # not wait on the store), which can finish out of order: StoreSpendShown keeps
-                # the newest record. Those threads are joined at interpreter exit.
-                record = self._quietly(
-                    functools.partial(
-                        self.store.charge, GLOBAL_USER, cost, model, call_id=hold.call_id, held=hold.amount
-                    )
-                )
-                if record is not None:
-                    self._store_spend.show(record)
-                continue
-            alert = None if self.alert_threshold is None else functools.partial(self._maybe_alert, hold.user, cost=cost)
+            alert = None if self.alert_threshold is None else functools.partial(self._maybe_alert, hold.key, cost=cost)
             self._quietly(
                 functools.partial(
                     self.store.charge_later,
-                    hold.user,
+                    hold.key,
                     cost,
                     model,
                     call_id=hold.call_id,
-                    default=self._default,
+                    default=self._default_for(hold.key),
                     then=alert,
                     held=hold.amount,
+                    subjects=hold.also,
                 )
             )
+            if GLOBAL_USER in (hold.key, *hold.also):
+                # Read at once (a store's reads see its pending charges), for litellm._current_cost
+                # to follow the record. A sync call is charged before completion() returns; an
+                # async one by a worker thread a moment after its await returns
+                # (hooks._settle_returned: the event loop must not wait on the store), which can
+                # finish out of order: StoreSpendShown keeps the newest record. Those threads are
+                # joined at interpreter exit.
+                record = self._quietly(functools.partial(self.store.get, GLOBAL_USER))
+                if record is not None:
+                    self._store_spend.show(record)
 
     def _count_overrun(self, call: Overrun) -> None:
         logger.warning(
@@ -393,16 +366,6 @@ class BudgetGuard(CustomLogger):
             holds = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
         for hold in holds or []:
             self._release_hold(hold)
-
-    @staticmethod
-    def _actual_cost(call_id: object, reported: object, response_obj: Any, model: str, held: float) -> float:
-        if isinstance(reported, int | float) and not isinstance(reported, bool) and 0 <= reported < math.inf:
-            return float(reported)
-        try:
-            return pricing.response_cost(response_obj, model)
-        except BudgetPluginError:
-            logger.warning("no cost for call %s of %s; charging its hold", call_id, model)
-            return held
 
     def _maybe_alert(self, user: str, record: UserRecord, *, cost: float) -> None:
         limit = record["total_budget"]
@@ -426,12 +389,10 @@ class BudgetGuard(CustomLogger):
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         name = str(getattr(call_type, "value", call_type))
         positionals = self.pending_positionals.pop(kwargs.get("litellm_call_id"))
-        if (kwargs.get("user") or self.anonymous_user) is None and (
-            self.global_budget == "process" or not litellm.max_budget
-        ):
-            self.check(name, kwargs, positionals)  # no store operation: no thread hop either
+        if self._budgets_of(with_positionals(kwargs, positionals), litellm.max_budget or None):
+            await asyncio.to_thread(self.check, name, kwargs, positionals)  # a copy of this task's context
         else:
-            await asyncio.to_thread(self.check, name, kwargs, positionals)
+            self.check(name, kwargs, positionals)  # no store operation: no thread hop either
         return kwargs  # litellm sends what this returns: an output limit cap_output lowered
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
@@ -458,7 +419,8 @@ class BudgetGuard(CustomLogger):
         with self._holds_lock:
             holds = self._holds.get(call_id, ()) if isinstance(call_id, str) else ()
         return all(
-            self.global_budget == "process" if hold.user == GLOBAL_USER else self._charges_in_memory for hold in holds
+            self._held_in_memory(hold) or (self._charges_in_memory and GLOBAL_USER not in (hold.key, *hold.also))
+            for hold in holds
         )
 
     async def async_log_failure_event(
@@ -468,43 +430,9 @@ class BudgetGuard(CustomLogger):
 
 
 def _user_of(holds: list[_Hold]) -> str | None:
-    """The user a call was held for; None if it was held only against litellm.max_budget."""
-    return next((hold.user for hold in holds if hold.user != GLOBAL_USER), None)
-
-
-def _store_of(budgets: BudgetManager | BudgetStore | str | os.PathLike[str] | None, project: str | None) -> BudgetStore:
-    """The store a guard uses; ``project`` opens a URL's project, and must agree with an object's."""
-    if project is not None and (not isinstance(project, str) or not project):
-        raise ConfigurationError(f"project must be a non-empty string, got {project!r}")
-    named: str | None
-    if isinstance(budgets, BudgetManager):
-        store, named = budgets.store, budgets.project_name
-    elif isinstance(budgets, BudgetStore):
-        store, named = budgets, getattr(budgets, "project_name", None) or getattr(budgets, "project", None)
-    else:
-        return store_from_url(budgets, project=project)  # a file store ignores it: a file holds one project
-    if project is not None and named is not None and project != named:
-        raise ConfigurationError(
-            f"BudgetGuard(project={project!r}) was given {budgets!r} of project {named!r}: "
-            "leave project= out, or pass a path or URL"
-        )
-    return store
-
-
-def _limit_output(kwargs: MutableMapping[str, Any], limits: list[pricing.OutputLimit], tokens: int) -> None:
-    """Lower every output limit of the request (``limits``, from :func:`pricing.output_limits`) above
-    ``tokens`` to it, in ``kwargs``; with none, set ``max_tokens``, which litellm maps to each
-    provider's own (``max_completion_tokens`` for OpenAI's reasoning models). ``extra_body`` is
-    replaced by a copy: the caller's dict may be reused for its next call."""
-    for section, key, value in limits:
-        if value <= tokens:
-            continue
-        if section is None:
-            kwargs[key] = tokens
-        else:
-            kwargs[section] = {**kwargs[section], key: tokens}
-    if not limits:
-        kwargs["max_tokens"] = tokens
+    """The budget keeping a call's store hold (its user, else its team or first tag); None if it
+    was held only against litellm.max_budget."""
+    return next((hold.key for hold in holds if hold.key != GLOBAL_USER), None)
 
 
 def _log_alert(user: str, spend: float, limit: float) -> None:

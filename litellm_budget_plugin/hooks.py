@@ -251,6 +251,12 @@ def named_positionals(function_name: str, args: tuple[Any, ...]) -> Mapping[str,
     return dict(zip(_positional_names(str(function_name)), args, strict=False))
 
 
+def with_positionals(kwargs: Mapping[str, Any], positionals: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A call's arguments by name, to read: its keywords and its positional arguments (from
+    :func:`named_positionals`), which are never added to the request (litellm passes them on as given)."""
+    return {**positionals, **kwargs} if positionals else kwargs
+
+
 class _PendingPositionals:
     """Named positional arguments of async calls, kept by call id from ``function_setup`` (which
     sees them) until the call's ``async_pre_call_deployment_hook`` (which is given only keywords)

@@ -301,10 +301,12 @@ def test_a_store_wide_global_budget_counts_overruns_in_its_record(tmp_path: Path
     store.close()
 
 
-def test_each_hold_of_a_call_is_measured_against_its_own_amount(tmp_path: Path, server: FakeOpenAI, register) -> None:
-    """With cap_output the global hold can be smaller than the user's: the call is capped to the
-    smaller, so costing more than it is the call's overrun, counted once on the guard and in the
-    global record, not in the user's record, whose larger hold it stayed within."""
+def test_a_capped_call_holds_one_amount_in_every_budget_and_overruns_it_in_each(
+    tmp_path: Path, server: FakeOpenAI, register
+) -> None:
+    """With cap_output the store-wide global budget leaves less than the user's: one admission
+    holds that smaller amount in both and caps the call to it, so costing more than it is the
+    call's overrun, counted once on the guard and in each record that held it."""
     store = FileStore(tmp_path / "user_cost.json")
     store.set_budget("alice", 1.0)
     guard = register(BudgetGuard(store, global_budget="store", cap_output=True, min_output_tokens=1))
@@ -319,7 +321,8 @@ def test_each_hold_of_a_call_is_measured_against_its_own_amount(tmp_path: Path, 
     assert one.actual == pytest.approx(SERVER_COST)
     assert record_of(store, GLOBAL_USER).get("overruns") == 1
     assert record_of(store, GLOBAL_USER).get("overrun_cost") == pytest.approx(one.excess)
-    assert "overruns" not in record_of(store, "alice")
+    assert record_of(store, "alice").get("overruns") == 1
+    assert record_of(store, "alice").get("overrun_cost") == pytest.approx(one.excess)
     store.close()
 
 
