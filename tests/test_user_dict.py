@@ -113,7 +113,7 @@ def test_a_write_to_a_user_deleted_meanwhile_raises(two_managers: tuple[BudgetMa
 
 
 BAD_WRITES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
-    "unknown field": (lambda d: d["alice"].__setitem__("team", "x"), r"field 'team' of user 'alice'"),
+    "unknown field": (lambda d: d["alice"].__setitem__("colour", "x"), r"field 'colour' of user 'alice'"),
     "negative cost": (lambda d: d["alice"].__setitem__("current_cost", -1), r"'current_cost' of user 'alice'.*negat"),
     "NaN budget": (lambda d: d["alice"].__setitem__("total_budget", float("nan")), r"'total_budget'.*finite"),
     "text budget": (lambda d: d["alice"].__setitem__("total_budget", "10"), r"'total_budget'.*number"),
