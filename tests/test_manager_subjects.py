@@ -87,6 +87,19 @@ def test_create_budget_again_keeps_the_team_and_windows_unless_given(manager: Bu
     assert moved["team"] == "blue" and [w["budget"] for w in moved["windows"]] == [50]
 
 
+def test_user_dict_sets_a_team_and_windows_through_to_the_store(manager: BudgetManager) -> None:
+    manager.create_budget(5, "alice", "daily")
+
+    manager.user_dict["alice"]["team"] = "red"
+    manager.user_dict["alice"]["windows"] = [{"budget": 9, "duration": "weekly"}]
+
+    record = manager.store.get("alice")
+    assert record is not None and record["team"] == "red" and record["windows"][0]["budget"] == 9
+    with pytest.raises(ConfigurationError, match="team must not be empty"):
+        manager.user_dict["alice"]["team"] = ""
+    assert manager.store.get("alice") == record
+
+
 def test_user_dict_drops_a_team_windows_or_timezone(manager: BudgetManager) -> None:
     manager.create_budget(5, "alice", "daily", team="red", timezone="UTC", windows=[{"budget": 9, "duration": "7d"}])
 
