@@ -40,13 +40,13 @@ import json
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from . import budget, subjects
+from ._server_requests import OPS, Op, check_fields, check_object
 from .errors import (
     BudgetRefusal,
     ConfigurationError,
@@ -55,7 +55,6 @@ from .errors import (
     StoreLockTimeout,
     UnknownUserError,
 )
-from .stores import BudgetStore
 from .stores.projects import ProjectStores, check_project_name
 
 T = TypeVar("T")
@@ -67,165 +66,6 @@ SHUTDOWN_TIMEOUT = 30.0
 READ_TIMEOUT = 30.0  # seconds for a client to send its whole body: a slow one gets 408
 
 __all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "READ_TIMEOUT", "ProjectStores", "check_project_name", "make_app", "run"]
-
-
-# --- request validation -----------------------------------------------------------------
-
-Check = Callable[[Any], Any]
-
-
-def _optional(check: Check) -> Check:
-    return lambda value: None if value is None else check(value)
-
-
-def _object(name: str) -> Check:
-    def check(value: object) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise ConfigurationError(f"{name} must be an object, got {type(value).__name__}")
-        return value
-
-    return check
-
-
-def _amount(name: str) -> Check:
-    return lambda value: budget.check_amount(name, value)
-
-
-@dataclass(frozen=True)
-class _Op:
-    fields: Mapping[str, tuple[Check, bool]]  # name -> (check, required)
-    call: Callable[[BudgetStore, dict[str, Any]], object]
-    missing: Callable[[dict[str, Any]], object]  # the answer for a project with no data
-    creates: Callable[[dict[str, Any]], bool] = field(default=lambda _args: False)
-
-
-def _unknown_user(args: dict[str, Any]) -> object:
-    raise UnknownUserError(args["user"])
-
-
-_USER = (budget.check_user, True)
-_CALL_ID = (budget.check_call_id, True)
-_MODEL = (budget.check_model_name, True)
-_DEFAULT = (_optional(budget.check_default), False)
-_SUBJECTS = (_optional(subjects.check_subjects), False)
-
-_OPS: dict[str, _Op] = {
-    "get": _Op({"user": _USER}, lambda s, a: s.get(a["user"]), lambda _a: None),
-    "all": _Op({}, lambda s, _a: s.all(), lambda _a: {}),
-    "set_budget": _Op(
-        {
-            "user": _USER,
-            "total_budget": (_optional(_amount("total_budget")), True),
-            "duration": (_optional(budget.parse_duration), False),
-            "created_at": (_optional(lambda value: budget.check_timestamp("created_at", value)), False),
-            "fields": (_optional(_object("fields")), False),
-        },
-        lambda s, a: s.set_budget(
-            a["user"], a["total_budget"], a.get("duration"), a.get("created_at"), fields=a.get("fields")
-        ),
-        _unknown_user,
-        creates=lambda _a: True,
-    ),
-    "put": _Op(
-        {"user": _USER, "record": (_object("record"), True)},
-        lambda s, a: s.put(a["user"], a["record"]),
-        _unknown_user,
-        creates=lambda _a: True,
-    ),
-    "set_fields": _Op(
-        {"user": _USER, "fields": (_object("fields"), True)},
-        lambda s, a: s.set_fields(a["user"], a["fields"]),
-        _unknown_user,
-    ),
-    "delete": _Op({"user": _USER}, lambda s, a: s.delete(a["user"]), lambda _a: False),
-    "reset": _Op({"user": _USER}, lambda s, a: s.reset(a["user"]), _unknown_user),
-    "roll": _Op({"user": _USER}, lambda s, a: s.roll(a["user"]), _unknown_user),
-    "charge": _Op(
-        {
-            "user": _USER,
-            "cost": (_amount("cost"), True),
-            "model": _MODEL,
-            "call_id": (_optional(budget.check_call_id), False),
-            "default": _DEFAULT,
-            "held": (_optional(_amount("held amount")), False),
-            "subjects": _SUBJECTS,
-        },
-        lambda s, a: s.charge(
-            a["user"],
-            a["cost"],
-            a["model"],
-            a.get("call_id"),
-            a.get("default"),
-            a.get("held"),
-            subjects=a.get("subjects") or (),
-        ),
-        _unknown_user,
-        creates=lambda a: a.get("default") is not None,
-    ),
-    "reserve": _Op(
-        {
-            "user": _USER,
-            "call_id": _CALL_ID,
-            "amount": (_amount("reservation amount"), True),
-            "ttl": (_amount("reservation ttl"), True),
-            "mode": (budget.check_mode, False),
-            "default": _DEFAULT,
-            "at_least": (_optional(_amount("reservation at_least")), False),
-            "model": (_optional(budget.check_model_name), False),
-            "subjects": _SUBJECTS,
-        },
-        lambda s, a: s.reserve(
-            a["user"],
-            a["call_id"],
-            a["amount"],
-            a["ttl"],
-            a.get("mode", "strict"),
-            a.get("default"),
-            a.get("at_least"),
-            model=a.get("model"),
-            subjects=a.get("subjects") or (),
-        ),
-        _unknown_user,
-        creates=lambda a: a.get("default") is not None,
-    ),
-    "settle": _Op(
-        {
-            "call_id": _CALL_ID,
-            "actual_cost": (_amount("actual cost"), True),
-            "model": _MODEL,
-            "user": (_optional(budget.check_user), False),
-        },
-        lambda s, a: s.settle(a["call_id"], a["actual_cost"], a["model"], a.get("user")),
-        lambda _a: False,
-    ),
-    "release": _Op(
-        {"call_id": _CALL_ID, "user": (_optional(budget.check_user), False)},
-        lambda s, a: s.release(a["call_id"], a.get("user")),
-        lambda _a: False,
-    ),
-}
-
-
-def _check_fields(op: _Op, body: dict[str, Any]) -> dict[str, Any]:
-    """The request's arguments, every one checked: a bad one is refused before any store is
-    touched (the checks that need a record, such as overlapping windows, run in the store's
-    atomic step, before it writes)."""
-    unknown = sorted(set(body) - set(op.fields))
-    if unknown:
-        raise ConfigurationError(f"unknown field(s) {', '.join(map(repr, unknown))}")
-    args: dict[str, Any] = {}
-    for name, (check, required) in op.fields.items():
-        if name in body:
-            args[name] = check(body[name])
-        elif required:
-            raise ConfigurationError(f"missing field {name!r}")
-    if op.creates(args):  # a record may be made under this key: a team, a tag or a user
-        subjects.check_subject(args["user"])
-    if "record" in args:
-        args["record"] = budget.check_record(args["user"], args["record"])
-    if args.get("fields") is not None:
-        args["fields"] = budget.check_fields(args["user"], args["fields"])
-    return args
 
 
 def _reject_constant(name: str) -> float:
@@ -382,7 +222,7 @@ async def _set_budget(request: web.Request) -> web.Response:
     """LiteLLM's save: the dict replaces the project's users (last writer wins)."""
     body = await _body(request)
     project = check_project_name(body.get("project_name"))
-    user_dict = _object("user_dict")(body.get("user_dict"))
+    user_dict = check_object("user_dict")(body.get("user_dict"))
     # every key is checked as the store will (a team, a tag, a user) before one is written
     checked = {subjects.check_subject(u): budget.check_record(u, r) for u, r in user_dict.items()}
     stores = request.app[_STORES]
@@ -405,11 +245,11 @@ async def _set_budget(request: web.Request) -> web.Response:
     return _ok()
 
 
-def _atomic(name: str, op: _Op) -> Handler:
+def _atomic(name: str, op: Op) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         body = await _body(request)
         project = check_project_name(body.pop("project_name", None))
-        args = _check_fields(op, body)
+        args = check_fields(op, body)
         stores = request.app[_STORES]
 
         def call() -> object:
@@ -448,7 +288,7 @@ def make_app(
     app.router.add_get("/health", _health)
     app.router.add_post("/get_budget", _get_budget)
     app.router.add_post("/set_budget", _set_budget)
-    for name, op in _OPS.items():
+    for name, op in OPS.items():
         app.router.add_post(f"/v1/{name}", _atomic(name, op))
     app.on_cleanup.append(_finish)
     return app
