@@ -192,7 +192,13 @@ def too_large(cost: float) -> ConfigurationError:
 
 
 def charge(
-    record: UserRecord, cost: float, model: str, call_id: str | None, now: float, held: float | None = None
+    record: UserRecord,
+    cost: float,
+    model: str,
+    call_id: str | None,
+    now: float,
+    held: float | None = None,
+    remember: bool = True,
 ) -> tuple[UserRecord, bool]:
     """Add ``cost`` to the spend; settles the call's reservation. False if already applied.
 
@@ -200,7 +206,7 @@ def charge(
     :mod:`.overruns`): for the record's lifetime, which windows and resets leave alone.
     """
     cost = check_amount("cost", cost)
-    if call_id is not None and call_id in record.get("applied", {}):
+    if remember and call_id is not None and call_id in record.get("applied", {}):
         return record, False
     updated = current_window(record, now)
     total = updated["current_cost"] + cost
@@ -224,7 +230,8 @@ def charge(
         holds = dict(updated.get("reservations", {}))
         holds.pop(call_id, None)
         _set_or_drop(updated, "reservations", holds)
-        updated["applied"] = {**updated.get("applied", {}), call_id: now}
+        if remember:  # else the record of the call's user remembers it (reservations.charge_all)
+            updated["applied"] = {**updated.get("applied", {}), call_id: now}
     return updated, True
 
 
@@ -293,8 +300,9 @@ def _merged_windows(old: list[Window], new: list[Window], now: float) -> list[Wi
     for window in new:
         days, zone = window.get("duration"), window.get("timezone")
         same = kept.get(overlap_key(days, window.get("model")))
-        if same is not None and same.get("timezone") == zone and "start" not in window:
-            merged.append({**window, "spend": window.get("spend", same["spend"]), "start": same["start"]})
+        if same is not None and "start" not in window:
+            start = same["start"] if same.get("timezone") == zone else first_start(now, days, zone)
+            merged.append({**window, "spend": window.get("spend", same["spend"]), "start": start})
         else:
             merged.append({"spend": 0.0, "start": first_start(now, days, zone), **window})
     return merged

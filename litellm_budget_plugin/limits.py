@@ -344,7 +344,7 @@ def check_record(user: str, raw: object) -> UserRecord:
             if value is None:
                 del record[name]
             else:
-                record[name] = _check_subject_field(where, name, value, record["created_at"])
+                record[name] = _check_subject_field(user, where, name, value, record["created_at"])
     for window in record.get("windows", ()):
         window.setdefault("spend", 0.0)
     check_calendar(where, record)
@@ -381,7 +381,7 @@ def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
         elif name in ("created_at", "last_updated_at"):
             checked[name] = check_timestamp(where, value)
         elif name in SUBJECT_FIELDS:
-            checked[name] = None if value is None else _check_subject_field(where, name, value, None)
+            checked[name] = None if value is None else _check_subject_field(user, where, name, value, None)
         elif name in SETTABLE_FIELDS:
             checked[name] = check_amount(where, value)
         else:
@@ -396,14 +396,22 @@ def check_fields(user: str, fields: Mapping[str, object]) -> dict[str, Any]:
 
 
 def _check_also(where: str, also: object) -> list[str]:
-    if not isinstance(also, list) or len(also) > 64:
-        raise ConfigurationError(f"{where}: a reservation's also must be a list of at most 64 budgets")
-    return [check_text(f"{where}: reservation also", key) for key in also]
+    """The other budgets holding a user's call: teams, tags, the global budget (never a user)."""
+    from .subjects import check_subjects  # subjects.py builds on this module
+
+    if not isinstance(also, list):
+        raise ConfigurationError(f"{where}: a reservation's also must be a list of budgets")
+    try:
+        return list(check_subjects(also, teams=2))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: reservation also: {exc}") from None
 
 
-def _check_subject_field(where: str, name: str, value: object, now: float | None) -> Any:
+def _check_subject_field(key: str, where: str, name: str, value: object, now: float | None) -> Any:
     """``team`` (a name), ``timezone`` (IANA) or ``windows`` (see :func:`check_windows`)."""
     if name == "team":
+        if key.startswith(("team:", "tag:")):
+            raise ConfigurationError(f"{where}: only a user belongs to a team, not a team or a tag")
         team = check_text(f"{where}: team", value).removeprefix("team:")
         if not team.strip():
             raise ConfigurationError(f"{where}: team must name a team, got {value!r}")

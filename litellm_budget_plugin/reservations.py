@@ -28,7 +28,7 @@ from .budget import (
 )
 from .errors import over_budget
 from .subjects import GLOBAL, charged_subjects
-from .windows import applies_to, describe
+from .windows import applies_to, describe, same_model
 
 
 def reserved(record: UserRecord, now: float, exclude: str | None = None, model: str | None = None) -> float:
@@ -37,7 +37,9 @@ def reserved(record: UserRecord, now: float, exclude: str | None = None, model: 
     return sum(
         held["amount"]
         for call_id, held in record.get("reservations", {}).items()
-        if held["expires_at"] > now and call_id != exclude and (model is None or held.get("model", model) == model)
+        if held["expires_at"] > now
+        and call_id != exclude
+        and (model is None or "model" not in held or same_model(model, held["model"]))
     )
 
 
@@ -156,6 +158,14 @@ def reserve_all(
         for key in keys
         if key == user or key in records
     }
+    earlier = user_record.get("reservations", {}).get(call_id)
+    dropped = {
+        key: released
+        for key in (earlier.get("also", []) if earlier is not None else [])
+        if key not in present and key in records
+        for released, found in [release(records[key], call_id, now)]
+        if found
+    }  # the call reserved again for other budgets: the ones it leaves hold it no more
     hold = amount
     for key, record in present.items():
         hold = min(hold, record_hold(record, key, call_id, amount, mode_for(key, mode), now, at_least, model))
@@ -167,7 +177,7 @@ def reserve_all(
         if key == user and others:
             entry["also"] = others
         record["reservations"] = {**record.get("reservations", {}), call_id: entry}
-    return present, hold
+    return {**dropped, **present}, hold
 
 
 def charge_all(
@@ -181,19 +191,22 @@ def charge_all(
     held: float | None = None,
     subjects: Iterable[str] = (),
 ) -> dict[str, UserRecord]:
-    """Charge a call of ``user`` to every budget that applies: those its holds name, the
-    user's team, ``subjects``; each settles its own hold (an overrun is counted against it,
-    else against ``held``). A team or tag without a record gets one without a limit. Returns
-    the records changed (none for a call id already charged)."""
+    """Charge a call of ``user`` to every budget that applies: those that held it (its hold in
+    the user's record names them), else the user's team and ``subjects``; each settles its own
+    hold (an overrun is counted against it, else against ``held``). A team or tag without a
+    record gets one without a limit. Returns the records changed: none for a call id the
+    user's record has charged already (it alone remembers call ids: a team's record sees too
+    many calls to keep them long enough)."""
+    if call_id is not None and call_id in user_record.get("applied", {}):
+        return {}
     hold = user_record.get("reservations", {}).get(call_id) if call_id is not None else None
-    also = hold.get("also", []) if hold is not None else []
+    keys = (user, *hold.get("also", [])) if hold is not None else charged_subjects(user, user_record, subjects)
     changed: dict[str, UserRecord] = {}
-    for key in charged_subjects(user, user_record, [*also, *subjects]):
+    for key in keys:
         record = user_record if key == user else records[key] if key in records else new_record(None, None, now)
         own = record.get("reservations", {}).get(call_id) if call_id is not None else None
-        updated, applied = charge(record, cost, model, call_id, now, held if own is None else own["amount"])
-        if applied:
-            changed[key] = updated
+        updated, _ = charge(record, cost, model, call_id, now, held if own is None else own["amount"], key == user)
+        changed[key] = updated
     return changed
 
 

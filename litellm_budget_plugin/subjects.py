@@ -81,14 +81,34 @@ def tag_keys(tags: object) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def check_subjects(subjects: object) -> tuple[str, ...]:
-    """The budgets a store operation is given besides its user's: store keys (a team, tags,
-    the global budget), at most one team, :data:`MAX_TAGS` tags and the global budget."""
+def check_subjects(subjects: object, teams: int = 1) -> tuple[str, ...]:
+    """The budgets a store operation is given besides its user's: teams (at most ``teams``: a
+    call's own; a hold's list may add its user's), tags (at most :data:`MAX_TAGS`) and the global
+    budget, by key; never a user's, which a call is charged to only as its user."""
     if isinstance(subjects, str) or not isinstance(subjects, Sequence):
         raise ConfigurationError(f"subjects must be a list of budget keys, got {type(subjects).__name__}")
-    if len(subjects) > MAX_TAGS + 2:
-        raise ConfigurationError(f"a call may be checked against at most {MAX_TAGS + 2} budgets, got {len(subjects)}")
-    return tuple(dict.fromkeys(check_subject(key) for key in subjects))
+    if len(subjects) > MAX_TAGS + teams + 1:
+        raise ConfigurationError(
+            f"a call may be checked against at most {MAX_TAGS + teams + 1} budgets, got {len(subjects)}"
+        )
+    keys = tuple(dict.fromkeys(_subject_key(key) for key in subjects))
+    kinds = [kind_of(key) for key in keys if key != GLOBAL]
+    if kinds.count("user"):
+        user = next(key for key in keys if key != GLOBAL and kind_of(key) == "user")
+        raise ConfigurationError(f"subjects name teams, tags and {GLOBAL!r}, not users: {user[:80]!r} is a user id")
+    if kinds.count("team") > teams:
+        raise ConfigurationError(
+            f"a call belongs to at most {teams} team(s) besides its user's, got {kinds.count('team')}"
+        )
+    if kinds.count("tag") > MAX_TAGS:
+        raise ConfigurationError(f"a call may carry at most {MAX_TAGS} tags, got {kinds.count('tag')}")
+    return keys
+
+
+def _subject_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise ConfigurationError(f"subjects must be budget keys (strings), got {type(key).__name__} {key!r:.60}")
+    return check_subject(key)
 
 
 def charged_subjects(user: str, record: UserRecord | None, subjects: Iterable[str] = ()) -> tuple[str, ...]:
@@ -96,7 +116,7 @@ def charged_subjects(user: str, record: UserRecord | None, subjects: Iterable[st
     names, then ``subjects`` (the call's own team, tags, the global budget), without repeats."""
     keys = {user: None}
     team = None if record is None else record.get("team")
-    if team:
+    if team and kind_of(user) == "user":
         keys[team_key(team)] = None
     for key in subjects:
         keys[key] = None

@@ -150,10 +150,17 @@ def roll(window: Window, now: float) -> Window:
     return {**window, "start": start, "spend": 0.0}
 
 
+def same_model(limited: str, model: str | None) -> bool:
+    """Whether a call of ``model`` is one a per-model window of ``limited`` counts: the same
+    name after any provider prefix (a cap on ``openai/gpt-4o`` counts calls litellm charges as
+    ``gpt-4o``, and the reverse). A call whose model is not known (None) counts in every cap."""
+    return model is None or limited == model or limited.rsplit("/", 1)[-1] == model.rsplit("/", 1)[-1]
+
+
 def applies_to(window: Window, model: str | None) -> bool:
     """Whether a call of ``model`` counts in ``window`` (a per-model window counts only its model)."""
     limited = window.get("model")
-    return limited is None or limited == model
+    return limited is None or same_model(limited, model)
 
 
 def overlap_key(days: float | None, model: str | None) -> tuple[object, ...]:

@@ -276,6 +276,74 @@ def test_setting_windows_again_keeps_what_they_spent(store: BudgetStore) -> None
     assert window_spends(store, "alice") == [2.0]
 
 
+# --- what a review found ------------------------------------------------------------------------
+
+
+def test_a_call_is_charged_to_the_team_that_held_it_when_the_users_team_changes_meanwhile(store: BudgetStore) -> None:
+    store.set_budget("alice", 10.0, fields={"team": "red"})
+    store.set_budget("team:red", 10.0)
+    store.set_budget("team:blue", 10.0)
+    store.reserve("alice", "c1", 1.0, ttl=60)
+
+    store.set_fields("alice", {"team": "blue"})
+    store.settle("c1", 0.5, "m")
+
+    assert spend(store, "team:red") == pytest.approx(0.5) and holds(store, "team:red") == {}
+    assert spend(store, "team:blue") == 0
+
+
+def test_a_repeated_charge_is_not_applied_again_to_a_busy_team(store: BudgetStore) -> None:
+    for user in ("a", "b"):
+        store.set_budget(user, 1e6, fields={"team": "red"})
+    store.charge("a", 1.0, "m", call_id="c0")
+    for n in range(300):  # more calls than any record remembers: the team's list would be pruned
+        store.charge("b", 0.001, "m", call_id=f"b{n}")
+
+    store.charge("a", 1.0, "m", call_id="c0")  # the same call again (a retried callback)
+
+    assert spend(store, "a") == 1.0
+    assert spend(store, "team:red") == pytest.approx(1.3)
+
+
+def test_a_model_cap_counts_the_model_under_any_provider_prefix_and_calls_of_unknown_model(store: BudgetStore) -> None:
+    at(store, T0)
+    store.set_budget(
+        "alice", 10.0, fields={"windows": [{"budget": 1.0, "duration": "daily", "model": "openai/gpt-4o"}]}
+    )
+    store.charge("alice", 0.75, "gpt-4o")  # litellm charges the call without its provider
+
+    assert window_spends(store, "alice") == [pytest.approx(0.75)]
+    with pytest.raises(BudgetExceededError):
+        store.reserve("alice", "c1", 0.5, ttl=60, model="gpt-4o")
+    with pytest.raises(BudgetExceededError):
+        store.reserve("alice", "c2", 0.5, ttl=60)  # no model given: every cap counts it
+
+
+def test_a_window_given_a_timezone_keeps_what_it_spent(store: BudgetStore) -> None:
+    at(store, T0)
+    store.set_budget("alice", None, fields={"windows": [{"budget": 5.0, "duration": "daily"}]})
+    store.charge("alice", 4.0, "m")
+
+    store.set_fields("alice", {"windows": [{"budget": 5.0, "duration": "daily", "timezone": "Europe/Paris"}]})
+
+    assert window_spends(store, "alice") == [4.0]
+    with pytest.raises(BudgetExceededError):
+        store.reserve("alice", "c1", 4.0, ttl=60)
+
+
+def test_reserving_a_call_again_for_other_tags_drops_the_holds_it_leaves(store: BudgetStore) -> None:
+    store.set_budget("alice", 10.0)
+    store.set_budget("tag:a", 10.0)
+    store.set_budget("tag:b", 10.0)
+    store.reserve("alice", "c2", 1.0, ttl=60, subjects=["tag:a"])
+
+    store.reserve("alice", "c2", 1.0, ttl=60, subjects=["tag:b"])
+
+    assert holds(store, "tag:a") == {} and holds(store, "tag:b") == {"c2": 1.0}
+    store.release("c2")
+    assert holds(store, "tag:b") == {} and holds(store, "alice") == {}
+
+
 # --- bad input: a clear error, nothing changed ------------------------------------------------
 
 
@@ -285,7 +353,7 @@ def test_setting_windows_again_keeps_what_they_spent(store: BudgetStore) -> None
         (lambda s: s.set_budget("foo:bar", 1.0), "unknown subject kind 'foo'"),
         (lambda s: s.set_budget("team:", 1.0), "names no team"),
         (lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects=["foo:bar"]), "unknown subject kind"),
-        (lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects=[7]), "must be a string"),
+        (lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects=[7]), "budget keys \\(strings\\)"),
         (lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects="team:red"), "list of budget keys"),
         (
             lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects=[f"tag:{i}" for i in range(MAX_TAGS + 3)]),
@@ -303,6 +371,9 @@ def test_setting_windows_again_keeps_what_they_spent(store: BudgetStore) -> None
         (lambda s: s.set_fields("alice", {"windows": {"budget": 1}}), "must be a list"),
         (lambda s: s.set_fields("alice", {"team": ""}), "team"),
         (lambda s: s.set_fields("alice", {"team": 5}), "must be a string"),
+        (lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects=["bob"]), "not users"),
+        (lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects=["team:a", "team:b"]), "at most 1 team"),
+        (lambda s: s.set_fields("team:red", {"team": "blue"}), "only a user belongs to a team"),
     ],
 )
 def test_bad_subjects_and_windows_are_refused_and_change_nothing(
