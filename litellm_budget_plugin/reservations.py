@@ -27,7 +27,7 @@ from .budget import (
     release,
 )
 from .errors import over_budget
-from .subjects import GLOBAL, charged_subjects
+from .subjects import GLOBAL, charged_subjects, kind_of
 from .windows import applies_to, describe, same_model
 
 
@@ -193,16 +193,18 @@ def charge_all(
 ) -> dict[str, UserRecord]:
     """Charge a call of ``user`` to every budget that applies: those that held it (its hold in
     the user's record names them), else the user's team and ``subjects``; each settles its own
-    hold (an overrun is counted against it, else against ``held``). A team or tag without a
-    record gets one without a limit. Returns the records changed: none for a call id the
-    user's record has charged already (it alone remembers call ids: a team's record sees too
-    many calls to keep them long enough)."""
+    hold (an overrun is counted against it, else against ``held``). A team without a record
+    gets one without a limit (tracked); a tag without one is left out. Returns the records
+    changed: none for a call id the user's record has charged already (it alone remembers call
+    ids: a team's record sees too many calls to keep them long enough)."""
     if call_id is not None and call_id in user_record.get("applied", {}):
         return {}
     hold = user_record.get("reservations", {}).get(call_id) if call_id is not None else None
     keys = (user, *hold.get("also", [])) if hold is not None else charged_subjects(user, user_record, subjects)
     changed: dict[str, UserRecord] = {}
     for key in keys:
+        if key != user and key not in records and kind_of(key) == "tag":
+            continue  # a tag without a budget is not tracked: apps tag calls for their logs too
         record = user_record if key == user else records[key] if key in records else new_record(None, None, now)
         own = record.get("reservations", {}).get(call_id) if call_id is not None else None
         updated, _ = charge(record, cost, model, call_id, now, held if own is None else own["amount"], key == user)

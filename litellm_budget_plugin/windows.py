@@ -18,7 +18,7 @@ import math
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, NotRequired, TypedDict
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .errors import ConfigurationError
 
@@ -56,16 +56,25 @@ def calendar_period(days: float) -> Period:
 
 
 def check_timezone(name: object) -> str:
-    """An IANA timezone name that zoneinfo knows (``"Europe/Paris"``, ``"UTC"``)."""
+    """An IANA timezone name that zoneinfo knows (``"Europe/Paris"``, ``"UTC"``); not one whose
+    meaning depends on the machine (``localtime``, ``Factory``): processes sharing a budget must
+    agree on its midnight."""
     if not isinstance(name, str) or not name or len(name) > MAX_TIMEZONE_CHARS:
         raise ConfigurationError(f"timezone must be an IANA name such as 'Europe/Paris', got {name!r:.80}")
     try:
+        if name not in _known_zones():
+            raise ValueError(name)
         _zone(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigurationError(
             f"timezone {name!r} does not exist (use an IANA name such as 'Europe/Paris')"
         ) from None
     return name
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones() - {"localtime", "Factory"})
 
 
 @lru_cache(maxsize=256)

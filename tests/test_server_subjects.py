@@ -137,7 +137,7 @@ CHARGE = {"user": "alice", "cost": 0.1, "model": "m"}
 BAD_BODIES: dict[str, tuple[str, dict[str, Any], str]] = {
     "subjects as one string": ("/v1/reserve", {**RESERVE, "subjects": "team:red"}, "list of budget keys"),
     "an unknown subject kind": ("/v1/reserve", {**RESERVE, "subjects": ["foo:bar"]}, "unknown subject kind 'foo'"),
-    "a subject that is a number": ("/v1/reserve", {**RESERVE, "subjects": [7]}, "must be a string"),
+    "a subject that is a number": ("/v1/reserve", {**RESERVE, "subjects": [7]}, "must be budget keys"),
     "an empty subject": ("/v1/reserve", {**RESERVE, "subjects": [""]}, "must not be empty"),
     "a team without a name": ("/v1/reserve", {**RESERVE, "subjects": ["team:"]}, "names no team"),
     "too many subjects": (
@@ -234,7 +234,7 @@ def test_bad_bodies_are_refused_with_400_and_change_nothing(
 BAD_CALLS: dict[str, tuple[Callable[[HttpStore], object], str]] = {
     "a budget for an unknown kind": (lambda s: s.set_budget("foo:bar", 1.0), "unknown subject kind"),
     "subjects as one string": (lambda s: s.reserve("alice", "c", 0.1, 60, subjects="team:red"), "list of budget"),
-    "a subject that is a number": (lambda s: s.charge("alice", 0.1, "m", subjects=[7]), "must be a string"),  # type: ignore[list-item]
+    "a subject that is a number": (lambda s: s.charge("alice", 0.1, "m", subjects=[7]), "must be budget keys"),  # type: ignore[list-item]
     "a model that is a number": (lambda s: s.reserve("alice", "c", 0.1, 60, model=5), "model must be a string"),  # type: ignore[arg-type]
     "a timezone that does not exist": (
         lambda s: s.set_budget("alice", 1.0, "daily", fields={"timezone": "Mars/Olympus"}),

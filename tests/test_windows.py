@@ -75,7 +75,19 @@ def test_a_window_rolls_to_zero_spend_once_its_period_is_over() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["Mars/Olympus", "", "../../etc/passwd", "/etc/localtime", "Europe/Paris\x00", 5, "x" * 65]
+    "name",
+    [
+        "Mars/Olympus",
+        "",
+        "../../etc/passwd",
+        "/etc/localtime",
+        "localtime",
+        "Factory",
+        "right/UTC",
+        "Europe/Paris\x00",
+        5,
+        "x" * 65,
+    ],
 )
 def test_unknown_timezones_are_refused_by_name(name: object) -> None:
     with pytest.raises(ConfigurationError, match="timezone"):
