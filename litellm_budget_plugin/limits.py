@@ -413,7 +413,7 @@ def _check_subject_field(key: str, where: str, name: str, value: object, now: fl
         if key.startswith(("team:", "tag:")):
             raise ConfigurationError(f"{where}: only a user belongs to a team, not a team or a tag")
         team = check_text(f"{where}: team", value).removeprefix("team:")
-        if not team.strip():
+        if not team.strip() or team.startswith("team:"):
             raise ConfigurationError(f"{where}: team must name a team, got {value!r}")
         return team
     if name == "timezone":

@@ -60,9 +60,10 @@ def check_subject(key: object) -> str:
 
 def team_key(team: object) -> str:
     """The store key of a team given by name (``"red"``) or key (``"team:red"``)."""
-    name = check_text("team", team)
-    key = name if name.startswith("team:") else f"team:{name}"
-    return check_subject(key)
+    name = check_text("team", team).removeprefix("team:")
+    if name.startswith("team:"):
+        raise ConfigurationError(f"team must be a name or team:<name>, got {team!r:.80}")
+    return check_subject(f"team:{name}")
 
 
 def tag_keys(tags: object) -> tuple[str, ...]:

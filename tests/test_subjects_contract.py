@@ -371,6 +371,7 @@ def test_reserving_a_call_again_for_other_tags_drops_the_holds_it_leaves(store: 
         (lambda s: s.set_fields("alice", {"windows": {"budget": 1}}), "must be a list"),
         (lambda s: s.set_fields("alice", {"team": ""}), "team"),
         (lambda s: s.set_fields("alice", {"team": 5}), "must be a string"),
+        (lambda s: s.set_fields("alice", {"team": "team:team:"}), "team must name a team"),
         (lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects=["bob"]), "not users"),
         (lambda s: s.reserve("alice", "c9", 0.1, ttl=60, subjects=["team:a", "team:b"]), "at most 1 team"),
         (lambda s: s.set_fields("team:red", {"team": "blue"}), "only a user belongs to a team"),

@@ -135,6 +135,8 @@ def test_unknown_kinds_and_empty_names_are_refused(key: object, problem: str) ->
 def test_tags_become_keys_in_order_without_repeats() -> None:
     assert tag_keys(["b", "a", "b", "tag:c"]) == ("tag:b", "tag:a", "tag:c")
     assert team_key("red") == team_key("team:red") == "team:red"
+    with pytest.raises(ConfigurationError, match="team must be a name"):
+        team_key("team:team:red")
 
 
 @pytest.mark.parametrize(
