@@ -108,3 +108,18 @@ def test_durations(tmp_path: Path) -> None:
         "thirty-days: duration '30d' = 30 day(s)",
         "one-month: duration '1mo' = 30 day(s)",
     ]
+
+
+def test_teams_example_refuses_by_the_budget_that_ran_out_and_charges_every_budget(tmp_path: Path) -> None:
+    lines = run_example("teams.py", tmp_path).splitlines()
+    refusals = [line.split(": ", 1)[1] for line in lines if ": refused by " in line]
+    assert refusals == [
+        "refused by tag:search",
+        "refused by alice ($0.0002 daily on gpt-4o-mini)",
+        "refused by team:red",
+    ]
+    assert "carol, framework call: admitted" in lines
+    spent = {line.split(": spent")[0]: float(line.split("$")[1].split()[0]) for line in lines if ": spent $" in line}
+    assert spent["team:red"] == pytest.approx(spent["alice"] + spent["bob"], abs=2e-6)
+    assert 0 < spent["team:blue"] == pytest.approx(spent["carol"], abs=1e-9)
+    assert 0 < spent["tag:search"] <= 0.0001 and spent["team:red"] <= 0.0003
