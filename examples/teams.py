@@ -40,26 +40,21 @@ def ask(**kwargs: object) -> str:
         return f"refused by {refused.subject}{window}"
 
 
+def until_refused(who: str, **kwargs: object) -> None:
+    """Call until a budget refuses; print each outcome."""
+    for attempt in range(1, 20):
+        outcome = ask(**kwargs)
+        print(f"{who} call {attempt}: {outcome}")
+        if outcome != "admitted":
+            return
+
+
 print("-- a tag's budget: calls tagged 'search'")
-for attempt in range(1, 20):
-    outcome = ask(user="alice", metadata={"tags": ["search"]})
-    print(f"alice, search call {attempt}: {outcome}")
-    if outcome != "admitted":
-        break
-
+until_refused("alice, search", user="alice", metadata={"tags": ["search"]})
 print("-- a model cap: alice's gpt-4o-mini calls")
-for attempt in range(1, 20):
-    outcome = ask(user="alice")
-    print(f"alice, call {attempt}: {outcome}")
-    if outcome != "admitted":
-        break
-
+until_refused("alice,", user="alice")
 print("-- the team's budget: bob shares it with alice")
-for attempt in range(1, 20):
-    outcome = ask(user="bob")
-    print(f"bob, call {attempt}: {outcome}")
-    if outcome != "admitted":
-        break
+until_refused("bob,", user="bob")
 
 
 def framework_agent() -> str:
