@@ -148,24 +148,30 @@ def test_no_spend_lost_when_many_clients_cross_a_window_boundary(redis_url: str)
 
 
 @pytest.mark.redis
-def test_reservation_lease_expires_on_the_server(redis_url: str, client: redis.Redis) -> None:
-    store = make_store(redis_url)  # the real clock: the server's TTL is real time
-    store.set_budget("alice", 1.0)
-    store.reserve("alice", "long", 0.1, ttl=600)
-    assert 590_000 < client.pttl("litellm_budget:test:call:long") <= 600_000
-    store.reserve("alice", "short", 0.5, ttl=0.2)
-    assert client.get("litellm_budget:test:call:short") == "alice"
-    deadline = time.monotonic() + 5
-    while client.exists("litellm_budget:test:call:short") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not client.exists("litellm_budget:test:call:short")
-    # Without its index entry nothing finds the call; the expired hold no longer counts.
-    assert store.settle("short", 0.5, "m") is False
-    assert store.release("short") is False
-    record = store.get("alice")
-    assert record is not None and record["current_cost"] == 0.0
-    assert list(record.get("reservations", {})) == ["long"]
-    store.reserve("alice", "next", 0.9, ttl=60)
+def test_the_call_index_lives_as_long_as_the_hold_and_settle_answers_as_the_file_store(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    """An expired hold is still settled by its call id until a write drops it, as the file
+    store's journal finds it: the index entry has no TTL of its own, it goes with the hold."""
+    stores = [make_store(redis_url), FileStore(tmp_path / "user_cost.json")]
+    results = []
+    for store in stores:
+        store.clock = lambda: T0  # type: ignore[method-assign]
+        store.set_budget("alice", 1.0)
+        store.reserve("alice", "c1", 0.5, ttl=10)
+        store.reserve("alice", "c2", 0.5, ttl=10)
+        if isinstance(store, RedisStore):
+            assert client.pttl("litellm_budget:test:call:c1") == -1  # no expiry: it goes with the hold
+        store.clock = lambda: T0 + 100  # type: ignore[method-assign]
+        first = store.settle("c1", 0.25, "m")  # expired, nothing written since: found, charged
+        # that write dropped c2's expired hold: nothing finds c2 any more
+        later = (store.settle("c2", 0.25, "m"), store.release("c2"), store.settle("c2", 0.25, "m", user="alice"))
+        results.append((first, later, store.get("alice")))
+        store.close()
+    assert results[0] == results[1]
+    assert results[0][:2] == (True, (False, False, True))
+    assert results[0][2] is not None and results[0][2]["current_cost"] == 0.5
+    assert client.keys("litellm_budget:test:call:*") == []
 
 
 @pytest.mark.redis

@@ -361,15 +361,24 @@ class RedisStore(WritesAtOnce):
                 reply = cast(list[Any], json.loads(raw))
             except (TypeError, ValueError) as exc:
                 raise StoreCorruptError(f"Redis at {self.safe_url} sent {raw!r}: {exc}") from exc
+            if reply[0] == "corrupt":  # the script wrote nothing
+                raise StoreCorruptError(
+                    f"the Redis record of user {reply[1]!r} is not what this store writes: {reply[2]}"
+                )
             if reply[0] != "bounds":
                 return reply
             if not self._periods.learn(reply[1]):
                 raise StoreError(f"Redis at {self.safe_url}: the script asked again for periods it was given")
 
 
+# The script, in the order it runs: its records, then its arithmetic and operations.
+LUA_FILES = ("redis_records.lua", "redis_budget.lua")
+
+
 @cache
 def _lua_source() -> str:
-    return resources.files(__package__).joinpath("redis_budget.lua").read_text(encoding="utf-8")
+    folder = resources.files(__package__)
+    return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in LUA_FILES)
 
 
 def _import_redis() -> Any:
