@@ -385,7 +385,7 @@ def _random_windows(rng: random.Random) -> list[dict[str, Any]]:
         if zone := rng.choice(ZONES):
             window["timezone"] = zone
         if rng.random() < 0.4:
-            window["model"] = "a"
+            window["model"] = rng.choice(["a", "p/a"])  # one model, with or without its provider
         windows.append(window)
     return windows
 
@@ -409,7 +409,7 @@ def _random_operation(rng: random.Random) -> tuple[str, tuple[Any, ...], dict[st
     call_id = f"{user}-{rng.randrange(3)}"  # call ids are never shared between users
     cost = rng.choice([0.0, 0.1, 0.25, 0.3, 1.0, 2.5, 1e-9])
     default = rng.choice([None, {"total_budget": 3.0, "duration": "2h"}])
-    model = rng.choice(["a", "b"])
+    model = rng.choice(["a", "b", "p/a"])
     others = rng.sample(OTHERS, rng.choice([0, 0, 1, 2]))
     operations: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
         ("set_budget", (key, rng.choice([None, 1.0, 5.0]), rng.choice([None, "1h", 0.5, "daily"])), {}),
@@ -456,6 +456,7 @@ class ContractStore(RecordStore):
 
     def __init__(self) -> None:
         self.records: dict[str, UserRecord] = {}
+        self.calls: dict[str, str] = {}  # call id -> the record settle finds it by
 
     def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:
         return fn(self.records)
@@ -471,19 +472,23 @@ class ContractStore(RecordStore):
         return result
 
     def _keep(self, changed: Mapping[str, UserRecord | None]) -> None:
+        """Keep the records, and the call index as the file store's journal and the Redis
+        store's call keys keep it: a call's user, else (its user's hold gone meanwhile) the
+        first other budget written since that still holds it."""
         for key, record in changed.items():
+            for call_id in self.records.get(key, {}).get("reservations", {}):
+                if self.calls.get(call_id) == key:
+                    del self.calls[call_id]
             if record is None:
                 self.records.pop(key, None)
-            else:
-                self.records[key] = record
+                continue
+            self.records[key] = record
+            for call_id in record.get("reservations", {}):
+                if (kind_of(key) == "user" and key != GLOBAL) or call_id not in self.calls:
+                    self.calls[call_id] = key
 
     def _user_of_call(self, call_id: str) -> str | None:
-        """The user holding the call, as the Redis store's call index names it (never a team,
-        a tag or the global budget)."""
-        for key, record in self.records.items():
-            if call_id in record.get("reservations", {}) and kind_of(key) == "user" and key != GLOBAL:
-                return key
-        return None
+        return self.calls.get(call_id)
 
     def close(self) -> None:
         pass

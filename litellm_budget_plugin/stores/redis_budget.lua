@@ -247,12 +247,7 @@ function ops.put(user)
   end
   redis.call('SADD', prefix .. 'users', user)
   loaded[user] = nil
-  -- the index names users (subjects.kind_of): a team's, tag's or the global hold is found
-  -- through the user's hold, which lists it
-  if kind_of(user) ~= 'user' or user == GLOBAL then return {'ok'} end
-  for _, call_id in ipairs(held_ids(user)) do
-    if not redis.call('GET', call_key(call_id)) then redis.call('SET', call_key(call_id), user) end
-  end
+  index_calls(user, held_ids(user))
   return {'ok'}
 end
 

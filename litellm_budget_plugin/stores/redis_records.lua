@@ -239,7 +239,23 @@ end
 
 -- --- writing records back -----------------------------------------------------------------
 
--- The call's index entry names the user whose hold lists the others: drop it only from there.
+-- The call index (settle and release by call id alone) names the user whose hold lists the
+-- others. A team, a tag or the global budget holds a call for a user; one still holding a call
+-- no user holds (the user's record was replaced or deleted meanwhile) is named by its next
+-- write instead, as the file store's journal does.
+local function holds_for_itself(key) return kind_of(key) == 'user' and key ~= GLOBAL end
+
+local function index_calls(key, call_ids)
+  for _, call_id in ipairs(call_ids) do
+    if holds_for_itself(key) then
+      redis.call('SET', call_key(call_id), key)
+    else
+      redis.call('SET', call_key(call_id), key, 'NX')
+    end
+  end
+end
+
+-- Drop a call's index entry if it names this record.
 local function drop_call(call_id, key)
   if redis.call('GET', call_key(call_id)) == key then redis.call('DEL', call_key(call_id)) end
 end
@@ -275,6 +291,11 @@ local function save(r)
     end
     if r.new then redis.call('SADD', prefix .. 'users', r.key) end
     for _, call_id in ipairs(gone) do drop_call(call_id, r.key) end
+    if not holds_for_itself(r.key) and next(r.held) then
+      local ids = {}
+      for call_id in pairs(r.held) do ids[#ids + 1] = call_id end
+      index_calls(r.key, ids)
+    end
   end)
   return fields
 end
