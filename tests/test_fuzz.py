@@ -348,7 +348,8 @@ def test_the_redis_script_has_the_same_ceiling() -> None:
     from importlib import resources
 
     from litellm_budget_plugin.limits import MAX_AMOUNT
+    from litellm_budget_plugin.stores.redis import LUA_FILES
 
-    source = resources.files("litellm_budget_plugin.stores").joinpath("redis_budget.lua").read_text()
+    source = "\n".join(resources.files("litellm_budget_plugin.stores").joinpath(name).read_text() for name in LUA_FILES)
     found = re.search(r"^local MAX_AMOUNT = (\S+)$", source, re.MULTILINE)
     assert found is not None and float(found.group(1)) == MAX_AMOUNT

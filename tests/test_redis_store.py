@@ -148,24 +148,30 @@ def test_no_spend_lost_when_many_clients_cross_a_window_boundary(redis_url: str)
 
 
 @pytest.mark.redis
-def test_reservation_lease_expires_on_the_server(redis_url: str, client: redis.Redis) -> None:
-    store = make_store(redis_url)  # the real clock: the server's TTL is real time
-    store.set_budget("alice", 1.0)
-    store.reserve("alice", "long", 0.1, ttl=600)
-    assert 590_000 < client.pttl("litellm_budget:test:call:long") <= 600_000
-    store.reserve("alice", "short", 0.5, ttl=0.2)
-    assert client.get("litellm_budget:test:call:short") == "alice"
-    deadline = time.monotonic() + 5
-    while client.exists("litellm_budget:test:call:short") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not client.exists("litellm_budget:test:call:short")
-    # Without its index entry nothing finds the call; the expired hold no longer counts.
-    assert store.settle("short", 0.5, "m") is False
-    assert store.release("short") is False
-    record = store.get("alice")
-    assert record is not None and record["current_cost"] == 0.0
-    assert list(record.get("reservations", {})) == ["long"]
-    store.reserve("alice", "next", 0.9, ttl=60)
+def test_the_call_index_lives_as_long_as_the_hold_and_settle_answers_as_the_file_store(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    """An expired hold is still settled by its call id until a write drops it, as the file
+    store's journal finds it: the index entry has no TTL of its own, it goes with the hold."""
+    stores = [make_store(redis_url), FileStore(tmp_path / "user_cost.json")]
+    results = []
+    for store in stores:
+        store.clock = lambda: T0  # type: ignore[method-assign]
+        store.set_budget("alice", 1.0)
+        store.reserve("alice", "c1", 0.5, ttl=10)
+        store.reserve("alice", "c2", 0.5, ttl=10)
+        if isinstance(store, RedisStore):
+            assert client.pttl("litellm_budget:test:call:c1") == -1  # no expiry: it goes with the hold
+        store.clock = lambda: T0 + 100  # type: ignore[method-assign]
+        first = store.settle("c1", 0.25, "m")  # expired, nothing written since: found, charged
+        # that write dropped c2's expired hold: nothing finds c2 any more
+        later = (store.settle("c2", 0.25, "m"), store.release("c2"), store.settle("c2", 0.25, "m", user="alice"))
+        results.append((first, later, store.get("alice")))
+        store.close()
+    assert results[0] == results[1]
+    assert results[0][:2] == (True, (False, False, True))
+    assert results[0][2] is not None and results[0][2]["current_cost"] == 0.5
+    assert client.keys("litellm_budget:test:call:*") == []
 
 
 @pytest.mark.redis
@@ -379,7 +385,7 @@ def _random_windows(rng: random.Random) -> list[dict[str, Any]]:
         if zone := rng.choice(ZONES):
             window["timezone"] = zone
         if rng.random() < 0.4:
-            window["model"] = "a"
+            window["model"] = rng.choice(["a", "p/a"])  # one model, with or without its provider
         windows.append(window)
     return windows
 
@@ -403,7 +409,7 @@ def _random_operation(rng: random.Random) -> tuple[str, tuple[Any, ...], dict[st
     call_id = f"{user}-{rng.randrange(3)}"  # call ids are never shared between users
     cost = rng.choice([0.0, 0.1, 0.25, 0.3, 1.0, 2.5, 1e-9])
     default = rng.choice([None, {"total_budget": 3.0, "duration": "2h"}])
-    model = rng.choice(["a", "b"])
+    model = rng.choice(["a", "b", "p/a"])
     others = rng.sample(OTHERS, rng.choice([0, 0, 1, 2]))
     operations: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
         ("set_budget", (key, rng.choice([None, 1.0, 5.0]), rng.choice([None, "1h", 0.5, "daily"])), {}),
@@ -450,6 +456,7 @@ class ContractStore(RecordStore):
 
     def __init__(self) -> None:
         self.records: dict[str, UserRecord] = {}
+        self.calls: dict[str, str] = {}  # call id -> the record settle finds it by
 
     def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:
         return fn(self.records)
@@ -465,19 +472,23 @@ class ContractStore(RecordStore):
         return result
 
     def _keep(self, changed: Mapping[str, UserRecord | None]) -> None:
+        """Keep the records, and the call index as the file store's journal and the Redis
+        store's call keys keep it: a call's user, else (its user's hold gone meanwhile) the
+        first other budget written since that still holds it."""
         for key, record in changed.items():
+            for call_id in self.records.get(key, {}).get("reservations", {}):
+                if self.calls.get(call_id) == key:
+                    del self.calls[call_id]
             if record is None:
                 self.records.pop(key, None)
-            else:
-                self.records[key] = record
+                continue
+            self.records[key] = record
+            for call_id in record.get("reservations", {}):
+                if (kind_of(key) == "user" and key != GLOBAL) or call_id not in self.calls:
+                    self.calls[call_id] = key
 
     def _user_of_call(self, call_id: str) -> str | None:
-        """The user holding the call, as the Redis store's call index names it (never a team,
-        a tag or the global budget)."""
-        for key, record in self.records.items():
-            if call_id in record.get("reservations", {}) and kind_of(key) == "user" and key != GLOBAL:
-                return key
-        return None
+        return self.calls.get(call_id)
 
     def close(self) -> None:
         pass

@@ -98,32 +98,34 @@ def test_the_held_amount_is_the_least_any_budget_leaves(store: RedisStore) -> No
     assert info.value.subject == "team:red"
 
 
-def test_charge_lands_in_every_budget_and_tags_without_records_are_tracked(
+def test_charge_lands_in_every_budget_that_held_it_and_tags_without_records_are_left_out(
     store: RedisStore, client: redis.Redis
 ) -> None:
     store.set_budget("alice", 10.0, fields={"team": "red"})
     store.set_budget("team:red", 5.0)
+    store.set_budget("tag:b", 5.0)
     held = store.reserve("alice", "c1", 1.0, 60, model="gpt-4o", subjects=["tag:a", "tag:b"])
     assert held["reservations"]["c1"] == {"amount": 1.0, "expires_at": T0 + 60, "also": ["team:red", "tag:a", "tag:b"]}
-    assert set(store.all()) == {"alice", "team:red"}  # tags without a record hold nothing
+    assert set(store.all()) == {"alice", "team:red", "tag:b"}  # tags without a record hold nothing
     assert client.get("litellm_budget:subjects:call:c1") == "alice"  # the index names the user
     assert store.settle("c1", 0.5, "gpt-4o") is True  # found from the call id alone
     records = store.all()
-    assert set(records) == {"alice", "team:red", "tag:a", "tag:b"}
+    assert set(records) == {"alice", "team:red", "tag:b"}  # tag:a has no budget: not tracked
     for key in records:
         assert records[key]["current_cost"] == 0.5 and records[key]["model_cost"] == {"gpt-4o": 0.5}, key
-        assert "reservations" not in records[key] and "c1" in records[key]["applied"]
-    assert records["tag:a"]["total_budget"] is None  # made without a limit
+        assert "reservations" not in records[key]
+    assert "c1" in records["alice"]["applied"]  # only the user's record remembers the call
+    assert "applied" not in records["team:red"] and "applied" not in records["tag:b"]
     assert not client.exists("litellm_budget:subjects:call:c1")
     assert store.settle("c1", 0.5, "gpt-4o") is False
-    store.charge("alice", 0.25, "m", subjects=["tag:c"])  # a charge without a hold: team and tag too
+    store.charge("alice", 0.25, "m", subjects=["tag:c", "team:blue"])  # a charge without a hold
     assert {key: record["current_cost"] for key, record in store.all().items()} == {
         "alice": 0.75,
-        "team:red": 0.75,
-        "tag:a": 0.5,
+        "team:red": 0.75,  # the user's team
+        "team:blue": 0.25,  # the call's own team: tracked without a limit
         "tag:b": 0.5,
-        "tag:c": 0.25,
     }
+    assert store.get("team:blue")["total_budget"] is None  # type: ignore[index]
 
 
 def test_release_drops_the_holds_of_every_budget(store: RedisStore, client: redis.Redis) -> None:

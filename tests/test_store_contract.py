@@ -10,11 +10,12 @@ import contextlib
 import math
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from litellm_budget_plugin import BudgetExceededError, ConfigurationError, UnknownUserError
-from litellm_budget_plugin.stores import BudgetStore
+from litellm_budget_plugin.stores import BudgetStore, FileStore
 
 T0 = 1_800_000_000.0
 
@@ -148,6 +149,27 @@ def test_settle_after_lease_expired_still_charges_with_user(store: BudgetStore) 
     at(store, T0 + 100)
     assert store.settle("c1", 0.2, "m", user="alice") is True
     assert store.get("alice")["current_cost"] == pytest.approx(0.2)  # type: ignore[index]
+
+
+def test_settle_after_a_hold_expired_answers_as_the_file_store_does(store: BudgetStore, tmp_path: Path) -> None:
+    """By call id alone, an expired hold nobody wrote over is still found and charged; once a
+    write of the record dropped it, nothing finds it. Every store answers as the file store."""
+    (tmp_path / "reference").mkdir()
+    reference = FileStore(tmp_path / "reference" / "user_cost.json")
+    answers = []
+    for each in (reference, store):
+        at(each, T0)
+        each.set_budget("alice", 1.0, fields={"team": "red"})
+        each.set_budget("team:red", 1.0)
+        each.reserve("alice", "c1", 0.5, ttl=10)
+        each.reserve("alice", "c2", 0.25, ttl=10)
+        at(each, T0 + 100)
+        first = each.settle("c1", 0.2, "m")
+        then = (each.settle("c2", 0.1, "m"), each.release("c2"), each.settle("c2", 0.1, "m", user="alice"))
+        answers.append((first, then, *(each.get(key)["current_cost"] for key in ("alice", "team:red"))))  # type: ignore[index]
+    reference.close()
+    assert answers[1] == answers[0]
+    assert answers[0] == (True, (False, False, True), pytest.approx(0.3), pytest.approx(0.3))
 
 
 def test_reset_keeps_budget_and_holds(store: BudgetStore) -> None:

@@ -142,7 +142,7 @@ def refusal(reply: list[Any], amount: float) -> BudgetRefusal:
 class CalendarPeriods:
     """The calendar periods (days, timezone) this client has met, each with the period that
     holds the time of its latest operation: the script has no timezone database, so every
-    operation is given the start of the current period of each (see redis_budget.lua)."""
+    operation is given the start of the current period of each (see redis_records.lua)."""
 
     LIMIT = 256  # periods kept (a few in practice); one forgotten is asked for again
 

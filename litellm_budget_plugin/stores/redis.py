@@ -1,10 +1,14 @@
 """Budgets in Redis: one budget shared by every process on every machine that uses it.
 
-Each operation is one Lua script (``redis_budget.lua``, shipped beside this module) run
-atomically by the server in one round trip; the script mirrors :mod:`..budget` and
-:mod:`..reservations`, and every argument is validated in Python with their checks before it
-is sent. Time is this process's ``clock`` (``time.time`` unless replaced), sent with each call,
-so windows and leases follow the same clock as the other stores. Lua has no timezone database:
+Each operation is one Lua script run atomically by the server in one round trip: two files
+shipped beside this module, ``redis_records.lua`` (reading a record's hash, checking each field
+it uses, writing it back) then ``redis_budget.lua`` (the arithmetic, mirroring :mod:`..budget`
+and :mod:`..reservations`, and the operations). Every argument is validated in Python with
+their checks before it is sent. A record holding a field this store would not write stops the
+operation before anything is written: :class:`StoreCorruptError` names the record.
+
+Time is this process's ``clock`` (``time.time`` unless replaced), sent with each call, so
+windows and leases follow the same clock as the other stores. Lua has no timezone database:
 each call also sends the start of the current period of every calendar window (a ``timezone``)
 this client has met, and a script meeting another asks for it and is run again (see
 :class:`._redis_records.CalendarPeriods`).
@@ -33,17 +37,21 @@ Key layout, for project ``p`` (the project name is percent-quoted, so it holds n
                                                JSON {"model": .., "also": [keys]} if any
                                                (the user's hold lists the other budgets)
         applied                                call ids already charged, oldest first:
-                                               JSON [[id, "<time>"], ...]
+                                               JSON [[id, "<time>"], ...] (a user's record
+                                               only: a team's or tag's sees too many calls)
         extra                                  JSON of fields LiteLLM or others added
     litellm_budget:p:call:<call id>     string the user holding that call's hold (never a
-                                               team or tag it also holds); it expires with
-                                               the lease (PX), so a hold nobody settles
-                                               disappears from the server
+                                               team or tag it also holds); it goes when the
+                                               hold leaves the user's record (settled,
+                                               released, or expired and dropped by a write),
+                                               not by a TTL of its own: until then settle and
+                                               release find an expired hold by its call id,
+                                               as the file store's journal does
 
 A record is one hash, read whole and rewritten whole by each change: it stays small (a
 user's holds in flight and at most ``APPLIED_ID_LIMIT`` recent call ids), and the reply to a
 change is the user's record as written, in the same round trip. Expired holds stop counting at
-once and are dropped by the next write of the record; their call keys expire by themselves.
+once and are dropped, with their call keys, by the next write of the record.
 Scripts build key names from the prefix (a reservation reads the user's team, settle finds
 the user from the call id), so this store needs a single Redis server, not Redis Cluster.
 
@@ -361,15 +369,24 @@ class RedisStore(WritesAtOnce):
                 reply = cast(list[Any], json.loads(raw))
             except (TypeError, ValueError) as exc:
                 raise StoreCorruptError(f"Redis at {self.safe_url} sent {raw!r}: {exc}") from exc
+            if reply[0] == "corrupt":  # the script wrote nothing
+                raise StoreCorruptError(
+                    f"the Redis record of user {reply[1]!r} is not what this store writes: {reply[2]}"
+                )
             if reply[0] != "bounds":
                 return reply
             if not self._periods.learn(reply[1]):
                 raise StoreError(f"Redis at {self.safe_url}: the script asked again for periods it was given")
 
 
+# The script, in the order it runs: its records, then its arithmetic and operations.
+LUA_FILES = ("redis_records.lua", "redis_budget.lua")
+
+
 @cache
 def _lua_source() -> str:
-    return resources.files(__package__).joinpath("redis_budget.lua").read_text(encoding="utf-8")
+    folder = resources.files(__package__)
+    return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in LUA_FILES)
 
 
 def _import_redis() -> Any:

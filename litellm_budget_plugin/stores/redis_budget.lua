@@ -1,4 +1,6 @@
--- One budget operation, run atomically by Redis for litellm_budget_plugin.stores.redis.
+-- One budget operation, run atomically by Redis for litellm_budget_plugin.stores.redis: the
+-- arithmetic, after redis_records.lua (arguments, reading and writing records), which comes
+-- first in the same script.
 --
 -- The functions mirror those of the same name in litellm_budget_plugin/budget.py,
 -- reservations.py, subjects.py and windows.py; Python has validated every argument already,
@@ -6,54 +8,9 @@
 -- stores/redis.py. Keys are built here from the project's prefix (a call is held in the
 -- budgets the user's record names, settle and release find the user from the call id), so
 -- this is for a single Redis server, not Redis Cluster.
---
--- ARGV: prefix, operation, now, applied-id TTL, applied-id limit, the number of calendar
--- periods given, then for each (days, timezone, start of the period holding now), then the
--- operation's own arguments. Lua has no timezone database: a calendar window whose period is
--- not given is not rolled, and the reply names the periods needed instead ({"bounds", ...});
--- nothing is written then, and Python runs the operation again with them.
---
--- Numbers travel as text and are written back with 17 significant digits, so a double
--- survives the trip exactly and the arithmetic is the same double arithmetic as Python's.
--- The reply is one JSON string: {"ok", ...} or an error status for Python to raise.
 
-local prefix, op, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local APPLIED_TTL, APPLIED_LIMIT = tonumber(ARGV[4]), tonumber(ARGV[5])
-
-local function fmt(x) return string.format('%.17g', x) end
-local function opt(s) if s ~= '' then return s end return nil end  -- '' stands for None
-local function optnum(s) if s ~= '' then return tonumber(s) end return nil end
-local function record_key(key) return prefix .. 'user:' .. key end
-local function call_key(call_id) return prefix .. 'call:' .. call_id end
 -- overruns.OVERRUN_TOLERANCE (a test checks that they agree)
 local OVERRUN_TOLERANCE = 1e-9
--- limits.MAX_AMOUNT, the most a record holds (a test checks that they agree)
-local MAX_AMOUNT = 1e15
--- subjects.GLOBAL: litellm's global budget, admitted in soft mode (reservations.mode_for)
-local GLOBAL = 'litellm.max_budget'
-
--- Calendar periods given by Python, and those a record needed that were not.
-local periods, needed, missing = {}, {}, {}
-local function spec(days, timezone) return fmt(days) .. ' ' .. timezone end
-local FIRST = 7 + 3 * tonumber(ARGV[6])  -- the operation's first argument
-for i = 7, FIRST - 1, 3 do periods[spec(tonumber(ARGV[i]), ARGV[i + 1])] = tonumber(ARGV[i + 2]) end
-
--- Writes wait until the operation is decided: none are made if a period was missing.
-local writes = {}
-local function later(fn) writes[#writes + 1] = fn end
-
--- The ``n`` strings that follow the count at op argument ``k`` (1-based).
-local function list_at(k)
-  local at = FIRST + k - 1
-  local out = {}
-  for i = at + 1, at + tonumber(ARGV[at]) do out[#out + 1] = ARGV[i] end
-  return out
-end
-
--- The server-side lease of a hold: at least 1 ms, at most ~30,000 years (PX's range).
-local function lease_ms(expires_at)
-  return math.min(1e15, math.max(1, math.ceil((expires_at - now) * 1000)))
-end
 
 -- windows.rolled_start. A calendar window is in the period holding now unless it started
 -- before that period (``now < period_end(start)`` in windows.py says the same).
@@ -75,98 +32,6 @@ local function rolled_start(start, days, timezone)
   local period = days * 86400
   if now - start < period then return start end
   return start + math.floor((now - start) / period) * period
-end
-
--- A hold as stored: "<amount> <expires_at>", then JSON of its model and the other budgets
--- holding the call ("also"), if any.
-local function read_hold(value)
-  local amount, expires_at, rest = string.match(value, '^(%S+) (%S+) ?(.*)$')
-  local hold = {amount = tonumber(amount), expires_at = tonumber(expires_at)}
-  if rest ~= '' then
-    hold.tail = rest
-    local more = cjson.decode(rest)
-    hold.model, hold.also = more.model, more.also
-  end
-  return hold
-end
-
-local function write_hold(hold)
-  local text = fmt(hold.amount) .. ' ' .. fmt(hold.expires_at)
-  if hold.tail then return text .. ' ' .. hold.tail end
-  return text
-end
-
--- More windows: JSON of objects whose numbers are text (cjson would round them to 14 digits).
-local function read_windows(json)
-  local out = {}
-  for i, w in ipairs(cjson.decode(json)) do
-    out[i] = {budget = tonumber(w.budget), spend = tonumber(w.spend), start = tonumber(w.start),
-              duration = w.duration and tonumber(w.duration), timezone = w.timezone, model = w.model}
-  end
-  return out
-end
-
-local function write_windows(windows)
-  if #windows == 0 then return '[]' end  -- cjson writes an empty table as {}
-  local out = {}
-  for i, w in ipairs(windows) do
-    out[i] = {budget = fmt(w.budget), spend = fmt(w.spend), start = fmt(w.start),
-              duration = w.duration and fmt(w.duration), timezone = w.timezone, model = w.model}
-  end
-  return cjson.encode(out)
-end
-
-local TEXT_FIELDS = {team = true, timezone = true, extra = true, applied = true}
-local loaded = {}
-
-local function load(key)
-  if loaded[key] then return loaded[key] end
-  local flat = redis.call('HGETALL', record_key(key))
-  if #flat == 0 then return nil end
-  local r = {key = key, flat = flat, models = {}, held = {}, gone = {}}
-  for i = 1, #flat, 2 do
-    local field, value = flat[i], flat[i + 1]
-    local kind, name = string.match(field, '^([mr]):(.*)$')
-    if kind == 'm' then
-      r.models[name] = tonumber(value)
-    elseif kind == 'r' then
-      r.held[name] = read_hold(value)
-    elseif field == 'windows' then
-      r.windows = read_windows(value)
-    elseif TEXT_FIELDS[field] then
-      r[field] = value
-    else
-      r[field] = tonumber(value)
-    end
-  end
-  loaded[key] = r
-  return r
-end
-
--- budget.new_record
-local function new_record(key, total_budget, duration)
-  local r = {key = key, new = true, models = {}, held = {}, gone = {}, total_budget = total_budget,
-             duration = duration, current_cost = 0, created_at = now, last_updated_at = now}
-  loaded[key] = r
-  return r
-end
-
-local function load_or_default(user, default_total, default_duration, has_default)
-  return load(user) or (has_default == '1' and new_record(user, optnum(default_total), optnum(default_duration)))
-    or nil
-end
-
--- Call ids already charged: {{id, time}, ...}, oldest first, decoded when first needed.
-local function applied(r)
-  if not r.applied_list then r.applied_list = r.applied and cjson.decode(r.applied) or {} end
-  return r.applied_list
-end
-
-local function was_applied(r, call_id)
-  for _, entry in ipairs(applied(r)) do
-    if entry[1] == call_id then return true end
-  end
-  return false
 end
 
 -- budget.current_window: roll every window; drop expired holds and old call ids.
@@ -198,59 +63,26 @@ local function current_window(r)
   end
 end
 
--- The call's index entry names the user whose hold lists the others: drop it only from there.
-local function drop_call(call_id, key)
-  if redis.call('GET', call_key(call_id)) == key then redis.call('DEL', call_key(call_id)) end
-end
-
--- Rewrite the record's hash (once the operation is decided); returns its fields as HGETALL would.
-local function save(r)
-  local fields = {'current_cost', fmt(r.current_cost), 'created_at', fmt(r.created_at),
-                  'last_updated_at', fmt(r.last_updated_at)}
-  local function add(field, value) fields[#fields + 1] = field; fields[#fields + 1] = value end
-  if r.total_budget then add('total_budget', fmt(r.total_budget)) end
-  if r.duration then add('duration', fmt(r.duration)) end
-  if r.overruns then add('overruns', fmt(r.overruns)) end
-  if r.overrun_cost then add('overrun_cost', fmt(r.overrun_cost)) end
-  if r.team then add('team', r.team) end
-  if r.timezone then add('timezone', r.timezone) end
-  if r.windows then add('windows', write_windows(r.windows)) end
-  if r.extra then add('extra', r.extra) end
-  for model, cost in pairs(r.models) do add('m:' .. model, fmt(cost)) end
-  for call_id, held in pairs(r.held) do add('r:' .. call_id, write_hold(held)) end
-  if r.applied_changed then
-    if #r.applied_list > 0 then add('applied', cjson.encode(r.applied_list)) end
-  elseif r.applied then
-    add('applied', r.applied)
-  end
-  r.fields = fields
-  local gone = r.gone
-  r.gone = {}
-  later(function()
-    local key = record_key(r.key)
-    redis.call('DEL', key)
-    for i = 1, #fields, 1000 do  -- in slices: unpack is limited by Lua's stack
-      redis.call('HSET', key, unpack(fields, i, math.min(i + 999, #fields)))
-    end
-    if r.new then redis.call('SADD', prefix .. 'users', r.key) end
-    for _, call_id in ipairs(gone) do drop_call(call_id, r.key) end
-  end)
-  return fields
-end
-
 -- overruns.overrun: how much a call's cost exceeds its hold (0 within float noise, or no hold).
 local function overrun(cost, held)
   if held == nil or cost <= held * (1 + OVERRUN_TOLERANCE) then return 0 end
   return cost - held
 end
 
+-- windows.same_model: the same name after any provider prefix; an unknown model (nil) counts
+-- in every cap.
+local function same_model(limited, model)
+  return model == nil or limited == model or string.match(limited, '[^/]*$') == string.match(model, '[^/]*$')
+end
+
 -- windows.applies_to
-local function applies_to(w, model) return w.model == nil or w.model == model end
+local function applies_to(w, model) return w.model == nil or same_model(w.model, model) end
 
 -- budget.charge: 'applied' if the call id was charged already, 'too_large' if a sum would
 -- pass MAX_AMOUNT (nothing changed then), else 'ok'. A cost above held counts as an overrun.
-local function charge(r, cost, model, call_id, held)
-  if call_id and was_applied(r, call_id) then return 'applied' end
+-- Only with ``remember`` (the user's record) is the call id checked and kept.
+local function charge(r, cost, model, call_id, held, remember)
+  if remember and call_id and was_applied(r, call_id) then return 'applied' end
   current_window(r)
   local total = r.current_cost + cost
   local model_total = (r.models[model] or 0) + cost
@@ -273,8 +105,10 @@ local function charge(r, cost, model, call_id, held)
   if call_id then
     r.held[call_id] = nil
     table.insert(r.gone, call_id)
-    table.insert(applied(r), {call_id, fmt(now)})
-    r.applied_changed = true
+    if remember then
+      table.insert(applied(r), {call_id, fmt(now)})
+      r.applied_changed = true
+    end
   end
   return 'ok'
 end
@@ -299,7 +133,8 @@ end
 local function reserved(r, exclude, only)
   local sum = 0
   for call_id, held in pairs(r.held) do
-    if held.expires_at > now and call_id ~= exclude and (only == nil or (held.model or only) == only) then
+    if held.expires_at > now and call_id ~= exclude
+      and (only == nil or held.model == nil or same_model(only, held.model)) then
       sum = sum + held.amount
     end
   end
@@ -339,28 +174,54 @@ local function charged_subjects(user, r, more)
       keys[#keys + 1] = key
     end
   end
-  if r.team then
+  if r.team and kind_of(user) == 'user' then
     if string.sub(r.team, 1, 5) == 'team:' then add(r.team) else add('team:' .. r.team) end
   end
   for _, key in ipairs(more) do add(key) end
   return keys
 end
 
--- reservations.charge_all: the records changed, or nil if a sum would pass MAX_AMOUNT.
+-- reservations.charge_all: the budgets that held the call (the user's hold names them), else
+-- the user's team and ``more``; a team without a record gets one without a limit, a tag
+-- without one is left out. Returns the records changed (none for a call id the user's record
+-- has charged already), or nil if a sum would pass MAX_AMOUNT.
 local function charge_all(user, u, cost, model, call_id, held, more)
+  if call_id and was_applied(u, call_id) then return {} end
   local hold = call_id and u.held[call_id]
-  local keys = {}
-  for _, key in ipairs(hold and hold.also or {}) do keys[#keys + 1] = key end
-  for _, key in ipairs(more) do keys[#keys + 1] = key end
+  local keys
+  if hold then
+    keys = {user}
+    for _, key in ipairs(hold.also or {}) do keys[#keys + 1] = key end
+  else
+    keys = charged_subjects(user, u, more)
+  end
   local changed = {}
-  for _, key in ipairs(charged_subjects(user, u, keys)) do
-    local r = key == user and u or load(key) or new_record(key, nil, nil)
-    local own = call_id and r.held[call_id]
-    local status = charge(r, cost, model, call_id, own and own.amount or held)
-    if status == 'too_large' then return nil end
-    if status == 'ok' then changed[#changed + 1] = r end
+  for _, key in ipairs(keys) do
+    local r = u
+    if key ~= user then
+      r = load(key)
+      if not r and kind_of(key) ~= 'tag' then r = new_record(key, nil, nil) end
+    end
+    if r then
+      local own = call_id and r.held[call_id]
+      if charge(r, cost, model, call_id, own and own.amount or held, r == u) == 'too_large' then return nil end
+      changed[#changed + 1] = r
+    end
   end
   return changed
+end
+
+-- budget.release: drop the call's hold from r (nil: no record), saved if it still held it
+-- once expired holds are dropped.
+local function release_hold(r, call_id)
+  if r and r.held[call_id] then
+    current_window(r)
+    if r.held[call_id] then
+      r.held[call_id] = nil
+      table.insert(r.gone, call_id)
+      save(r)
+    end
+  end
 end
 
 local ops = {}
@@ -378,10 +239,7 @@ end
 -- Op argument 2 holds the number of hash field and value strings that follow it: the record
 -- as Python wrote it (a put, or set_budget and set_fields, run in a MULTI that WATCHes the key).
 function ops.put(user)
-  local old = load(user)
-  if old then
-    for call_id in pairs(old.held) do drop_call(call_id, user) end
-  end
+  for _, call_id in ipairs(held_ids(user)) do drop_call(call_id, user) end
   redis.call('DEL', record_key(user))
   local fields = list_at(2)
   for i = 1, #fields, 1000 do
@@ -389,21 +247,13 @@ function ops.put(user)
   end
   redis.call('SADD', prefix .. 'users', user)
   loaded[user] = nil
-  -- the index names users (subjects.kind_of): a team's, tag's or the global hold is found
-  -- through the user's hold, which lists it
-  if string.match(user, '^team:') or string.match(user, '^tag:') or user == GLOBAL then return {'ok'} end
-  for call_id, held in pairs(load(user).held) do
-    if not redis.call('GET', call_key(call_id)) then
-      redis.call('SET', call_key(call_id), user, 'PX', lease_ms(held.expires_at))
-    end
-  end
+  index_calls(user, held_ids(user))
   return {'ok'}
 end
 
 function ops.delete(user)
-  local r = load(user)
-  if not r then return {'ok', 0} end
-  for call_id in pairs(r.held) do drop_call(call_id, user) end
+  if redis.call('EXISTS', record_key(user)) == 0 then return {'ok', 0} end
+  for _, call_id in ipairs(held_ids(user)) do drop_call(call_id, user) end
   redis.call('DEL', record_key(user))
   redis.call('SREM', prefix .. 'users', user)
   return {'ok', 1}
@@ -442,6 +292,7 @@ function ops.reserve(user, call_id, amount, ttl, mode, default_total, default_du
   if not u then return {'unknown'} end
   if was_applied(u, call_id) then return {'ok', u.flat} end
   amount, at_least, model = tonumber(amount), optnum(at_least), opt(model)
+  local earlier = u.held[call_id]  -- reserved again: the budgets it leaves hold it no more (below)
   local keys = charged_subjects(user, u, list_at(11))
   local present = {}
   for _, key in ipairs(keys) do
@@ -457,6 +308,13 @@ function ops.reserve(user, call_id, amount, ttl, mode, default_total, default_du
     if not fits then return refusal end
     hold = math.min(hold, fits)
   end
+  if earlier and earlier.also then
+    local kept = {}
+    for _, r in ipairs(present) do kept[r.key] = true end
+    for _, key in ipairs(earlier.also) do
+      if not kept[key] then release_hold(load(key), call_id) end
+    end
+  end
   local others = {unpack(keys, 2)}
   local expires_at = now + tonumber(ttl)
   for _, r in ipairs(present) do
@@ -471,7 +329,7 @@ function ops.reserve(user, call_id, amount, ttl, mode, default_total, default_du
     r.held[call_id] = entry
     save(r)
   end
-  later(function() redis.call('SET', call_key(call_id), user, 'PX', lease_ms(expires_at)) end)
+  later(function() redis.call('SET', call_key(call_id), user) end)
   return {'ok', u.fields}
 end
 
@@ -496,22 +354,16 @@ function ops.release(call_id, user)
   local u = user and load(user)
   local hold = u and u.held[call_id]
   if not hold then return {'ok', 0} end
-  for _, key in ipairs({user, unpack(hold.also or {})}) do
-    local r = load(key)
-    if r and r.held[call_id] then
-      current_window(r)
-      if r.held[call_id] then
-        r.held[call_id] = nil
-        table.insert(r.gone, call_id)
-        save(r)
-      end
-    end
-  end
+  for _, key in ipairs({user, unpack(hold.also or {})}) do release_hold(load(key), call_id) end
   return {'ok', u.fields and 1 or 0}
 end
 
 -- At most 11 fixed arguments (reserve's); lists stay in ARGV (see list_at).
-local reply = ops[op](unpack(ARGV, FIRST, math.min(#ARGV, FIRST + 10)))
+local done, reply = pcall(ops[op], unpack(ARGV, FIRST, math.min(#ARGV, FIRST + 10)))
+if not done then
+  if type(reply) == 'table' and reply.corrupt then return cjson.encode({'corrupt', reply.key, reply.why}) end
+  error(reply, 0)  -- Redis's own (WRONGTYPE...), raised again: nothing was written
+end
 if #missing > 0 then return cjson.encode({'bounds', missing}) end
 for _, write in ipairs(writes) do write() end
 return cjson.encode(reply)
