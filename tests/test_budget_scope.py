@@ -107,11 +107,13 @@ def test_too_many_tags_with_the_outer_scopes_are_refused_on_entry() -> None:
 
 
 def test_calls_in_a_scope_are_charged_to_its_user_team_and_tags(file_store: FileStore, register) -> None:
+    file_store.set_budget("tag:chat", 100.0)
     register(BudgetGuard(file_store))
-    with budget_scope(user="alice", team="red", tags=["chat"]):
+    with budget_scope(user="alice", team="red", tags=["chat", "no-budget"]):
         cost = mock_call()
     mock_call()  # outside every scope, no user=: not tracked
 
+    # a tag without a budget is not tracked; a team without one is
     assert spends(file_store) == pytest.approx({"alice": cost, "team:red": cost, "tag:chat": cost})
 
 
@@ -148,6 +150,8 @@ def test_threads_started_with_a_copied_context_are_attributed_plain_ones_are_not
 
 
 def test_asyncio_tasks_and_to_thread_keep_their_own_scope(file_store: FileStore, register) -> None:
+    for tag in ("tag:a", "tag:b"):
+        file_store.set_budget(tag, 100.0)
     register(BudgetGuard(file_store))
 
     async def as_user(user: str, tags: list[str]) -> float:
@@ -173,6 +177,8 @@ def test_asyncio_tasks_and_to_thread_keep_their_own_scope(file_store: FileStore,
 
 
 def test_an_explicit_user_and_the_calls_metadata_win_over_the_scope(file_store: FileStore, register) -> None:
+    for tag in ("tag:own", "tag:scoped"):
+        file_store.set_budget(tag, 100.0)
     register(BudgetGuard(file_store))
     with budget_scope(user="alice", team="red", tags=["scoped"]):
         cost = mock_call(user="carol", metadata={"team": "blue", "tags": ["own"]})
