@@ -15,6 +15,7 @@ Daylight-saving days are as long as the clock says (23 or 25 hours).
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, NotRequired, TypedDict
@@ -159,11 +160,21 @@ def roll(window: Window, now: float) -> Window:
     return {**window, "start": start, "spend": 0.0}
 
 
+_DATED = re.compile(r"-(?:[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8})\Z")
+
+
+def model_family(model: str) -> str:
+    """A model's name as per-model windows compare it: without a provider prefix
+    (``openai/gpt-4o``) or a release date (``gpt-4o-2024-08-06``, ``claude-3-5-sonnet-20241022``),
+    since providers answer with the dated name of the model a call asked for."""
+    return _DATED.sub("", model.rsplit("/", 1)[-1])
+
+
 def same_model(limited: str, model: str | None) -> bool:
     """Whether a call of ``model`` is one a per-model window of ``limited`` counts: the same
-    name after any provider prefix (a cap on ``openai/gpt-4o`` counts calls litellm charges as
-    ``gpt-4o``, and the reverse). A call whose model is not known (None) counts in every cap."""
-    return model is None or limited == model or limited.rsplit("/", 1)[-1] == model.rsplit("/", 1)[-1]
+    :func:`model_family` (a cap on ``gpt-4o`` counts calls charged as ``openai/gpt-4o`` or
+    ``gpt-4o-2024-08-06``). A call whose model is not known (None) counts in every cap."""
+    return model is None or limited == model or model_family(limited) == model_family(model)
 
 
 def applies_to(window: Window, model: str | None) -> bool:
@@ -181,7 +192,7 @@ def overlap_key(days: float | None, model: str | None) -> tuple[object, ...]:
             length = calendar_period(days)
         except ConfigurationError:
             length = float(days)
-    return (length, model)
+    return (length, None if model is None else model_family(model))
 
 
 _ADVERBS = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}

@@ -179,6 +179,10 @@ BAD_SETS: dict[str, tuple[list[str], str]] = {
         ["alice", "1", "--model-cap", "m=1/daily", "--model-cap", "m=2/24h"],
         "for model 'm'",
     ),
+    "two caps of one model under a provider prefix": (
+        ["alice", "1", "--model-cap", "gpt-4o=1/daily", "--model-cap", "openai/gpt-4o=2/daily"],
+        "overlaps",
+    ),
     "main timezone that does not exist": (
         ["alice", "1", "--duration", "daily", "--timezone", "Mars/Olympus"],
         "'Mars/Olympus' does not exist",

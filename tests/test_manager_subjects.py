@@ -222,3 +222,18 @@ def test_the_file_keeps_litellms_shape_with_the_new_fields(tmp_path: Path, manag
     alice = written["alice"]
     assert {"total_budget", "current_cost", "model_cost", "duration", "created_at", "last_updated_at"} <= set(alice)
     assert alice["team"] == "red" and alice["windows"][0]["budget"] == 9
+
+
+def test_a_response_naming_the_dated_model_counts_in_the_models_cap(manager: BudgetManager) -> None:
+    manager.create_budget(100, "alice", "daily", windows=[{"budget": 1, "duration": "weekly", "model": "gpt-4o"}])
+    response = litellm.completion(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], mock_response="hello there"
+    )
+    response.model = "gpt-4o-2024-08-06"  # what OpenAI answers a call of model="gpt-4o" with
+
+    manager.update_cost("alice", completion_obj=response)
+
+    record = manager.store.get("alice")
+    assert record is not None and record["current_cost"] > 0
+    assert record["model_cost"] == {"gpt-4o-2024-08-06": record["current_cost"]}  # as LiteLLM keys it
+    assert record["windows"][0]["spend"] == pytest.approx(record["current_cost"])

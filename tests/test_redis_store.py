@@ -409,7 +409,7 @@ def _random_operation(rng: random.Random) -> tuple[str, tuple[Any, ...], dict[st
     call_id = f"{user}-{rng.randrange(3)}"  # call ids are never shared between users
     cost = rng.choice([0.0, 0.1, 0.25, 0.3, 1.0, 2.5, 1e-9])
     default = rng.choice([None, {"total_budget": 3.0, "duration": "2h"}])
-    model = rng.choice(["a", "b", "p/a"])
+    model = rng.choice(["a", "b", "p/a", "a-2024-08-06", "b-20241022"])
     others = rng.sample(OTHERS, rng.choice([0, 0, 1, 2]))
     operations: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
         ("set_budget", (key, rng.choice([None, 1.0, 5.0]), rng.choice([None, "1h", 0.5, "daily"])), {}),

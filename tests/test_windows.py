@@ -167,3 +167,30 @@ def test_a_call_is_charged_to_its_user_then_the_users_team_then_its_own_subjects
 
     assert charged_subjects("alice", record, ["tag:x", "team:red", "tag:x"]) == ("alice", "team:red", "tag:x")  # type: ignore[arg-type]
     assert charged_subjects("bob", None, ()) == ("bob",)
+
+
+# --- per-model windows -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cap", "model", "counted"),
+    [
+        ("gpt-4o", "gpt-4o", True),
+        ("gpt-4o", "openai/gpt-4o", True),
+        ("openai/gpt-4o", "gpt-4o-2024-08-06", True),  # providers answer with the dated name
+        ("claude-3-5-sonnet", "anthropic/claude-3-5-sonnet-20241022", True),
+        ("gpt-4o", "gpt-4o-mini", False),
+        ("gpt-4o", "gpt-4", False),
+        ("gpt-4o", "gpt-4o-2024", False),  # not a date
+        ("gpt-4o", None, True),  # a call of unknown model counts in every cap
+    ],
+)
+def test_a_model_cap_counts_its_model_under_any_provider_prefix_or_release_date(
+    cap: str, model: str | None, counted: bool
+) -> None:
+    assert windows.same_model(cap, model) is counted
+
+
+def test_two_caps_of_one_model_and_length_overlap_whatever_the_prefix_or_date() -> None:
+    assert windows.overlap_key(1.0, "gpt-4o") == windows.overlap_key(1.0, "openai/gpt-4o-2024-08-06")
+    assert windows.overlap_key(1.0, "gpt-4o") != windows.overlap_key(1.0, "gpt-4o-mini")

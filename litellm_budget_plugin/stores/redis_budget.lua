@@ -69,10 +69,16 @@ local function overrun(cost, held)
   return cost - held
 end
 
--- windows.same_model: the same name after any provider prefix; an unknown model (nil) counts
--- in every cap.
+-- windows.model_family: without a provider prefix or a release date (-YYYY-MM-DD, -YYYYMMDD)
+local function model_family(name)
+  local family = string.match(name, '[^/]*$')
+  family = string.gsub(family, '%-%d%d%d%d%-%d%d%-%d%d$', '')
+  return (string.gsub(family, '%-%d%d%d%d%d%d%d%d$', ''))
+end
+
+-- windows.same_model: the same family; an unknown model (nil) counts in every cap.
 local function same_model(limited, model)
-  return model == nil or limited == model or string.match(limited, '[^/]*$') == string.match(model, '[^/]*$')
+  return model == nil or limited == model or model_family(limited) == model_family(model)
 end
 
 -- windows.applies_to
