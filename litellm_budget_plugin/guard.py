@@ -231,8 +231,14 @@ class BudgetGuard(CustomLogger):
             if keys:
                 try:
                     charged = charged_model(model, request)  # as its charge will name it
-                    estimate = self._reserve_for(keys, call_id, estimate, at_least, charged, limit)
-                    holds.append(_Hold(keys[0], call_id, estimate, keys[1:]))
+                    # A tag without a budget keeps no hold: the next budget keeps the call's.
+                    while (
+                        keys and (held := self._reserve_for(keys, call_id, estimate, at_least, charged, limit)) is None
+                    ):
+                        keys = keys[1:]
+                    if keys and held is not None:
+                        estimate = held
+                        holds.append(_Hold(keys[0], call_id, estimate, keys[1:]))
                 except StoreError as exc:
                     if self.on_store_error != "open":
                         raise
@@ -264,9 +270,10 @@ class BudgetGuard(CustomLogger):
         at_least: float | None,
         model: str,
         limit: float | None,
-    ) -> float:
+    ) -> float | None:
         """Hold the call in every budget of ``keys`` in one store operation, under the first;
-        returns the amount held (less than ``estimate`` only with ``at_least``)."""
+        returns the amount held (less than ``estimate`` only with ``at_least``), or None if the
+        first is a tag without a budget (nothing held)."""
         owner, others = keys[0], keys[1:]
         if GLOBAL_USER in keys and limit != self._global_budget_seen:
             self.store.set_budget(GLOBAL_USER, limit, self.global_duration)
@@ -281,6 +288,8 @@ class BudgetGuard(CustomLogger):
                 record = self.store.reserve(*hold, self.mode, default, at_least, model=model, subjects=others)
                 held = reservations.held_for(record, call_id, estimate)
         except UnknownUserError:
+            if kind_of(owner) == "tag":
+                return None
             hint = f'user {owner!r} has no budget and unknown_users="deny": give it one with create_budget'
             raise BudgetExceededError(owner, 0.0, 0.0, estimate, hint=hint) from None
         if limit is not None and GLOBAL_USER in keys:
@@ -289,7 +298,10 @@ class BudgetGuard(CustomLogger):
 
     def _default_for(self, key: str) -> NewBudget | None:
         """What a budget the store has no record of is made with: ``unknown_users`` decides for a
-        user; a team, a tag or the global budget is tracked without a limit."""
+        user; a team or the global budget is tracked without a limit; a tag is not tracked (None:
+        apps tag calls for their logs, and a record per tag would grow the store without bound)."""
+        if kind_of(key) == "tag":
+            return None
         return self._default if kind_of(key) == "user" and key != GLOBAL_USER else TRACKED
 
     def _held_in_memory(self, hold: _Hold) -> bool:

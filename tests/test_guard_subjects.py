@@ -145,6 +145,21 @@ def test_anonymous_user_takes_a_call_without_user(server: FakeOpenAI, file_store
     wait_until(charged(file_store, "anonymous", "team:red"))
 
 
+def test_a_call_with_tags_alone_is_held_by_its_tags_that_have_a_budget(
+    server: FakeOpenAI, file_store, register
+) -> None:
+    file_store.set_budget("tag:search", 10.0)
+    register(BudgetGuard(file_store))
+
+    call(server, max_tokens=100, metadata={"tags": ["log-only", "search"]})  # no user, no team
+    wait_until(charged(file_store, "tag:search"))
+    call(server, max_tokens=100, metadata={"tags": ["log-only"]})  # no budget among its tags
+
+    assert server.count == 2
+    assert set(file_store.all()) == {"tag:search"}  # a tag without a budget leaves no record
+    assert holding(file_store) == {}
+
+
 # --- per-model caps ------------------------------------------------------------------------------
 
 
