@@ -147,8 +147,10 @@ def window_end(start: float, days: float | None, timezone: str | None) -> float 
 
 
 def first_start(now: float, days: float | None, timezone: str | None) -> float:
-    """Where a new window begins: now, or for a calendar one the start of the current period."""
-    return now if days is None or timezone is None else period_start(now, days, timezone)
+    """Where a new window begins: now, or for a calendar one the start of the current period
+    (not before 1970: a record made at time 0, as an imported one without ``created_at``, east
+    of UTC would begin before the range timestamps have)."""
+    return now if days is None or timezone is None else max(0.0, period_start(now, days, timezone))
 
 
 def roll(window: Window, now: float) -> Window:

@@ -213,9 +213,11 @@ def test_import_accepts_teams_tags_and_windows_and_refuses_unknown_kinds(tmp_pat
     window = {"budget": 5, "duration": 1, "model": "gpt-4o"}
     team = {"total_budget": 50, "duration": 28, "timezone": "UTC", "windows": [window]}
     alice = {"total_budget": 5, "current_cost": 1.5, "team": "red", "duration": 1, "created_at": time.time() - 60}
-    source.write_text(json.dumps({"team:red": team, "alice": alice, "tag:search": {"total_budget": 3}}))
+    # no created_at: LiteLLM's default, 0; a calendar window east of UTC starts at 1970 then
+    tokyo = {"total_budget": 5, "windows": [{"budget": 1, "duration": "daily", "timezone": "Asia/Tokyo"}]}
+    source.write_text(json.dumps({"team:red": team, "alice": alice, "tag:search": {"total_budget": 3}, "dave": tokyo}))
 
-    assert "imported 3 budget(s)" in cli(store_path, "import", str(source))
+    assert "imported 4 budget(s)" in cli(store_path, "import", str(source))
     written = records(store_path)
     assert written["alice"]["team"] == "red" and written["alice"]["current_cost"] == 1.5
     assert written["team:red"]["windows"][0]["model"] == "gpt-4o"  # type: ignore[index]
