@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from litellm.exceptions import BudgetExceededError as LiteLLMBudgetExceededError
 
-from .errors import BudgetRefusal
+from .errors import BudgetRefusal, entity_of
 
 
 class BudgetExceededError(BudgetRefusal, LiteLLMBudgetExceededError):
@@ -32,5 +32,4 @@ class BudgetExceededError(BudgetRefusal, LiteLLMBudgetExceededError):
             message=self._refuse(user, spend, budget, estimate, reserved, hint, window),
         )
         # litellm's own fields (its constructor takes them only from about 1.81 on): "team", "red"
-        kind, sep, name = user.partition(":")
-        self.entity_type, self.entity_id = (kind, name) if sep and kind in ("team", "tag") else ("user", user)
+        self.entity_type, self.entity_id = entity_of(user)

@@ -35,6 +35,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._litellm_errors import BudgetExceededError as BudgetExceededError  # made on first use, below
 
+# The key litellm.max_budget is kept under in a store (BudgetGuard(global_budget="store")).
+GLOBAL_KEY = "litellm.max_budget"
+
+
+def entity_of(key: str) -> tuple[str, str]:
+    """What a budget key names, as LiteLLM's ``entity_type``/``entity_id``: ``("team", "red")``,
+    ``("tag", "search")``, ``("global", "litellm.max_budget")`` or ``("user", "alice")``."""
+    kind, sep, name = key.partition(":")
+    if sep and kind in ("team", "tag"):
+        return kind, name
+    return ("global", key) if key == GLOBAL_KEY else ("user", key)
+
 
 class BudgetRefusal(Exception):
     """A call would take a budget past its limit: the refusal without litellm's error type.
@@ -68,8 +80,8 @@ class BudgetRefusal(Exception):
         self.hint = hint  # why, and what to do: appended to the message after a comma
         self.window = window
         held = f", held by calls in flight ${reserved:.6f}" if reserved else ""
-        kind, sep, name = user.partition(":")
-        named = f"{kind} {name!r}" if sep and kind in ("team", "tag") else f"user {user!r}"
+        kind, name = entity_of(user)
+        named = "the global budget (litellm.max_budget)" if kind == "global" else f"{kind} {name!r}"
         which = f" ({window} window)" if window else ""
         self.message = (
             f"Budget exceeded for {named}{which}: spent ${spend:.6f} of ${budget:.6f}{held}; "

@@ -18,12 +18,12 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from .errors import ConfigurationError
+from .errors import GLOBAL_KEY, ConfigurationError
 from .limits import UserRecord, check_text, check_user
 
 # litellm.max_budget kept in the store (BudgetGuard(global_budget="store")); admitted with
 # LiteLLM's own (soft) rule.
-GLOBAL = "litellm.max_budget"
+GLOBAL = GLOBAL_KEY
 TEAM, TAG = "team", "tag"
 KINDS = (TEAM, TAG)
 # The most tags one call may carry (each is a budget checked in the call's admission).

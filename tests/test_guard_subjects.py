@@ -238,6 +238,8 @@ def test_the_store_wide_global_budget_is_held_with_the_user_in_one_admission(
     with pytest.raises(BudgetExceededError) as info:
         call(server, user="alice", max_tokens=100)
     assert info.value.subject == GLOBAL_USER
+    assert (info.value.entity_type, info.value.entity_id) == ("global", GLOBAL_USER)
+    assert "Budget exceeded for the global budget (litellm.max_budget)" in str(info.value)
     assert server.count == 1 and file_store.all() == before
 
 
