@@ -242,19 +242,19 @@ def charge_many(record: UserRecord, charges: Iterable[Charge], now: float, remem
                 if call_id in applied or call_id in added:
                     continue
                 added[call_id] = now
-            own = holds.get(call_id)
+            own = holds.get(call_id) if holds else None
             if own is not None:
                 held = own["amount"]
                 ended.append(call_id)
         total += cost
         model_cost[model] = model_cost.get(model, 0.0) + cost
-        for n, window in enumerate(windows):
-            if applies_to(window, model):
-                spends[n] += cost
-        excess = overrun(cost, held)
-        if excess:
+        if windows:
+            for n, window in enumerate(windows):
+                if applies_to(window, model):
+                    spends[n] += cost
+        if held is not None and cost > held and overrun(cost, held):  # the rule is overrun's
             overruns += 1
-            overrun_total += excess
+            overrun_total += overrun(cost, held)
     if max(total, overrun_total, *model_cost.values(), *spends) > MAX_AMOUNT:
         raise too_large(cost)
     updated["current_cost"] = total
@@ -278,10 +278,15 @@ def set_hold(
 ) -> UserRecord:
     """Hold exactly ``amount`` under ``hold_id`` (none if zero), without an admission check;
     a hold for calls of ``model`` counts only in that model's caps (see :func:`hold_entry`)."""
-    updated = current_window(record, now)
-    held = dict(updated.get("reservations", {}))
+    return put_hold(current_window(record, now), hold_id, amount, expires_at, model)
+
+
+def put_hold(record: UserRecord, hold_id: str, amount: float, expires_at: float, model: str | None) -> UserRecord:
+    """:func:`set_hold` for a record already in its current window (a shallow copy of it)."""
+    updated = cast(UserRecord, dict(record))
+    held = dict(record.get("reservations", {}))
     if amount > 0:
-        held[hold_id] = hold_entry(updated, check_amount("hold", amount), expires_at, model)
+        held[hold_id] = hold_entry(record, check_amount("hold", amount), expires_at, model)
     else:
         held.pop(hold_id, None)
     _set_or_drop(updated, "reservations", held)

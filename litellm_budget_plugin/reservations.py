@@ -221,6 +221,7 @@ def charge_each(
     is in ``users``), one copy per record (:func:`.budget.charge_many`); a call id the user's
     record has charged already, or charged earlier in ``charges``, is skipped. The records changed."""
     batches: dict[str, list[Charge]] = {}
+    untracked: set[str] = set()  # tags without a budget: apps tag calls for their logs too
     seen: set[tuple[str, str]] = set()
     for keys, one in charges:
         user, call_id = keys[0], one[2]
@@ -229,9 +230,15 @@ def charge_each(
                 continue
             seen.add((user, call_id))
         for key in keys:
-            if key != user and key not in records and kind_of(key) == "tag":
-                continue  # a tag without a budget is not tracked: apps tag calls for their logs too
-            batches.setdefault(key, []).append(one)
+            batch = batches.get(key)
+            if batch is None:
+                if key in untracked:
+                    continue
+                if key != user and kind_of(key) == "tag" and key not in records:
+                    untracked.add(key)
+                    continue
+                batch = batches[key] = []
+            batch.append(one)
     return {
         key: charge_many(
             users[key] if key in users else records[key] if key in records else new_record(None, None, now),

@@ -72,10 +72,12 @@ def admit(
     reserve = store._reserve_change(user, call_id, amount, ttl, "strict", default, at_least, model, others)
 
     def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], tuple[_Grant | None, float]]:
-        current = _or_default(user, records.get(user), default, now)
         with store._deferred_lock:
+            if lease is not None:
+                store._schedule(lease)  # the write left it to this change: up to date at the next, if not here
             if store._end_leased_call(call_id):  # admitted again under the same id
                 store._schedule()
+        current = _or_default(user, records.get(user), default, now)
         keys = leasing.lease_keys(user, current, others)
         if keys is None:
             changed, (_, held) = reserve(records)
@@ -96,7 +98,7 @@ def admit(
             if spare:
                 store._schedule(lease)  # looked at again, to give the spare back once idle
 
-    return store._update_many(change, install)[1]
+    return store._update_many(change, install, lease)[1]
 
 
 def _lease_for(
@@ -150,7 +152,7 @@ def _regrow(
     expires_at = max(now + ttl, lease.expires_at(now, spare=hot, leaving=store._ending))
     grant = (lease, max(0.0, target - in_flight - held), expires_at, held)
     for key, record in current.items():
-        changed[key] = budget.set_hold(record, lease.hold_id, target, expires_at, now, lease.model)
+        changed[key] = budget.put_hold(record, lease.hold_id, target, expires_at, lease.model)
     return changed, (grant, held)
 
 
@@ -172,5 +174,5 @@ def _take_back_spare(
                 expires_at = other.expires_at(now, spare=False, leaving=store._ending)
                 for key in shared:
                     record = changed.get(key, current[key])
-                    changed[key] = budget.set_hold(record, other.hold_id, in_flight, expires_at, now, other.model)
+                    changed[key] = budget.put_hold(record, other.hold_id, in_flight, expires_at, other.model)
     return changed

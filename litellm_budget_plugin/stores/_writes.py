@@ -183,10 +183,12 @@ def locked_write(
     store: FileStore,
     fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]],
     charged: list[tuple[_Deferred, UserRecord]],
+    regrows: _Lease | None = None,
 ) -> T:
     """Under the store's lock: write the deferred charges, the lease holds and ``fn``'s change
     in one write (see the module's docstring); ``fn``'s result, or its error once the others
-    are written. The charges written are added to ``charged``.
+    are written. The charges written are added to ``charged``. The hold of ``regrows`` is
+    left to ``fn`` (which marks it to bring up to date at the next write if it does not).
 
     Records are encoded once, for the write; only if one cannot be are the changes looked at
     one by one to find whose it is (deferred charges first: the lease holds and ``fn``'s
@@ -197,7 +199,7 @@ def locked_write(
     working: dict[str, UserRecord | None] = {}
     failed: list[tuple[_Deferred, Exception]] = []
     applied = _apply_all(store, items, working, failed)
-    skip: set[_Lease] = set()  # leases whose hold cannot be rewritten
+    skip: set[_Lease] = set() if regrows is None else {regrows}  # leases not brought up to date here
     error: BaseException | None = None
     while True:
         store._ending = {entry.item.call_id for entry in applied if entry.item.call_id is not None}

@@ -144,14 +144,16 @@ class FileStore(RecordStore):
         self,
         fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]],
         written: Callable[[T], None] | None = None,
+        regrows: _Lease | None = None,
     ) -> T:
         """See :meth:`RecordStore._update_many`: the records ``fn`` changes are written with
         the pending ones, in one write, or none of them is (see :mod:`._writes`); ``written(result)``
-        runs once they are on disk, still under the lock."""
+        runs once they are on disk, still under the lock. ``regrows``: a lease ``fn`` rewrites
+        the hold of, which the write does not bring up to date first."""
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
             with self._locked():
-                result = locked_write(self, fn, charged)
+                result = locked_write(self, fn, charged, regrows)
                 if written is not None:
                     written(result)
                 return result
