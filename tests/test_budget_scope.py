@@ -108,6 +108,7 @@ def test_too_many_tags_with_the_outer_scopes_are_refused_on_entry() -> None:
 
 def test_calls_in_a_scope_are_charged_to_its_user_team_and_tags(file_store: FileStore, register) -> None:
     register(BudgetGuard(file_store))
+    file_store.set_budget("tag:chat", None)  # tracked: a tag without a record is not
     with budget_scope(user="alice", team="red", tags=["chat"]):
         cost = mock_call()
     mock_call()  # outside every scope, no user=: not tracked

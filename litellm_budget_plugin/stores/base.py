@@ -504,18 +504,5 @@ def _or_default(user: str, record: UserRecord | None, default: NewBudget | None,
 
 
 def check_subjects(given: Sequence[str]) -> tuple[str, ...]:
-    """``subjects=`` of a store operation: () needs no check (the usual call), and a tuple
-    seen before is not checked again (a guard names the same few on every call)."""
-    if not given:
-        return ()
-    if type(given) is tuple:
-        try:
-            return _checked_subjects(given)
-        except TypeError:  # not hashable: not budget keys either, which the check says
-            pass
-    return subjects.check_subjects(given)
-
-
-@functools.lru_cache(maxsize=1024)
-def _checked_subjects(given: tuple[str, ...]) -> tuple[str, ...]:
-    return subjects.check_subjects(given)
+    """``subjects=`` of a store operation: () needs no check (the usual call)."""
+    return () if not given else subjects.check_subjects_once(given)
