@@ -150,6 +150,8 @@ def test_threads_started_with_a_copied_context_are_attributed_plain_ones_are_not
 
 def test_asyncio_tasks_and_to_thread_keep_their_own_scope(file_store: FileStore, register) -> None:
     register(BudgetGuard(file_store))
+    for tag in ("tag:a", "tag:b"):  # tracked: a tag without a record is not
+        file_store.set_budget(tag, None)
 
     async def as_user(user: str, tags: list[str]) -> float:
         with budget_scope(user=user, tags=tags):
@@ -175,6 +177,8 @@ def test_asyncio_tasks_and_to_thread_keep_their_own_scope(file_store: FileStore,
 
 def test_an_explicit_user_and_the_calls_metadata_win_over_the_scope(file_store: FileStore, register) -> None:
     register(BudgetGuard(file_store))
+    for tag in ("tag:own", "tag:scoped"):  # tracked: a tag without a record is not
+        file_store.set_budget(tag, None)
     with budget_scope(user="alice", team="red", tags=["scoped"]):
         cost = mock_call(user="carol", metadata={"team": "blue", "tags": ["own"]})
 
