@@ -16,7 +16,7 @@ beyond LiteLLM's add ``team`` (a user's), ``timezone`` (a calendar main window) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, cast
 
 from .errors import ConfigurationError
@@ -58,6 +58,11 @@ APPLIED_ID_SLACK = 2
 # than this share of what is left of the budget.
 LEASE_SPARE_CALLS = 32
 LEASE_SPARE_SHARE = 0.5
+# In a budget several users share (a team, a tag), whose calls other processes admit too, a
+# lease takes at most this share of what is left, and no spare smaller than one call: spare
+# other processes hold would refuse calls there long before the budget is spent, so near its
+# end each call is held on its own.
+LEASE_SHARED_SPARE_SHARE = 1 / 32
 
 Mode = Literal["strict", "soft"]
 MODES: tuple[Mode, ...] = ("strict", "soft")
@@ -191,6 +196,10 @@ def too_large(cost: float) -> ConfigurationError:
     return ConfigurationError(f"cost {cost!r} would take the spend past {MAX_AMOUNT:.0e}, the most a record holds")
 
 
+# One charge of a batch (charge_many): its cost, model, call id and what was held for it.
+Charge = tuple[float, str, str | None, float | None]
+
+
 def charge(
     record: UserRecord,
     cost: float,
@@ -208,43 +217,89 @@ def charge(
     cost = check_amount("cost", cost)
     if remember and call_id is not None and call_id in record.get("applied", {}):
         return record, False
+    return charge_many(record, [(cost, model, call_id, held)], now, remember), True
+
+
+def charge_many(record: UserRecord, charges: Iterable[Charge], now: float, remember: bool = True) -> UserRecord:
+    """Apply checked charges in order, as :func:`charge` would one by one, in one copy of the
+    record (a file store writes a batch of calls admitted from its leases so). A call's own
+    hold in the record settles it and is what its overrun is counted against (else ``held``);
+    with ``remember``, a call id applied already is skipped. Raises as :func:`charge` when a
+    sum would pass MAX_AMOUNT, changing nothing."""
     updated = current_window(record, now)
-    total = updated["current_cost"] + cost
-    model_total = updated["model_cost"].get(model, 0.0) + cost
-    excess = overrun(cost, held)
-    overrun_total = updated.get("overrun_cost", 0.0) + excess
-    windows: list[Window] = [
-        {**window, "spend": window["spend"] + cost} if applies_to(window, model) else window
-        for window in updated.get("windows", ())
-    ]
-    if max(total, model_total, overrun_total, *[window["spend"] for window in windows]) > MAX_AMOUNT:
+    total, model_cost = updated["current_cost"], updated["model_cost"]
+    windows = updated.get("windows", ())
+    spends = [window["spend"] for window in windows]
+    overruns, overrun_total = updated.get("overruns", 0), updated.get("overrun_cost", 0.0)
+    applied = updated.get("applied", {})
+    holds = updated.get("reservations", {})
+    added: dict[str, float] = {}
+    ended: list[str] = []
+    cost = 0.0
+    for cost, model, call_id, held in charges:
+        if call_id is not None:
+            if remember:
+                if call_id in applied or call_id in added:
+                    continue
+                added[call_id] = now
+            own = holds.get(call_id) if holds else None
+            if own is not None:
+                held = own["amount"]
+                ended.append(call_id)
+        total += cost
+        model_cost[model] = model_cost.get(model, 0.0) + cost
+        if windows:
+            for n, window in enumerate(windows):
+                if applies_to(window, model):
+                    spends[n] += cost
+        if held is not None and cost > held and overrun(cost, held):  # the rule is overrun's
+            overruns += 1
+            overrun_total += overrun(cost, held)
+    if max(total, overrun_total, *model_cost.values(), *spends) > MAX_AMOUNT:
         raise too_large(cost)
     updated["current_cost"] = total
-    updated["model_cost"][model] = model_total
     if windows:
-        updated["windows"] = windows
-    if excess:
-        updated["overruns"] = updated.get("overruns", 0) + 1
+        updated["windows"] = [
+            window if window["spend"] == spend else {**window, "spend": spend}
+            for window, spend in zip(windows, spends, strict=True)
+        ]
+    if overruns != updated.get("overruns", 0):
+        updated["overruns"] = overruns
         updated["overrun_cost"] = overrun_total
-    if call_id is not None:
-        holds = dict(updated.get("reservations", {}))
-        holds.pop(call_id, None)
-        _set_or_drop(updated, "reservations", holds)
-        if remember:  # else the record of the call's user remembers it (reservations.charge_all)
-            updated["applied"] = {**updated.get("applied", {}), call_id: now}
-    return updated, True
+    if ended:
+        _set_or_drop(updated, "reservations", {k: v for k, v in holds.items() if k not in ended})
+    if added:
+        updated["applied"] = {**applied, **added}
+    return updated
 
 
-def set_hold(record: UserRecord, hold_id: str, amount: float, expires_at: float, now: float) -> UserRecord:
-    """Hold exactly ``amount`` under ``hold_id`` (none if zero), without an admission check."""
-    updated = current_window(record, now)
-    held = dict(updated.get("reservations", {}))
+def set_hold(
+    record: UserRecord, hold_id: str, amount: float, expires_at: float, now: float, model: str | None = None
+) -> UserRecord:
+    """Hold exactly ``amount`` under ``hold_id`` (none if zero), without an admission check;
+    a hold for calls of ``model`` counts only in that model's caps (see :func:`hold_entry`)."""
+    return put_hold(current_window(record, now), hold_id, amount, expires_at, model)
+
+
+def put_hold(record: UserRecord, hold_id: str, amount: float, expires_at: float, model: str | None) -> UserRecord:
+    """:func:`set_hold` for a record already in its current window (a shallow copy of it)."""
+    updated = cast(UserRecord, dict(record))
+    held = dict(record.get("reservations", {}))
     if amount > 0:
-        held[hold_id] = {"amount": check_amount("hold", amount), "expires_at": expires_at}
+        held[hold_id] = hold_entry(record, check_amount("hold", amount), expires_at, model)
     else:
         held.pop(hold_id, None)
     _set_or_drop(updated, "reservations", held)
     return updated
+
+
+def hold_entry(record: UserRecord, amount: float, expires_at: float, model: str | None) -> Reservation:
+    """A hold in ``record``, naming ``model`` when the record has a per-model cap (which then
+    counts it only if it is its model; a hold without a model counts in every cap)."""
+    entry: Reservation = {"amount": amount, "expires_at": expires_at}
+    if model is not None and any("model" in window for window in record.get("windows", ())):
+        entry["model"] = model
+    return entry
 
 
 def release(record: UserRecord, call_id: str, now: float) -> tuple[UserRecord, bool]:

@@ -10,25 +10,23 @@ call's own team and tags, the global budget. It holds one amount in each, or non
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 
 from .budget import (
-    LEASE_SPARE_CALLS,
-    LEASE_SPARE_SHARE,
+    Charge,
     Mode,
-    Reservation,
     UserRecord,
-    charge,
+    charge_many,
     check_amount,
     check_ttl,
     current_window,
+    hold_entry,
     new_record,
     release,
 )
-from .errors import over_budget
+from .errors import BudgetRefusal, over_budget
 from .subjects import GLOBAL, charged_subjects, kind_of
-from .windows import applies_to, describe, same_model
+from .windows import Window, applies_to, describe, same_model
 
 
 def reserved(record: UserRecord, now: float, exclude: str | None = None, model: str | None = None) -> float:
@@ -49,10 +47,25 @@ def mode_for(key: str, mode: Mode) -> Mode:
     return "soft" if key == GLOBAL else mode
 
 
-def leasable(record: UserRecord) -> bool:
-    """Whether a process may admit the record's calls from a lease (stores/file.py): a record
-    with one window and no team, whose admission depends only on its own spend and holds."""
-    return "windows" not in record and "team" not in record
+def limits(record: UserRecord, model: str | None) -> list[tuple[float | None, float, Window | None]]:
+    """The windows of ``record`` a call of ``model`` must fit, as (budget, spend, window): the
+    main one (window None), then each of ``windows`` that counts the model."""
+    found: list[tuple[float | None, float, Window | None]] = [(record["total_budget"], record["current_cost"], None)]
+    for window in record.get("windows", ()):
+        if applies_to(window, model):
+            found.append((window["budget"], window["spend"], window))
+    return found
+
+
+def refusal(
+    key: str, spend: float, limit: float | None, amount: float, held: float, window: Window | None
+) -> BudgetRefusal:
+    """The refusal of a call that does not fit ``window`` of ``key``'s record (None: the main one)."""
+    assert limit is not None
+    if window is None:
+        return over_budget(key, spend, limit, amount, held)
+    label = describe(limit, window.get("duration"), window.get("timezone"), window.get("model"))
+    return over_budget(key, spend, limit, amount, held, window=label)
 
 
 def record_hold(
@@ -68,20 +81,11 @@ def record_hold(
     """What a call may hold in ``record`` (in its current window), fitting every window that
     counts ``model``; or raise the refusal of the first window it does not fit."""
     hold = amount
-    windows: list[tuple[float | None, float, str | None, str]] = [
-        (record["total_budget"], record["current_cost"], None, "")
-    ]
-    for window in record.get("windows", ()):
-        if applies_to(window, model):
-            only = window.get("model")
-            label = describe(window["budget"], window.get("duration"), window.get("timezone"), only)
-            windows.append((window["budget"], window["spend"], only, label))
-    for budget, spend, only, label in windows:
-        held = reserved(record, now, exclude=call_id, model=only)
-        fits = hold_amount(spend, held, amount, budget, mode, at_least)
+    for limit, spend, window in limits(record, model):
+        held = reserved(record, now, exclude=call_id, model=None if window is None else window.get("model"))
+        fits = hold_amount(spend, held, amount, limit, mode, at_least)
         if fits is None:
-            assert budget is not None
-            raise over_budget(key, spend, budget, amount, held, window=label)
+            raise refusal(key, spend, limit, amount, held, window)
         hold = min(hold, fits)
     return hold
 
@@ -171,9 +175,7 @@ def reserve_all(
         hold = min(hold, record_hold(record, key, call_id, amount, mode_for(key, mode), now, at_least, model))
     others = list(keys[1:])
     for key, record in present.items():
-        entry: Reservation = {"amount": hold, "expires_at": now + ttl}
-        if model is not None and any("model" in window for window in record.get("windows", ())):
-            entry["model"] = model
+        entry = hold_entry(record, hold, now + ttl, model)
         if key == user and others:
             entry["also"] = others
         record["reservations"] = {**record.get("reservations", {}), call_id: entry}
@@ -190,26 +192,62 @@ def charge_all(
     now: float,
     held: float | None = None,
     subjects: Iterable[str] = (),
+    held_by: tuple[str, ...] | None = None,
 ) -> dict[str, UserRecord]:
     """Charge a call of ``user`` to every budget that applies: those that held it (its hold in
-    the user's record names them), else the user's team and ``subjects``; each settles its own
-    hold (an overrun is counted against it, else against ``held``). A team without a record
-    gets one without a limit (tracked); a tag without one is left out. Returns the records
-    changed: none for a call id the user's record has charged already (it alone remembers call
-    ids: a team's record sees too many calls to keep them long enough)."""
+    the user's record names them; ``held_by`` names them for a call held in a lease), else the
+    user's team and ``subjects``; each settles its own hold (an overrun is counted against it,
+    else against ``held``). A team without a record gets one without a limit (tracked); a tag
+    without one is left out. Returns the records changed: none for a call id the user's record
+    has charged already (it alone remembers call ids: a team's record sees too many calls to
+    keep them long enough)."""
     if call_id is not None and call_id in user_record.get("applied", {}):
         return {}
     hold = user_record.get("reservations", {}).get(call_id) if call_id is not None else None
-    keys = (user, *hold.get("also", [])) if hold is not None else charged_subjects(user, user_record, subjects)
-    changed: dict[str, UserRecord] = {}
-    for key in keys:
-        if key != user and key not in records and kind_of(key) == "tag":
-            continue  # a tag without a budget is not tracked: apps tag calls for their logs too
-        record = user_record if key == user else records[key] if key in records else new_record(None, None, now)
-        own = record.get("reservations", {}).get(call_id) if call_id is not None else None
-        updated, _ = charge(record, cost, model, call_id, now, held if own is None else own["amount"], key == user)
-        changed[key] = updated
-    return changed
+    if hold is not None:
+        keys = (user, *hold.get("also", []))
+    else:
+        keys = held_by if held_by is not None else charged_subjects(user, user_record, subjects)
+    return charge_each(records, {user: user_record}, [(keys, (cost, model, call_id, held))], now)
+
+
+def charge_each(
+    records: Mapping[str, UserRecord],
+    users: Mapping[str, UserRecord],
+    charges: Iterable[tuple[tuple[str, ...], Charge]],
+    now: float,
+) -> dict[str, UserRecord]:
+    """Charge calls, in order, each to the budgets its keys name (its user first, whose record
+    is in ``users``), one copy per record (:func:`.budget.charge_many`); a call id the user's
+    record has charged already, or charged earlier in ``charges``, is skipped. The records changed."""
+    batches: dict[str, list[Charge]] = {}
+    untracked: set[str] = set()  # tags without a budget: apps tag calls for their logs too
+    seen: set[tuple[str, str]] = set()
+    for keys, one in charges:
+        user, call_id = keys[0], one[2]
+        if call_id is not None:
+            if call_id in users[user].get("applied", {}) or (user, call_id) in seen:
+                continue
+            seen.add((user, call_id))
+        for key in keys:
+            batch = batches.get(key)
+            if batch is None:
+                if key in untracked:
+                    continue
+                if key != user and kind_of(key) == "tag" and key not in records:
+                    untracked.add(key)
+                    continue
+                batch = batches[key] = []
+            batch.append(one)
+    return {
+        key: charge_many(
+            users[key] if key in users else records[key] if key in records else new_record(None, None, now),
+            batch,
+            now,
+            remember=key in users,
+        )
+        for key, batch in batches.items()
+    }
 
 
 def release_all(records: Mapping[str, UserRecord], user: str, call_id: str, now: float) -> dict[str, UserRecord]:
@@ -224,42 +262,3 @@ def release_all(records: Mapping[str, UserRecord], user: str, call_id: str, now:
             if found:
                 changed[key] = updated
     return changed
-
-
-def lease_hold(
-    record: UserRecord,
-    user: str,
-    hold_id: str,
-    in_flight: float,
-    amount: float,
-    spare: bool,
-    now: float,
-    at_least: float | None = None,
-) -> tuple[float, float]:
-    """What a process's lease (see :class:`~litellm_budget_plugin.stores.file.FileStore`) must
-    hold to admit one more call of ``amount`` in strict mode, and what that call holds (less
-    than ``amount`` only with ``at_least``, see :func:`hold_amount`), or raise BudgetExceededError.
-
-    The hold covers the process's calls in flight and the new call; with ``spare`` it also
-    covers its next few calls like this one, so that they are admitted without writing, but
-    never more than half of what others leave of the budget.
-    """
-    updated = current_window(record, now)
-    spend, limit = updated["current_cost"], updated["total_budget"]
-    others = reserved(updated, now, exclude=hold_id)
-    call = hold_amount(spend, others + in_flight, amount, limit, "strict", at_least)
-    if call is None:
-        assert limit is not None
-        raise over_budget(user, spend, limit, amount, others + in_flight)
-    needed = in_flight + call
-    if not spare or call < amount:
-        return needed, call
-    room = math.inf if limit is None else max(0.0, limit - spend - others - needed)
-    return needed + min(LEASE_SPARE_CALLS * amount, LEASE_SPARE_SHARE * room), call
-
-
-def lease_spare_fits(record: UserRecord, hold_id: str, in_flight: float, spare: float, now: float) -> bool:
-    """Whether a lease's spare still fits the budget (it may have been lowered since it was taken)."""
-    updated = current_window(record, now)
-    others = reserved(updated, now, exclude=hold_id)
-    return admits(updated["current_cost"], others, in_flight + spare, updated["total_budget"], "strict")

@@ -14,6 +14,7 @@ store's atomic step (the user's team is read there).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -104,6 +105,22 @@ def check_subjects(subjects: object, teams: int = 1) -> tuple[str, ...]:
     if kinds.count("tag") > MAX_TAGS:
         raise ConfigurationError(f"a call may carry at most {MAX_TAGS} tags, got {kinds.count('tag')}")
     return keys
+
+
+def check_subjects_once(subjects: object) -> tuple[str, ...]:
+    """:func:`check_subjects`, checking a tuple seen before only once (a guard names the same
+    few budgets on every call, and a store checks them on each of its operations)."""
+    if type(subjects) is tuple:
+        try:
+            return _checked_tuple(subjects)
+        except TypeError:  # not hashable: not budget keys either, which the check says
+            pass
+    return check_subjects(subjects)
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_tuple(subjects: tuple[object, ...]) -> tuple[str, ...]:
+    return check_subjects(subjects)
 
 
 def _subject_key(key: object) -> str:

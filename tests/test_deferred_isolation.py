@@ -69,6 +69,12 @@ class OneUserBreaks(FileStore):
 
         return breaks
 
+    def _charge_batch(self, records: Any, users: Mapping[str, UserRecord], charges: Any) -> dict[str, UserRecord]:
+        """A batch of leased calls' charges holding mallory's fails too: they are then applied one by one."""
+        if BROKEN in users and self.failures_left > 0:
+            raise RuntimeError(f"injected failure charging a batch with {BROKEN}")
+        return super()._charge_batch(records, users, charges)
+
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:

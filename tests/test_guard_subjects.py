@@ -115,17 +115,20 @@ def test_a_refusal_by_a_team_keeps_the_hint_about_output_tokens(server: FakeOpen
 def test_the_metadata_team_and_tags_are_charged_with_the_user(server: FakeOpenAI, file_store, register) -> None:
     file_store.set_budget("alice", 1.0)
     file_store.set_budget("team:red", 1.0)
+    file_store.set_budget("tag:search", None)  # tracked, no limit (a tag without a record is not tracked)
     register(BudgetGuard(file_store))
 
     call(server, user="alice", max_tokens=100, metadata={"team": "red", "tags": ["search", "prod", "search"]})
 
-    wait_until(charged(file_store, "alice", "team:red", "tag:search", "tag:prod"))
-    assert file_store.get("tag:prod")["total_budget"] is None  # type: ignore[index]  # tracked, no limit
+    wait_until(charged(file_store, "alice", "team:red", "tag:search"))
+    assert file_store.get("tag:search")["total_budget"] is None  # type: ignore[index]
+    assert file_store.get("tag:prod") is None
     assert holding(file_store) == {}
 
 
 def test_a_call_without_a_user_is_held_against_its_team_alone(server: FakeOpenAI, file_store, register) -> None:
     file_store.set_budget("team:red", ESTIMATE_100 + SERVER_COST / 2)
+    file_store.set_budget("tag:batch", None)  # tracked: a tag without a record is not
     register(BudgetGuard(file_store, unknown_users="deny"))  # about users: the team is known anyway
 
     call(server, max_tokens=100, metadata={"team": "red", "tags": ["batch"]})
@@ -248,6 +251,8 @@ def test_the_store_wide_global_budget_is_held_with_the_user_in_one_admission(
 
 def test_an_explicit_user_wins_over_the_scope(server: FakeOpenAI, file_store, register) -> None:
     register(BudgetGuard(file_store))
+    for tag in ("tag:search", "tag:chat"):  # tracked: a tag without a record is not
+        file_store.set_budget(tag, None)
     with budget_scope(user="bob", team="red", tags=["chat"]):
         call(server, user="alice", max_tokens=100, metadata={"team": "blue", "tags": ["search"]})
 

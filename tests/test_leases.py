@@ -28,6 +28,7 @@ from litellm_budget_plugin.errors import StoreLockTimeout, UnknownUserError
 from litellm_budget_plugin.guard import BudgetGuard
 from litellm_budget_plugin.stores import _admission as admission_module
 from litellm_budget_plugin.stores import _deferred as deferred_module
+from litellm_budget_plugin.stores import _leases as leases_module
 from litellm_budget_plugin.stores import file as file_module
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -58,7 +59,7 @@ def quiet_flusher(monkeypatch: pytest.MonkeyPatch) -> None:
 def patient_leases(monkeypatch: pytest.MonkeyPatch) -> None:
     """A lease keeps its spare through pauses: only a budget that no longer fits, close()
     or exit take it back."""
-    monkeypatch.setattr(file_module, "LEASE_IDLE_SECONDS", 60.0)
+    monkeypatch.setattr(leases_module, "LEASE_IDLE_SECONDS", 60.0)
 
 
 def held(store: FileStore, user: str = "alice") -> float:

@@ -48,6 +48,10 @@ class _Deferred(NamedTuple):
     cost: float
     model: str
     attempts: int = 0  # writes that tried it and failed
+    # A call admitted from a lease, charged with no callback: the budgets the lease held it
+    # in, the user's first (the charge is then written in a batch), and what it held.
+    keys: tuple[str, ...] | None = None
+    held: float | None = None
 
 
 class FailedCharge(NamedTuple):

@@ -20,14 +20,16 @@ appends (``Journal.prepare``), so checking costs nothing in the usual case.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from ..budget import UserRecord
 from ..errors import StoreError
 from ._deferred import _STORES_WITH_PENDING, _Deferred, _retry_or_give_up
 from ._journal import Journal
+from ._leases import _Lease, refresh, stop_spare, unlease_changed
 
 if TYPE_CHECKING:
     from .file import FileStore
@@ -90,8 +92,14 @@ def check_writable(journal: Journal, changed: Mapping[str, UserRecord | None], n
                 raise StoreError(f"the record of {key!r} cannot be written: {exc!r}; nothing was changed") from exc
 
 
-# A deferred charge applied: its item, the records it changed (none: charged already), the user's record.
-_Applied = tuple[_Deferred, dict[str, UserRecord], UserRecord]
+class _Applied(NamedTuple):
+    """A deferred charge applied: the records it changed (none: charged already; a batch's
+    charges share the batch's), the user's record, and whether it was applied in a batch."""
+
+    item: _Deferred
+    changed: dict[str, UserRecord]
+    record: UserRecord
+    batched: bool = False
 
 
 def _apply_all(
@@ -103,19 +111,41 @@ def _apply_all(
 ) -> list[_Applied]:
     """Apply deferred charges in order to ``working``, each to what the ones before it left,
     each whole or not at all (one that raises goes to ``failed``); with ``now``, each one's
-    records are also encoded (see :func:`check_writable`). The charges applied, in order."""
+    records are also encoded (see :func:`check_writable`). The charges applied, in order.
+
+    Without ``now``, the charges of calls admitted from leases that follow one another are
+    applied in one batch (one copy of each record they change, see ``reservations.charge_each``);
+    a batch that raises is applied charge by charge instead."""
     view = Overlay(working, store._journal)
     applied: list[_Applied] = []
-    for item in items:
-        try:
-            changed, record = item.change(view)
-            check_writable(store._journal, changed, now)
-        except Exception as exc:
-            failed.append((item, exc))
-            continue
-        working.update(changed)
-        applied.append((item, changed, record))
+    for leased, run in itertools.groupby(items, key=lambda item: now is None and item.keys is not None):
+        charges = list(run)
+        if leased and len(charges) > 1:
+            try:
+                applied.extend(_apply_batch(store, charges, view))
+                continue
+            except Exception:
+                pass  # charge by charge: each whole or not at all
+        for item in charges:
+            try:
+                changed, record = item.change(view)
+                check_writable(store._journal, changed, now)
+            except Exception as exc:
+                failed.append((item, exc))
+                continue
+            working.update(changed)
+            applied.append(_Applied(item, changed, record))
     return applied
+
+
+def _apply_batch(store: FileStore, charges: list[_Deferred], view: Overlay) -> list[_Applied]:
+    """Apply the charges of calls admitted from leases in one batch to ``view``'s changes, or raise changing nothing."""
+    users = {item.user: view[item.user] for item in charges}
+    batch = [(item.keys or (item.user,), (item.cost, item.model, item.call_id, item.held)) for item in charges]
+    changed = store._charge_batch(view, users, batch)
+    check_writable(store._journal, changed)
+    view.changes.update(changed)
+    return [_Applied(item, changed, changed.get(item.user, users[item.user]), batched=True) for item in charges]
 
 
 def _unencodable(journal: Journal, records: dict[str, UserRecord | None], now: float) -> tuple[str, Exception] | None:
@@ -136,12 +166,14 @@ def _without_first_unwritable(
     their records, and the charges applied (those after it applied again, each checked: they
     may have built on it). None if each charge's records can be encoded."""
     working: dict[str, UserRecord | None] = {}
-    for n, (item, changed, _) in enumerate(applied):
+    if any(entry.batched for entry in applied):  # charge by charge, each checked
+        return working, _apply_all(store, [entry.item for entry in applied], working, failed, now)
+    for n, (item, changed, _, _) in enumerate(applied):
         try:
             check_writable(store._journal, changed, now)
         except StoreError as exc:
             failed.append((item, exc))
-            again = _apply_all(store, [later for later, _, _ in applied[n + 1 :]], working, failed, now)
+            again = _apply_all(store, [entry.item for entry in applied[n + 1 :]], working, failed, now)
             return working, applied[:n] + again
         working.update(changed)
     return None
@@ -151,10 +183,12 @@ def locked_write(
     store: FileStore,
     fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]],
     charged: list[tuple[_Deferred, UserRecord]],
+    regrows: _Lease | None = None,
 ) -> T:
     """Under the store's lock: write the deferred charges, the lease holds and ``fn``'s change
     in one write (see the module's docstring); ``fn``'s result, or its error once the others
-    are written. The charges written are added to ``charged``.
+    are written. The charges written are added to ``charged``. The hold of ``regrows`` is
+    left to ``fn`` (which marks it to bring up to date at the next write if it does not).
 
     Records are encoded once, for the write; only if one cannot be are the changes looked at
     one by one to find whose it is (deferred charges first: the lease holds and ``fn``'s
@@ -165,10 +199,10 @@ def locked_write(
     working: dict[str, UserRecord | None] = {}
     failed: list[tuple[_Deferred, Exception]] = []
     applied = _apply_all(store, items, working, failed)
-    skip: set[str] = set()  # leases whose hold cannot be rewritten
+    skip: set[_Lease] = set() if regrows is None else {regrows}  # leases not brought up to date here
     error: BaseException | None = None
     while True:
-        store._ending = {item.call_id for item, _, _ in applied if item.call_id is not None}
+        store._ending = {entry.item.call_id for entry in applied if entry.item.call_id is not None}
         _take_stock(store, failed)
         records = dict(working)
         refreshed = _refresh_leases(store, records, now, skip)
@@ -191,11 +225,12 @@ def locked_write(
         elif key in changed:
             error = StoreError(f"the record of {key!r} cannot be written: {why!r}; nothing was changed")
         elif key in refreshed:
-            skip.add(key)
-            store._stop_lease_spare(key)
+            for lease in refreshed[key]:
+                skip.add(lease)
+                stop_spare(store, lease)
         else:  # no change made it: a bug, which the write reports (nothing written, everything kept)
             break
-    charged.extend((item, record) for item, changed_records, record in applied if changed_records)
+    charged.extend((entry.item, entry.record) for entry in applied if entry.changed)
     try:
         write(store, records, charged)
     except StoreError:
@@ -224,21 +259,25 @@ def _take_stock(store: FileStore, failed: list[tuple[_Deferred, Exception]]) -> 
         store._dirty = set()
 
 
-def _refresh_leases(store: FileStore, records: dict[str, UserRecord | None], now: float, skip: set[str]) -> set[str]:
-    """Bring the leases marked for this write up to date in ``records``; the users changed."""
-    changed = set()
-    for user in store._refreshed - skip:
-        before = records.get(user)
+def _refresh_leases(
+    store: FileStore, records: dict[str, UserRecord | None], now: float, skip: set[_Lease]
+) -> dict[str, list[_Lease]]:
+    """Bring the leases marked for this write up to date in ``records``; the records changed,
+    with the leases that changed each."""
+    changed: dict[str, list[_Lease]] = {}
+    for lease in store._refreshed - skip:
+        before = {key: records.get(key) for key in lease.held}
         try:
-            store._refresh_lease(user, records, now)
+            refresh(store, lease, records, now)
         except Exception:
             logger.exception(
-                "the lease hold of %r in %s cannot be rewritten; it stays until it expires", user, store.path
+                "the lease hold of %r in %s cannot be rewritten; it stays until it expires", lease.user, store.path
             )
-            store._stop_lease_spare(user)
-            skip.add(user)
-        if records.get(user) is not before:
-            changed.add(user)
+            stop_spare(store, lease)
+            skip.add(lease)
+        for key, record in before.items():
+            if records.get(key) is not record:
+                changed.setdefault(key, []).append(lease)
     return changed
 
 
@@ -262,13 +301,12 @@ def write(store: FileStore, working: dict[str, UserRecord | None], charged: list
     with store._deferred_lock:
         for call_id in store._ending:
             store._end_leased_call(call_id, rewrite=False)
-        for user in store._refreshed:
-            lease = store._leases.get(user)
-            if lease is not None and lease.writing_until is not None:
+        for lease in store._refreshed:
+            if lease.writing_until is not None:
                 lease.written_until, lease.writing_until = lease.writing_until, None
         store._refreshed = set()
         if store._leases:
-            store._unlease_changed(working)
+            unlease_changed(store, working)
     if written and store._journal.fold_due():
         try:
             store._journal.fold()

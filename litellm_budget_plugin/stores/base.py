@@ -376,8 +376,10 @@ class RecordStore(abc.ABC):
         default: NewBudget | None,
         held: float | None = None,
         subjects: Sequence[str] = (),
+        held_by: tuple[str, ...] | None = None,
     ) -> Callable[[Mapping[str, UserRecord]], tuple[dict[str, UserRecord], UserRecord]]:
-        """The change ``charge`` makes, checked now and applied under the lock (maybe later)."""
+        """The change ``charge`` makes, checked now and applied under the lock (maybe later);
+        ``held_by``: the budgets a call admitted from a lease was held in (see ``charge_all``)."""
         budget.check_user(user)
         budget.check_amount("cost", cost)
         budget.check_model_name(model)
@@ -390,7 +392,7 @@ class RecordStore(abc.ABC):
 
         def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], UserRecord]:
             record = _or_default(user, records.get(user), default, now)
-            changed = reservations.charge_all(records, user, record, cost, model, call_id, now, held, others)
+            changed = reservations.charge_all(records, user, record, cost, model, call_id, now, held, others, held_by)
             return changed, changed.get(user, record)
 
         return change
@@ -503,4 +505,4 @@ def _or_default(user: str, record: UserRecord | None, default: NewBudget | None,
 
 def check_subjects(given: Sequence[str]) -> tuple[str, ...]:
     """``subjects=`` of a store operation: () needs no check (the usual call)."""
-    return () if not given else subjects.check_subjects(given)
+    return () if not given else subjects.check_subjects_once(given)

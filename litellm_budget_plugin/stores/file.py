@@ -7,10 +7,12 @@ Every change, whatever records it touches (a call's user, team, tags, the global
 written in one append to the journal, or not at all (see :mod:`._writes`). Charges made with
 :meth:`FileStore.charge_later` (the guard's) wait for the store's next operation in this
 process and share its lock and its write (see :mod:`._deferred`). Calls admitted with
-:meth:`FileStore.admit` (the guard's, in strict mode) for a user with no other budget are held
-in one lease per user and process, which a process that keeps calling for a user grows ahead
-of need, so that most of its calls are admitted without a write (see :mod:`._admission` and
-:class:`._leases._Lease`); other calls are reserved in every budget in one write.
+:meth:`FileStore.admit` (the guard's, in strict mode) are held in one lease per kind of call
+(user, subjects, model) and process, in every budget they are checked against, which a
+process that keeps making such calls grows ahead of need, so that most of them are admitted
+without a write (see :mod:`._admission` and :mod:`._leases`); their charges are then written
+in batches, one copy of each record per write. Calls naming the global budget are reserved
+in every budget in one write each.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .. import budget, reservations
-from ..budget import UserRecord
+from ..budget import Charge, UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreError
 from . import _admission
 from ._deferred import (
@@ -41,7 +43,9 @@ from ._deferred import (
     _write_all_pending,
 )
 from ._journal import Journal
-from ._leases import LEASE_HORIZON_SECONDS, LEASE_IDLE_SECONDS, _Lease
+from ._leases import LEASE_HORIZON_SECONDS as LEASE_HORIZON_SECONDS
+from ._leases import LEASE_IDLE_SECONDS as LEASE_IDLE_SECONDS
+from ._leases import Kind, _Lease
 from ._lock import _Locked, _ProcessLock
 from ._writes import locked_write
 from .base import NewBudget, RecordStore, _at_one_time
@@ -109,13 +113,13 @@ class FileStore(RecordStore):
         # What this process has not written yet, guarded by _deferred_lock: charge_later's
         # charges in the order they came, and the users whose lease hold is out of date.
         self._deferred: list[_Deferred] = []
-        self._dirty: set[str] = set()
+        self._dirty: set[_Lease] = set()
         self._pending_since: float | None = None  # time.monotonic() of the oldest of them
         self._deferred_lock = threading.Lock()
         self._failed_charges: deque[FailedCharge] = deque(maxlen=FAILED_CHARGES_KEPT)
-        self._leases: dict[str, _Lease] = {}
-        self._leased: dict[str, str] = {}  # call id admitted from a lease -> its user
-        self._refreshed: set[str] = set()  # lease holds in the write under way (under the lock)
+        self._leases: dict[str, dict[Kind, _Lease]] = {}  # user -> its leases (retired ones aside)
+        self._leased: dict[str, _Lease] = {}  # call id admitted from a lease -> the lease
+        self._refreshed: set[_Lease] = set()  # lease holds in the write under way (under the lock)
         self._ending: set[str] = set()  # calls charged in the write under way: they leave their lease
         self._giving_back = False  # closing or exiting: leases keep no spare
         self._flusher: threading.Thread | None = None
@@ -140,14 +144,16 @@ class FileStore(RecordStore):
         self,
         fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]],
         written: Callable[[T], None] | None = None,
+        regrows: _Lease | None = None,
     ) -> T:
         """See :meth:`RecordStore._update_many`: the records ``fn`` changes are written with
         the pending ones, in one write, or none of them is (see :mod:`._writes`); ``written(result)``
-        runs once they are on disk, still under the lock."""
+        runs once they are on disk, still under the lock. ``regrows``: a lease ``fn`` rewrites
+        the hold of, which the write does not bring up to date first."""
         charged: list[tuple[_Deferred, UserRecord]] = []
         try:
             with self._locked():
-                result = locked_write(self, fn, charged)
+                result = locked_write(self, fn, charged, regrows)
                 if written is not None:
                     written(result)
                 return result
@@ -193,15 +199,31 @@ class FileStore(RecordStore):
         call's hold (at least its cost) until then. A process killed in between loses the
         charge, and its hold expires with its lease.
         """
-        change = self._charge_change(user, cost, model, call_id, default, held, subjects)  # bad input fails here
+        with self._deferred_lock:
+            lease = None if call_id is None else self._leased.get(call_id)
+        # A call admitted from a lease is charged to the budgets the lease held it in.
+        keys = lease.keys if lease is not None and lease.user == user else None
+        change = self._charge_change(user, cost, model, call_id, default, held, subjects, keys)  # bad input fails here
         self._own_process()
         with self._deferred_lock:
             if self._closed:  # closed by another thread since the check above
                 raise self._closed_error()
             # A leased call leaves its lease only when its charge is applied for a write, so
-            # that no write holds less for it without charging it.
-            self._deferred.append(_Deferred(user, change, then, call_id, cost, model))
+            # that no write holds less for it without charging it. One that needs no answer
+            # is written in a batch with the others (see :mod:`._writes`).
+            batch = keys if then is None else None
+            self._deferred.append(_Deferred(user, change, then, call_id, cost, model, keys=batch, held=held))
             self._schedule()
+
+    def _charge_batch(
+        self,
+        records: Mapping[str, UserRecord],
+        users: Mapping[str, UserRecord],
+        charges: Sequence[tuple[tuple[str, ...], Charge]],
+    ) -> dict[str, UserRecord]:
+        """The change a batch of charges of calls admitted from leases makes (see
+        :func:`._writes._apply_all`): ``reservations.charge_each`` at the time of the write."""
+        return reservations.charge_each(records, users, charges, self.clock())
 
     def release(self, call_id: str, user: str | None = None) -> bool:
         budget.check_call_id(call_id)
@@ -217,17 +239,17 @@ class FileStore(RecordStore):
         budget.check_amount("actual cost", actual_cost)
         self._own_process()
         with self._deferred_lock:
-            owner = self._leased.get(call_id)
-            held = None if owner is None else self._leases[owner].calls[call_id][0]
-        if owner is None:
+            lease = self._leased.get(call_id)
+            held = None if lease is None else lease.calls[call_id][0]
+        if lease is None:
             return super().settle(call_id, actual_cost, model, user)
-        self.charge_later(owner, actual_cost, model, call_id=call_id, held=held)
+        self.charge_later(lease.user, actual_cost, model, call_id=call_id, held=held)
         self.flush()  # the charge and the smaller hold in one write (kept for later if it fails)
         return True
 
-    def _schedule(self, lease_of: str | None = None) -> None:
-        """Something waits to be written (the lease hold of ``lease_of``, if given): make sure
-        it is, soon. Under _deferred_lock."""
+    def _schedule(self, lease_of: _Lease | None = None) -> None:
+        """Something waits to be written (the hold of the lease ``lease_of``, if given): make
+        sure it is, soon. Under _deferred_lock."""
         if lease_of is not None:
             self._dirty.add(lease_of)
         if self._pending_since is None:  # else registered already (both end together in _apply_deferred)
@@ -262,74 +284,26 @@ class FileStore(RecordStore):
     def _end_leased_call(self, call_id: str, rewrite: bool = True) -> bool:
         """Take a call admitted from a lease out of it, marking its hold to rewrite (unless it
         was just written without it). Under _deferred_lock."""
-        user = self._leased.pop(call_id, None)
-        if user is None:
-            return False
-        self._leases[user].drop(call_id)
-        if rewrite:
-            self._dirty.add(user)
-        return True
-
-    def _refresh_lease(self, user: str, working: dict[str, UserRecord | None], now: float) -> None:
-        """Bring a lease's hold in the file to its calls in flight and its spare, which is
-        given back once the user has not been called for in a while, or no longer fits."""
-        lease = self._leases.get(user)
-        current = working[user] if user in working else self._journal.records.get(user)
+        lease = self._leased.pop(call_id, None)
         if lease is None:
-            return
-        if current is None:  # the user was deleted: no more calls from the spare
-            with self._deferred_lock:
-                lease.spare = 0.0
-            return
-        with self._deferred_lock:
-            lease.writing_until = None
-            self._expire(lease, now)
-            in_flight = lease.in_flight_without(self._ending)  # those charged in this write leave it
-            if lease.spare and (
-                self._giving_back
-                or time.monotonic() - lease.last_used >= LEASE_IDLE_SECONDS
-                or not reservations.leasable(current)  # given a team or windows since
-                or not reservations.lease_spare_fits(current, lease.hold_id, in_flight, lease.spare, now)
-            ):
-                lease.spare = 0.0
-            elif lease.spare:
-                self._schedule(user)  # come back to it
-            target = in_flight + lease.spare
-            expires_at = lease.expires_at(now, spare=bool(lease.spare), leaving=self._ending)
-            enough = expires_at - (LEASE_HORIZON_SECONDS / 2 if lease.spare else 0.0)
-            held = current.get("reservations", {}).get(lease.hold_id)
-            if (held is None and target == 0) or (
-                held is not None and held["amount"] == target and held["expires_at"] >= enough
-            ):
-                return  # the file says so already
-            lease.writing_until = expires_at
-        working[user] = budget.set_hold(current, lease.hold_id, target, expires_at, now)
-
-    def _unlease_changed(self, written: Mapping[str, UserRecord | None]) -> None:
-        """Admit nothing more from the spare of a user whose record was just written with a team
-        or windows (or deleted): its calls must be checked against those. Under _deferred_lock."""
-        for user, record in written.items():
-            lease = self._leases.get(user)
-            if lease is not None and lease.spare and (record is None or not reservations.leasable(record)):
-                lease.spare = 0.0
-                self._schedule(user)  # and the file's hold shrunk at the next write
-
-    def _expire(self, lease: _Lease, now: float) -> None:
-        """Forget a lease's lapsed calls. Under _deferred_lock."""
-        for call_id in lease.expire(now):
-            self._leased.pop(call_id, None)
+            return False
+        lease.drop(call_id)
+        if rewrite:
+            self._dirty.add(lease)
+        return True
 
     def _give_back(self) -> None:
         """Drop every lease's spare (the process is closing the store or exiting)."""
         with self._deferred_lock:
             self._giving_back = True
-            for user, lease in self._leases.items():
-                if lease.spare:
-                    lease.spare = 0.0
-                    self._dirty.add(user)
-                    if self._pending_since is None:
-                        self._pending_since = time.monotonic()
-                        _STORES_WITH_PENDING.add(self)
+            for kinds in self._leases.values():
+                for lease in kinds.values():
+                    if lease.spare:
+                        lease.spare = 0.0
+                        self._dirty.add(lease)
+                        if self._pending_since is None:
+                            self._pending_since = time.monotonic()
+                            _STORES_WITH_PENDING.add(self)
 
     def flush(self) -> None:
         """Apply the deferred charges now; one that fails waits for the next writes (see :mod:`._deferred`)."""
@@ -345,14 +319,6 @@ class FileStore(RecordStore):
         (see :mod:`._deferred`); each is also logged as an error."""
         with self._deferred_lock:
             return tuple(self._failed_charges)
-
-    def _stop_lease_spare(self, user: str) -> None:
-        """The user's lease hold was not rewritten: admit nothing more from its spare (the file
-        still holds what it held) and leave it until it expires."""
-        with self._deferred_lock:
-            lease = self._leases.get(user)
-            if lease is not None:
-                lease.spare, lease.writing_until = 0.0, None
 
     def compact(self) -> None:
         """Fold the journal into the snapshot now, so the JSON file is current."""
