@@ -233,6 +233,8 @@ def charge_many(record: UserRecord, charges: Iterable[Charge], now: float, remem
     overruns, overrun_total = updated.get("overruns", 0), updated.get("overrun_cost", 0.0)
     applied = updated.get("applied", {})
     holds = updated.get("reservations", {})
+    # A call's own hold, even expired: what it was held for is what its overrun counts against.
+    own_holds = record.get("reservations", {})
     added: dict[str, float] = {}
     ended: list[str] = []
     cost = 0.0
@@ -242,7 +244,7 @@ def charge_many(record: UserRecord, charges: Iterable[Charge], now: float, remem
                 if call_id in applied or call_id in added:
                     continue
                 added[call_id] = now
-            own = holds.get(call_id) if holds else None
+            own = own_holds.get(call_id) if own_holds else None
             if own is not None:
                 held = own["amount"]
                 ended.append(call_id)
