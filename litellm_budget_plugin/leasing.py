@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from .budget import LEASE_SHARED_SPARE_SHARE, LEASE_SPARE_CALLS, LEASE_SPARE_SHARE, UserRecord, current_window
 from .reservations import admits, hold_amount, limits, refusal, reserved
-from .subjects import GLOBAL, charged_subjects
+from .subjects import GLOBAL, charged_subjects, kind_of
 from .windows import applies_to, window_end
 
 
@@ -62,7 +62,9 @@ def lease_hold(
     call = amount
     free: list[tuple[float, float]] = []  # what each window leaves for the lease, and its share of it
     for n, (key, record) in enumerate(records.items()):
-        share = LEASE_SPARE_SHARE if n == 0 else LEASE_SHARED_SPARE_SHARE
+        # a user's own budget lends half; a team's or tag's, shared, 1/32 (also when it keeps the
+        # lease of calls without a user)
+        share = LEASE_SPARE_SHARE if n == 0 and kind_of(key) == "user" else LEASE_SHARED_SPARE_SHARE
         for limit, spend, window in limits(record, model):
             held = reserved(record, now, hold_id, None if window is None else window.get("model")) + in_flight
             fits = hold_amount(spend, held, amount, limit, "strict", at_least)

@@ -306,3 +306,24 @@ def test_no_spare_is_held_past_a_window_reset(open_store, quiet_flusher) -> None
     assert held(other, "alice") > 0.06 + 0.01  # spare again, ending before the next reset
     lease = max(holds(other, "alice").values(), key=lambda hold: hold["amount"])
     assert lease["expires_at"] <= clock.now + 86_400
+
+
+def test_calls_without_a_user_lease_a_teams_budget_as_a_shared_one(open_store) -> None:
+    """A team keeping the lease of calls without a user (budget_scope(team=...)) lends spare as
+    a shared budget does, not half of what is left: its members' calls still fit."""
+    store = open_store()
+    store.set_budget("team:red", 10.0)
+    store.set_budget("alice", 100.0, fields={"team": "red"})
+    for i in range(3):
+        store.admit("team:red", f"team-{i}", 1.0, 60)
+    assert held(store, "team:red") < 3.0 + 1.0  # 1/32 of the 7 left is less than a call: no spare
+
+    admitted = 0
+    for i in range(10):
+        try:
+            store.admit("alice", f"alice-{i}", 1.0, 60)
+        except BudgetRefusal:
+            break
+        admitted += 1
+
+    assert admitted == 7  # 10 - the 3 in flight
