@@ -5,48 +5,26 @@ files matters; where processes must really run at once (or change a record meanw
 are forked. Writes are counted by the journal's appends (test_file_subjects' CountingJournal).
 """
 
+# ruff: noqa: F811  (fixtures imported from test_file_subjects are parameters here)
+
 from __future__ import annotations
 
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from test_deferred_charges import Clock
-from test_file_subjects import counting, holds, spend
+from test_file_subjects import counting, holds, open_store, path, quiet_flusher, spend  # noqa: F401 (fixtures)
 
 from litellm_budget_plugin import FileStore
 from litellm_budget_plugin.errors import BudgetRefusal
-from litellm_budget_plugin.stores import _deferred as deferred_module
 
 TAGS = ("tag:search", "tag:beta")
 MODEL = "gpt-4o"
 CAP = {"budget": 50.0, "duration": "daily", "model": MODEL}
 FORK = multiprocessing.get_context("fork")
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "user_cost.json"
-
-
-@pytest.fixture
-def open_store(file_store_factory: Callable[[], object], path: Path) -> Callable[[], FileStore]:
-    def make() -> FileStore:
-        store = file_store_factory()
-        assert isinstance(store, FileStore) and store.path == path
-        return store
-
-    return make
-
-
-@pytest.fixture
-def quiet_flusher(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flushers started from now on first wake after a minute: only the test writes."""
-    monkeypatch.setattr(deferred_module, "FLUSH_DELAY_SECONDS", 60.0)
 
 
 def every_budget(store: FileStore, team_budget: float = 100.0, tag_budget: float = 100.0) -> None:
