@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from test_deferred_charges import Clock
-from test_file_subjects import counting, holds, open_store, path, quiet_flusher, spend  # noqa: F401 (fixtures)
+from test_file_subjects import counting, holds, open_store, path, quiet_flusher, run_workers, spend  # noqa: F401 (fixtures)
 
 from litellm_budget_plugin import FileStore
 from litellm_budget_plugin.errors import BudgetRefusal
@@ -137,12 +137,7 @@ def test_spare_never_takes_a_budget_past_its_limit_across_processes(open_store, 
 
     results = FORK.Queue()
     workers = [FORK.Process(target=work, args=(index, results)) for index in range(4)]
-    for worker in workers:
-        worker.start()
-    admitted = sum(results.get(timeout=120) for _ in workers)
-    for worker in workers:
-        worker.join(30)
-        assert worker.exitcode == 0
+    admitted = sum(run_workers(workers, results))
 
     reader = open_store()
     assert admitted <= 1.0 * (1 + 1e-12)
@@ -207,12 +202,7 @@ def test_four_processes_with_leases_admit_at_most_what_the_team_covers(open_stor
         FORK.Process(target=_four_users_calls, args=(str(path), worker, start, admitted_all, results))
         for worker in range(4)
     ]
-    for worker in workers:
-        worker.start()
-    admitted = sum(results.get(timeout=120) for _ in workers)
-    for worker in workers:
-        worker.join(30)
-        assert worker.exitcode == 0
+    admitted = sum(run_workers(workers, results))
 
     reader = open_store()
     assert 1 <= admitted <= 10

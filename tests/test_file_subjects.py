@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,17 @@ def _calls_in_a_process(path: str, worker: int, calls: int, start: Any, admitted
     results.put(len(admitted))
 
 
+def run_workers(workers: Sequence[Any], results: Any) -> list[Any]:
+    """Start the worker processes, take one result from each, and check they all ended well."""
+    for worker in workers:
+        worker.start()
+    got = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+        assert worker.exitcode == 0, worker
+    return got
+
+
 def test_four_processes_admit_at_most_what_the_team_budget_covers(open_store, path) -> None:
     store = open_store()
     store.set_budget("team:red", TEAM_CALLS * WORST)
@@ -314,12 +325,7 @@ def test_four_processes_admit_at_most_what_the_team_budget_covers(open_store, pa
         context.Process(target=_calls_in_a_process, args=(str(path), worker, 8, start, admitted_all, results))
         for worker in range(4)
     ]
-    for worker in workers:
-        worker.start()
-    admitted = sum(results.get(timeout=120) for _ in workers)
-    for worker in workers:
-        worker.join(30)
-        assert worker.exitcode == 0
+    admitted = sum(run_workers(workers, results))
 
     reader = open_store()
     assert admitted == TEAM_CALLS  # the budget covers exactly 10 worst cases, all in flight at once
