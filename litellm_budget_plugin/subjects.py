@@ -109,7 +109,10 @@ def check_subjects(subjects: object, teams: int = 1) -> tuple[str, ...]:
 
 def check_subjects_once(subjects: object) -> tuple[str, ...]:
     """:func:`check_subjects`, checking a tuple seen before only once (a guard names the same
-    few budgets on every call, and a store checks them on each of its operations)."""
+    few budgets on every call, and a store checks them on each of its operations); none, the
+    usual call, needs no check."""
+    if type(subjects) in (tuple, list) and not subjects:
+        return ()
     if type(subjects) is tuple:
         try:
             return _checked_tuple(subjects)

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 from .. import budget, leasing
 from ..budget import UserRecord
 from ..errors import BudgetRefusal
+from ..subjects import check_subjects_once
 from ._leases import LEASE_HOT_SECONDS, Kind, _Lease, expire, retire
-from .base import NewBudget, _or_default, check_subjects
+from .base import NewBudget, _or_default
 
 if TYPE_CHECKING:
     from .file import FileStore
@@ -59,7 +60,7 @@ def admit(
     amount, ttl = budget.check_reservation(user, call_id, amount, ttl, "strict", at_least)
     if model is not None:
         budget.check_model_name(model)
-    others = check_subjects(subjects)
+    others = check_subjects_once(subjects)
     kind: Kind = (others, model)
     store._own_process()
     now = store.clock()

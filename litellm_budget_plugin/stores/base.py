@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypedDict, TypeVar, cast, runtime_checkable
 from .. import budget, reservations, subjects
 from ..budget import Mode, UserRecord
 from ..errors import UnknownUserError
+from ..subjects import check_subjects_once
 
 T = TypeVar("T")
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -176,42 +177,6 @@ class BudgetStore(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class WritesAtOnce:
-    """``charge_later`` and ``admit`` for stores on a server: a local shortcut saves no round
-    trip there, so each is one write, now."""
-
-    def admit(
-        self: BudgetStore,
-        user: str,
-        call_id: str,
-        amount: float,
-        ttl: float,
-        default: NewBudget | None = None,
-        at_least: float | None = None,
-        *,
-        model: str | None = None,
-        subjects: Sequence[str] = (),
-    ) -> float:
-        record = self.reserve(user, call_id, amount, ttl, "strict", default, at_least, model=model, subjects=subjects)
-        return reservations.held_for(record, call_id, amount)
-
-    def charge_later(
-        self: BudgetStore,
-        user: str,
-        cost: float,
-        model: str,
-        call_id: str | None = None,
-        default: NewBudget | None = None,
-        then: Callable[[UserRecord], None] | None = None,
-        held: float | None = None,
-        *,
-        subjects: Sequence[str] = (),
-    ) -> None:
-        record = self.charge(user, cost, model, call_id=call_id, default=default, held=held, subjects=subjects)
-        if then is not None:
-            then(record)
 
 
 def _at_one_time(method: Method) -> Method:
@@ -387,7 +352,7 @@ class RecordStore(abc.ABC):
             budget.check_call_id(call_id)
         if held is not None:
             budget.check_amount("held amount", held)
-        others = check_subjects(subjects)
+        others = check_subjects_once(subjects)
         now = self.clock()
 
         def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], UserRecord]:
@@ -431,7 +396,7 @@ class RecordStore(abc.ABC):
         budget.check_reservation(user, call_id, amount, ttl, mode, at_least)
         if model is not None:
             budget.check_model_name(model)
-        others = check_subjects(subjects)
+        others = check_subjects_once(subjects)
         now = self.clock()
 
         def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], tuple[UserRecord, float]]:
@@ -501,8 +466,3 @@ def _or_default(user: str, record: UserRecord | None, default: NewBudget | None,
     subjects.check_subject(user)  # a record is made under this key
     checked = budget.check_default(default)
     return budget.new_record(checked["total_budget"], checked["duration"], now)
-
-
-def check_subjects(given: Sequence[str]) -> tuple[str, ...]:
-    """``subjects=`` of a store operation: () needs no check (the usual call)."""
-    return () if not given else subjects.check_subjects_once(given)

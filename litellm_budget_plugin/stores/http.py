@@ -39,8 +39,9 @@ from ..errors import (
     UnknownUserError,
     over_budget,
 )
-from ..subjects import check_subject
-from .base import NewBudget, WritesAtOnce, check_subjects
+from ..subjects import check_subject, check_subjects_once
+from ._at_once import WritesAtOnce
+from .base import NewBudget
 
 API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
 DEFAULT_PROJECT = "default"
@@ -248,7 +249,7 @@ def _given(*, subjects: Sequence[str] = (), **args: object) -> dict[str, object]
     """The optional arguments of a request that were given (checked ``subjects`` as a list)."""
     given = {name: value for name, value in args.items() if value is not None}
     if subjects:
-        given["subjects"] = list(check_subjects(subjects))
+        given["subjects"] = list(check_subjects_once(subjects))
     return given
 
 

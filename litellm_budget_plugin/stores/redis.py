@@ -80,8 +80,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from .. import budget, subjects
 from ..budget import Mode, UserRecord
 from ..errors import ConfigurationError, StoreCorruptError, StoreError, StoreUnavailableError, UnknownUserError
+from ..subjects import check_subjects_once
+from ._at_once import WritesAtOnce
 from ._redis_records import CalendarPeriods, fields_of, record_of, refusal, written
-from .base import NewBudget, WritesAtOnce, check_subjects
+from .base import NewBudget
 
 KEY_ROOT = "litellm_budget"
 DEFAULT_PROJECT = "default"
@@ -259,7 +261,7 @@ class RedisStore(WritesAtOnce):
         if call_id is not None:
             budget.check_call_id(call_id)
         held = None if held is None else budget.check_amount("held amount", held)
-        others = check_subjects(subjects)
+        others = check_subjects_once(subjects)
         now = self.clock()
         reply = self._run(
             "charge", now, user, cost, model, _opt(call_id), *_default(user, default, now), _opt(held), *_listed(others)
@@ -282,7 +284,7 @@ class RedisStore(WritesAtOnce):
         amount, ttl = budget.check_reservation(user, call_id, amount, ttl, mode, at_least)
         if model is not None:
             budget.check_model_name(model)
-        others = check_subjects(subjects)
+        others = check_subjects_once(subjects)
         now = self.clock()
         reply = self._run(
             "reserve",
