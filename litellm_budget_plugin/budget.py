@@ -200,32 +200,13 @@ def too_large(cost: float) -> ConfigurationError:
 Charge = tuple[float, str, str | None, float | None]
 
 
-def charge(
-    record: UserRecord,
-    cost: float,
-    model: str,
-    call_id: str | None,
-    now: float,
-    held: float | None = None,
-    remember: bool = True,
-) -> tuple[UserRecord, bool]:
-    """Add ``cost`` to the spend; settles the call's reservation. False if already applied.
-
-    A cost above ``held``, what was held for the call, is counted as an overrun (see
-    :mod:`.overruns`): for the record's lifetime, which windows and resets leave alone.
-    """
-    cost = check_amount("cost", cost)
-    if remember and call_id is not None and call_id in record.get("applied", {}):
-        return record, False
-    return charge_many(record, [(cost, model, call_id, held)], now, remember), True
-
-
 def charge_many(record: UserRecord, charges: Iterable[Charge], now: float, remember: bool = True) -> UserRecord:
-    """Apply checked charges in order, as :func:`charge` would one by one, in one copy of the
-    record (a file store writes a batch of calls admitted from its leases so). A call's own
-    hold in the record settles it and is what its overrun is counted against (else ``held``);
-    with ``remember``, a call id applied already is skipped. Raises as :func:`charge` when a
-    sum would pass MAX_AMOUNT, changing nothing."""
+    """Apply checked charges in order, in one copy of the record (a file store writes a batch
+    of calls admitted from its leases so): each adds its cost to the spend, its model's and
+    the windows counting it. A call's own hold in the record settles it and is what its
+    overrun is counted against (else ``held``; see :mod:`.overruns`: counted for the record's
+    lifetime, which windows and resets leave alone); with ``remember``, a call id applied
+    already is skipped. Raises when a sum would pass MAX_AMOUNT, changing nothing."""
     updated = current_window(record, now)
     total, model_cost = updated["current_cost"], updated["model_cost"]
     windows = updated.get("windows", ())
@@ -254,9 +235,10 @@ def charge_many(record: UserRecord, charges: Iterable[Charge], now: float, remem
             for n, window in enumerate(windows):
                 if applies_to(window, model):
                     spends[n] += cost
-        if held is not None and cost > held and overrun(cost, held):  # the rule is overrun's
+        excess = overrun(cost, held)
+        if excess:
             overruns += 1
-            overrun_total += overrun(cost, held)
+            overrun_total += excess
     if max(total, overrun_total, *model_cost.values(), *spends) > MAX_AMOUNT:
         raise too_large(cost)
     updated["current_cost"] = total

@@ -236,7 +236,7 @@ class BudgetGuard(CustomLogger):
                         keys and (held := self._reserve_for(keys, call_id, estimate, at_least, charged, limit)) is None
                     ):
                         keys = keys[1:]
-                    if keys and held is not None:
+                    if held is not None:
                         estimate = held
                         holds.append(_Hold(keys[0], call_id, estimate, keys[1:]))
                 except StoreError as exc:

@@ -2,7 +2,7 @@
 
 Strict mode keeps a budget only while each call's hold, its worst-case estimate, is at least
 what the call costs; an overrun is a call where it was not. :func:`overrun` is the one rule
-for what counts: :func:`.budget.charge` applies it for every store (the Redis script mirrors
+for what counts: :func:`.budget.charge_many` applies it for every store (the Redis script mirrors
 it) to count overruns in the user's record, and the guard to log each one and count it in
 :attr:`BudgetGuard.overruns <litellm_budget_plugin.guard.BudgetGuard.overruns>`.
 """

@@ -84,7 +84,7 @@ end
 -- windows.applies_to
 local function applies_to(w, model) return w.model == nil or same_model(w.model, model) end
 
--- budget.charge: 'applied' if the call id was charged already, 'too_large' if a sum would
+-- budget.charge_many: 'applied' if the call id was charged already, 'too_large' if a sum would
 -- pass MAX_AMOUNT (nothing changed then), else 'ok'. A cost above held counts as an overrun.
 -- Only with ``remember`` (the user's record) is the call id checked and kept.
 local function charge(r, cost, model, call_id, held, remember)
