@@ -25,7 +25,8 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, MutableMapping
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Literal, NamedTuple
 
 import litellm
@@ -46,6 +47,7 @@ from .errors import (
 from .hooks import GuardInstallError as GuardInstallError  # raised by BudgetGuard(), imported from here
 from .hooks import _PendingPositionals, install_sync_hook, off_the_loop, with_positionals
 from .manager import BudgetManager
+from .observe import BudgetObserver, Observers
 from .overruns import Overrun, Overruns, overrun
 from .scope import call_subjects
 from .stores import BudgetStore, FileStore, NewBudget
@@ -115,6 +117,8 @@ class BudgetGuard(CustomLogger):
         this process's spend, ``litellm._current_cost``, which starts at 0 in each process) or
         ``"store"`` (the spend of every process sharing the store, in the record
         ``litellm.max_budget``, over ``global_duration`` windows, e.g. ``"daily"``).
+    :param observers: :class:`~.observe.BudgetObserver` objects told of every admission,
+        refusal, charge, overrun and store failure (metrics, webhook alerts).
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class BudgetGuard(CustomLogger):
         on_alert: AlertHandler | None = None,
         global_budget: GlobalBudget = "process",
         global_duration: str | float | None = None,
+        observers: Iterable[BudgetObserver] = (),
     ) -> None:
         super().__init__()
         check_choice("global_budget", global_budget, ("process", "store"))
@@ -159,6 +164,7 @@ class BudgetGuard(CustomLogger):
             raise ConfigurationError(f"alert_threshold must be in (0, 1], got {alert_threshold!r}")
         self.alert_threshold = alert_threshold
         self.on_alert = on_alert or _log_alert
+        self.observers = Observers(observers)
         self.store = store_of(budgets, project)  # opened once the other arguments are checked
         self._charges_in_memory = isinstance(self.store, FileStore)  # see _settles_in_memory
         self._process_budget = PROCESS_BUDGET  # litellm._current_cost is the process's, not a guard's
@@ -240,6 +246,7 @@ class BudgetGuard(CustomLogger):
                         estimate = held
                         holds.append(_Hold(keys[0], call_id, estimate, keys[1:]))
                 except StoreError as exc:
+                    self.observers.store_failed(None, "admit", exc)
                     if self.on_store_error != "open":
                         raise
                     # The process budget still counts the call.
@@ -250,11 +257,15 @@ class BudgetGuard(CustomLogger):
         except BaseException as exc:
             for hold in holds:
                 self._release_hold(hold)
-            if isinstance(exc, BudgetExceededError) and not exc.hint:
-                raise explained(exc, call_type, model, request, limits, worst, self) from None
+            if isinstance(exc, BudgetExceededError):
+                refusal = exc if exc.hint else explained(exc, call_type, model, request, limits, worst, self)
+                self.observers.refused(None, refusal)
+                if refusal is not exc:
+                    raise refusal from None
             raise
         if not holds:
             return
+        self.observers.admitted(None, [key for hold in holds for key in (hold.key, *hold.also)], model)
         with self._holds_lock:
             self._holds[call_id] = holds
         if capped:
@@ -282,11 +293,14 @@ class BudgetGuard(CustomLogger):
         try:
             # A store may admit a strict call from this process's lease; the global budget keeps
             # LiteLLM's soft rule, which no lease applies.
+            started = time.perf_counter()
             if self.mode == "strict" and owner != GLOBAL_USER:
                 held = self.store.admit(*hold, default, at_least, model=model, subjects=others)
             else:
                 record = self.store.reserve(*hold, self.mode, default, at_least, model=model, subjects=others)
                 held = reservations.held_for(record, call_id, estimate)
+            if self.observers:
+                self.observers.store_timed(None, "admit", time.perf_counter() - started)
         except UnknownUserError:
             if kind_of(owner) == "tag":
                 return None
@@ -331,6 +345,7 @@ class BudgetGuard(CustomLogger):
         if overrun(cost, held):
             self._count_overrun(Overrun(holds[0].call_id, model, _user_of(holds), held, cost))
         for hold in holds:
+            self.observers.charged(None, (hold.key, *hold.also), cost, model)
             if self._held_in_memory(hold):
                 self._process_budget.end(hold.call_id, cost)
                 continue
@@ -370,6 +385,7 @@ class BudgetGuard(CustomLogger):
         )
         with self._overruns_lock:
             self._overruns = self._overruns.plus(call)
+        self.observers.overran(None, call)
 
     def _release(self, kwargs: Mapping[str, Any]) -> None:
         call_id = kwargs.get("litellm_call_id")
@@ -392,8 +408,9 @@ class BudgetGuard(CustomLogger):
         """Run a store operation after the call: a failure must not break the caller's result."""
         try:
             return operation()
-        except BudgetPluginError:
+        except BudgetPluginError as exc:
             logger.exception("budget store operation failed after the call; its hold expires with its lease")
+            self.observers.store_failed(None, getattr(operation, "func", operation).__name__, exc)
             return None
 
     # -- litellm's callback interface (parameter names are litellm's: it calls by keyword) --
