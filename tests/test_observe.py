@@ -57,9 +57,7 @@ def test_observers_see_admission_charge_and_refusal(
     manager.store.set_budget("team:red", 1.0)
     recorder = Recorder()
     register(BudgetGuard(manager, observers=[Broken(), recorder]))
-    litellm.completion(
-        model=MODEL, messages=MESSAGES, user="alice", metadata={"team": "red"}, mock_response="hello"
-    )
+    litellm.completion(model=MODEL, messages=MESSAGES, user="alice", metadata={"team": "red"}, mock_response="hello")
     wait_until(lambda: any(event[0] == "charged" for event in recorder.events))
     kinds = [event[0] for event in recorder.events]
     assert kinds[:3] == ["timed", "admitted", "charged"]
