@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 from .. import reservations
 from ..budget import UserRecord
+from ..ledger import Usage
 from .base import BudgetStore, NewBudget
 
 
@@ -39,7 +40,10 @@ class WritesAtOnce:
         held: float | None = None,
         *,
         subjects: Sequence[str] = (),
+        usage: Usage | None = None,
     ) -> None:
-        record = self.charge(user, cost, model, call_id=call_id, default=default, held=held, subjects=subjects)
+        record = self.charge(
+            user, cost, model, call_id=call_id, default=default, held=held, subjects=subjects, usage=usage
+        )
         if then is not None:
             then(record)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..budget import UserRecord
+from ..ledger import Usage
 from ._lock import _Locked
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class _Deferred(NamedTuple):
     # in, the user's first (the charge is then written in a batch), and what it held.
     keys: tuple[str, ...] | None = None
     held: float | None = None
+    usage: Usage | None = None  # the call's tokens and tags, for its ledger entry
 
 
 class FailedCharge(NamedTuple):

@@ -25,8 +25,10 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from .. import ledger
 from ..budget import UserRecord
 from ..errors import StoreError
+from ..ledger import LedgerEntry
 from ._deferred import _STORES_WITH_PENDING, _Deferred, _retry_or_give_up
 from ._journal import Journal
 from ._leases import _Lease, refresh, stop_spare, unlease_changed
@@ -233,6 +235,7 @@ def locked_write(
     charged.extend((entry.item, entry.record) for entry in applied if entry.changed)
     try:
         write(store, records, charged)
+        store._record_charges([line for entry in applied for line in _ledger_entries(entry, now)])
     except StoreError:
         if error is None:
             raise
@@ -242,6 +245,18 @@ def locked_write(
     if error is not None:
         raise error  # the refusal is the answer, never a store error that hides it
     return result
+
+
+def _ledger_entries(applied: _Applied, now: float) -> list[LedgerEntry]:
+    """The ledger entry of a deferred charge applied (none if its call was charged already);
+    a batch's charges each go to the budgets their lease held them in."""
+    item = applied.item
+    changed = (
+        applied.changed
+        if item.keys is None or not applied.batched
+        else dict.fromkeys(key for key in item.keys if key in applied.changed)
+    )
+    return ledger.entries_of(now, changed, item.user, item.model, item.cost, item.call_id, item.usage)
 
 
 def _take_stock(store: FileStore, failed: list[tuple[_Deferred, Exception]]) -> None:

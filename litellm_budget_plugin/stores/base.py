@@ -17,13 +17,14 @@ from __future__ import annotations
 import abc
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol, TypedDict, TypeVar, cast, runtime_checkable
 
-from .. import budget, reservations, subjects
+from .. import budget, ledger, reservations, subjects
 from ..budget import Mode, UserRecord
 from ..errors import UnknownUserError
+from ..ledger import LedgerEntry, Usage
 from ..subjects import check_subjects_once
 
 T = TypeVar("T")
@@ -92,13 +93,15 @@ class BudgetStore(Protocol):
         held: float | None = None,
         *,
         subjects: Sequence[str] = (),
+        usage: Usage | None = None,
     ) -> UserRecord:
         """Add ``cost`` to the user's budget and every other that applies (those its hold names,
         its team, ``subjects``); a call id already charged is not charged again; settles its
         holds. Returns the user's record.
 
         ``held``: what was held for the call; a cost above it counts as an overrun in the
-        record (``overruns``, ``overrun_cost``), in the same write."""
+        record (``overruns``, ``overrun_cost``), in the same write. ``usage``: the call's tokens
+        and tags, for its ledger entry (:mod:`..ledger`), recorded in the same write."""
         ...
 
     def charge_later(
@@ -112,6 +115,7 @@ class BudgetStore(Protocol):
         held: float | None = None,
         *,
         subjects: Sequence[str] = (),
+        usage: Usage | None = None,
     ) -> None:
         """Charge soon, calling ``then(record)`` once charged; for callers that need no answer.
 
@@ -165,11 +169,19 @@ class BudgetStore(Protocol):
         """
         ...
 
-    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+    def settle(
+        self, call_id: str, actual_cost: float, model: str, user: str | None = None, *, usage: Usage | None = None
+    ) -> bool:
         """Charge a reserved call its actual cost, in every budget holding it; False if the call
         was not known or already settled.
 
         A cost above the call's hold counts as an overrun, as with ``charge(held=...)``."""
+        ...
+
+    def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
+        """The charges recorded from ``since`` (included) to ``until`` (excluded), Unix times
+        (None: unbounded), as far back as the store keeps them; charges pending in this
+        process are written first. Order is the store's (by time, roughly)."""
         ...
 
     def release(self, call_id: str, user: str | None = None) -> bool:
@@ -223,9 +235,18 @@ class RecordStore(abc.ABC):
         """Atomically replace the user's record by ``fn``'s first result (None deletes)."""
 
     @abc.abstractmethod
-    def _update_many(self, fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]]) -> T:
+    def _update_many(
+        self,
+        fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]],
+        written: Callable[[T], None] | None = None,
+    ) -> T:
         """Atomically replace the records ``fn`` returns (None deletes); ``fn`` is given every
-        record (not to be changed) and returns the changed ones and a result."""
+        record (not to be changed) and returns the changed ones and a result; ``written(result)``
+        runs once they are written, still under the lock."""
+
+    @abc.abstractmethod
+    def _record_charges(self, entries: list[LedgerEntry]) -> None:
+        """Add the entries of charges just written to the ledger (under the store's lock)."""
 
     @abc.abstractmethod
     def _user_of_call(self, call_id: str) -> str | None:
@@ -329,8 +350,20 @@ class RecordStore(abc.ABC):
         held: float | None = None,
         *,
         subjects: Sequence[str] = (),
+        usage: Usage | None = None,
     ) -> UserRecord:
-        return self._update_many(self._charge_change(user, cost, model, call_id, default, held, subjects))
+        change = self._charge_change(user, cost, model, call_id, default, held, subjects)
+        usage = ledger.check_usage(usage)
+        now = self.clock()
+
+        def charged(
+            records: Mapping[str, UserRecord],
+        ) -> tuple[dict[str, UserRecord], tuple[UserRecord, list[LedgerEntry]]]:
+            changed, record = change(records)
+            return changed, (record, ledger.entries_of(now, changed, user, model, cost, call_id, usage))
+
+        record, _ = self._update_many(charged, lambda result: self._record_charges(result[1]))
+        return record
 
     def _charge_change(
         self,
@@ -409,27 +442,30 @@ class RecordStore(abc.ABC):
         return change
 
     @_at_one_time
-    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+    def settle(
+        self, call_id: str, actual_cost: float, model: str, user: str | None = None, *, usage: Usage | None = None
+    ) -> bool:
         budget.check_call_id(call_id)
         budget.check_amount("actual cost", actual_cost)
         budget.check_model_name(model)
         if user is not None:
             budget.check_user(user)
+        usage = ledger.check_usage(usage)
         owner = user if user is not None else self._user_of_call(call_id)
         if owner is None:
             return False
         now = self.clock()
 
-        def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], bool]:
+        def change(records: Mapping[str, UserRecord]) -> tuple[dict[str, UserRecord], list[LedgerEntry]]:
             record = records.get(owner)
             if record is None:
-                return {}, False
+                return {}, []
             hold = record.get("reservations", {}).get(call_id)
             held = None if hold is None else hold["amount"]
             changed = reservations.charge_all(records, owner, record, actual_cost, model, call_id, now, held)
-            return changed, owner in changed
+            return changed, ledger.entries_of(now, changed, owner, model, actual_cost, call_id, usage)
 
-        return self._update_many(change)
+        return bool(self._update_many(change, self._record_charges))
 
     @_at_one_time
     def release(self, call_id: str, user: str | None = None) -> bool:

@@ -23,13 +23,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from .. import budget, reservations
 from ..budget import Charge, UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreError
+from ..ledger import DEFAULT_RETENTION_DAYS, LedgerEntry, Usage, check_period, check_retention_days, check_usage
 from . import _admission
 from ._deferred import (
     _STORES_WITH_PENDING,
@@ -46,6 +47,7 @@ from ._journal import Journal
 from ._leases import LEASE_HORIZON_SECONDS as LEASE_HORIZON_SECONDS
 from ._leases import LEASE_IDLE_SECONDS as LEASE_IDLE_SECONDS
 from ._leases import Kind, _Lease
+from ._ledger_files import LedgerFiles
 from ._lock import _Locked, _ProcessLock
 from ._writes import locked_write
 from .base import NewBudget, RecordStore, _at_one_time
@@ -70,6 +72,8 @@ class FileStore(RecordStore):
         killed process (a few milliseconds a change on most disks).
     :param project: accepted so that every store takes a project (``store_from_url``), and
         ignored: a file holds one project.
+    :param ledger: keep a ledger of charges (one ``.ledger-<day>`` file per UTC day beside
+        the file, see :mod:`._ledger_files`), for reports; ``ledger_retention_days`` of them.
     :raises ConfigurationError: the path is a directory or its folder does not exist.
     :raises StoreError: the folder cannot be written.
     :raises StoreCorruptError: the file or its journal cannot be read (both are left untouched).
@@ -82,8 +86,12 @@ class FileStore(RecordStore):
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         fsync: bool = False,
         project: str | None = None,
+        ledger: bool = True,
+        ledger_retention_days: float = DEFAULT_RETENTION_DAYS,
     ) -> None:
         self.path = Path(path).absolute()
+        self.ledger_retention_days = check_retention_days(ledger_retention_days)
+        self.keeps_ledger = ledger
         self.journal_path = self.path.with_name(self.path.name + ".journal")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.lock_timeout = budget.check_amount("lock_timeout", lock_timeout)
@@ -110,6 +118,7 @@ class FileStore(RecordStore):
         self._pid = os.getpid()
         self._mutex = threading.RLock()
         self._journal = Journal(self.path, self.fsync)
+        self._ledger = LedgerFiles(self.path, self.ledger_retention_days, self.fsync) if self.keeps_ledger else None
         # What this process has not written yet, guarded by _deferred_lock: charge_later's
         # charges in the order they came, and the users whose lease hold is out of date.
         self._deferred: list[_Deferred] = []
@@ -189,6 +198,7 @@ class FileStore(RecordStore):
         held: float | None = None,
         *,
         subjects: Sequence[str] = (),
+        usage: Usage | None = None,
     ) -> None:
         """Charge at this store's next operation in this process, or within a second.
 
@@ -204,6 +214,7 @@ class FileStore(RecordStore):
         # A call admitted from a lease is charged to the budgets the lease held it in.
         keys = lease.keys if lease is not None and lease.user == user else None
         change = self._charge_change(user, cost, model, call_id, default, held, subjects, keys)  # bad input fails here
+        usage = check_usage(usage)
         self._own_process()
         with self._deferred_lock:
             if self._closed:  # closed by another thread since the check above
@@ -212,7 +223,9 @@ class FileStore(RecordStore):
             # that no write holds less for it without charging it. One that needs no answer
             # is written in a batch with the others (see :mod:`._writes`).
             batch = keys if then is None else None
-            self._deferred.append(_Deferred(user, change, then, call_id, cost, model, keys=batch, held=held))
+            self._deferred.append(
+                _Deferred(user, change, then, call_id, cost, model, keys=batch, held=held, usage=usage)
+            )
             self._schedule()
 
     def _charge_batch(
@@ -234,7 +247,9 @@ class FileStore(RecordStore):
                 return True
         return super().release(call_id, user)
 
-    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+    def settle(
+        self, call_id: str, actual_cost: float, model: str, user: str | None = None, *, usage: Usage | None = None
+    ) -> bool:
         budget.check_call_id(call_id)
         budget.check_amount("actual cost", actual_cost)
         self._own_process()
@@ -242,8 +257,8 @@ class FileStore(RecordStore):
             lease = self._leased.get(call_id)
             held = None if lease is None else lease.calls[call_id][0]
         if lease is None:
-            return super().settle(call_id, actual_cost, model, user)
-        self.charge_later(lease.user, actual_cost, model, call_id=call_id, held=held)
+            return super().settle(call_id, actual_cost, model, user, usage=usage)
+        self.charge_later(lease.user, actual_cost, model, call_id=call_id, held=held, usage=usage)
         self.flush()  # the charge and the smaller hold in one write (kept for later if it fails)
         return True
 
@@ -320,6 +335,19 @@ class FileStore(RecordStore):
         with self._deferred_lock:
             return tuple(self._failed_charges)
 
+    def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
+        start, end = check_period(since, until)
+        self.flush()
+        return iter(()) if self._ledger is None else self._ledger.read(start, end)
+
+    def _record_charges(self, entries: list[LedgerEntry]) -> None:
+        if not entries or self._ledger is None:
+            return
+        try:
+            self._ledger.append(entries)
+        except StoreError:  # the charges are written: only their history is missing
+            logger.exception("%d charge(s) written to %s but not to its ledger", len(entries), self.path)
+
     def compact(self) -> None:
         """Fold the journal into the snapshot now, so the JSON file is current."""
         self._after_pending(self._locked(), lambda _records: self._journal.fold())
@@ -349,6 +377,8 @@ class FileStore(RecordStore):
             with self._mutex:
                 self._closed = True
                 self._journal.close()
+                if self._ledger is not None:
+                    self._ledger.close()
                 self._file_lock.close()
         _STORES_WITH_PENDING.discard(self)
 
@@ -363,6 +393,8 @@ class FileStore(RecordStore):
             raise self._closed_error()
         if os.getpid() != self._pid:  # forked: locks, files and deferred charges are the parent's
             self._journal.close()
+            if self._ledger is not None:
+                self._ledger.close()
             self._file_lock.close()
             self._reset_process_state()
 

@@ -1,0 +1,184 @@
+"""The ledger: one line per charge, kept by each store, so spend has a history that window
+resets and ``reset`` leave alone.
+
+A charge applied (never one skipped as charged already) becomes a :class:`LedgerEntry`: when,
+the budget it was charged to first (its user, else its team or tag), the other budgets and the
+call's tags, the model, prompt and completion tokens, cost and call id. Stores keep entries as
+JSON arrays, one per line (:func:`encode`); :func:`decode` reads one back and refuses anything
+that is not a whole, sane entry, so a line torn by a crash is skipped (and counted), never
+fatal. Reports (:mod:`.reports`) read entries through ``BudgetStore.ledger(since, until)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from .errors import ConfigurationError
+from .limits import MAX_AMOUNT, MAX_TEXT_BYTES, MAX_TIMESTAMP
+from .subjects import kind_of
+
+# The default and the bounds of how long stores keep ledger entries.
+DEFAULT_RETENTION_DAYS = 90
+MAX_RETENTION_DAYS = 3650
+# Reads end here: a day this far ahead is not listed (the ledger never holds future entries).
+MAX_READ_TIME = MAX_TIMESTAMP - 2 * 86400.0
+# A call's tags beyond its budgets: subjects.MAX_TAGS, plus its user's team and its own team.
+_MAX_SUBJECTS = 40
+MAX_TOKENS = 10**12  # per call: far above any context window
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+class Usage(NamedTuple):
+    """What a caller knows of a call beyond its cost, for its ledger entry."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tags: tuple[str, ...] = ()  # the call's tags as keys ("tag:x"), with a budget or not
+
+
+class LedgerEntry(NamedTuple):
+    time: float
+    user: str  # the budget charged first: the call's user, else its team or first tag
+    subjects: tuple[str, ...]  # the other budgets charged and the call's tags ("team:x", "tag:y")
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    call_id: str | None
+
+    @property
+    def teams(self) -> tuple[str, ...]:
+        return tuple(key[5:] for key in (self.user, *self.subjects) if kind_of(key) == "team")
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(key[4:] for key in (self.user, *self.subjects) if kind_of(key) == "tag")
+
+
+def check_usage(usage: object) -> Usage | None:
+    """``usage`` as given to a store's charge: None, or a Usage of sane token counts and tag keys."""
+    if usage is None:
+        return None
+    if not isinstance(usage, Usage):
+        raise ConfigurationError(f"usage must be a ledger.Usage, got {type(usage).__name__}")
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = getattr(usage, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+            raise ConfigurationError(f"usage {name} must be a whole number from 0 to {MAX_TOKENS}, got {value!r}")
+    if len(usage.tags) > _MAX_SUBJECTS:
+        raise ConfigurationError(f"usage has {len(usage.tags)} tags; at most {_MAX_SUBJECTS}")
+    for tag in usage.tags:
+        if not isinstance(tag, str) or kind_of(tag) != "tag" or len(tag.encode()) > MAX_TEXT_BYTES:
+            raise ConfigurationError(f"usage tags must be tag keys such as 'tag:search', got {tag!r:.80}")
+    return usage
+
+
+def entry(
+    now: float, charged: Sequence[str], model: str, cost: float, call_id: str | None, usage: Usage | None
+) -> LedgerEntry:
+    """The entry of a charge applied to the budgets ``charged`` (the first keeps the call)."""
+    subjects = list(charged[1:])
+    if usage is not None:
+        subjects += [tag for tag in usage.tags if tag not in subjects and tag != charged[0]]
+    tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
+    return LedgerEntry(now, charged[0], tuple(subjects), model, *tokens, cost, call_id)
+
+
+def entries_of(
+    now: float,
+    changed: Mapping[str, object],
+    user: str,
+    model: str,
+    cost: float,
+    call_id: str | None,
+    usage: Usage | None,
+) -> list[LedgerEntry]:
+    """The entry of one charge whose change is ``changed`` (records by key): none if it changed
+    nothing (a call id charged already)."""
+    if not changed:
+        return []
+    keys = [user, *(key for key in changed if key != user)]
+    return [entry(now, keys, model, cost, call_id, usage)]
+
+
+def encode(item: LedgerEntry) -> str:
+    """One line of JSON (without its newline)."""
+    return _ENCODER.encode(list(item))
+
+
+def decode(line: bytes | str) -> LedgerEntry | None:
+    """The entry a line holds, or None if it is not a whole, sane entry (a torn line, say)."""
+    try:
+        raw = json.loads(line)
+    except ValueError:
+        return None
+    return _entry_of(raw)
+
+
+def _entry_of(raw: object) -> LedgerEntry | None:
+    if not isinstance(raw, list) or len(raw) != 8:
+        return None
+    time, user, subjects, model, prompt, completion, cost, call_id = raw
+    if (
+        not _is_number(time, MAX_TIMESTAMP)
+        or not _is_number(cost, MAX_AMOUNT)
+        or not isinstance(user, str)
+        or not isinstance(model, str)
+        or not isinstance(subjects, list)
+        or not all(isinstance(key, str) for key in subjects)
+        or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_TOKENS for n in (prompt, completion)
+        )
+        or not (call_id is None or isinstance(call_id, str))
+    ):
+        return None
+    return LedgerEntry(float(time), user, tuple(subjects), model, prompt, completion, float(cost), call_id)
+
+
+def decode_many(lines: Sequence[bytes]) -> tuple[list[LedgerEntry], int]:
+    """The entries of many lines, and how many lines were not entries (empty lines are not
+    counted). Parsed as one JSON array when every line is whole (several times faster than
+    line by line), else line by line."""
+    lines = [line for line in lines if line.strip()]
+    try:
+        raws = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        items = [decode(line) for line in lines]
+        good = [item for item in items if item is not None]
+        return good, len(lines) - len(good)
+    good = [item for item in map(_entry_of, raws) if item is not None]
+    return good, len(lines) - len(good)
+
+
+def _is_number(value: object, most: float) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= most
+    )
+
+
+def check_retention_days(days: object) -> float:
+    """How many days of ledger a store keeps: 1 to MAX_RETENTION_DAYS."""
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigurationError(f"ledger_retention_days must be a number from 1 to {MAX_RETENTION_DAYS}, got {days!r}")
+    return float(days)
+
+
+def check_period(since: object, until: object) -> tuple[float, float]:
+    """A period of the ledger to read: timestamps, ``since`` <= ``until`` (None: unbounded)."""
+    start = 0.0 if since is None else since
+    end = MAX_TIMESTAMP if until is None else until
+    for name, value in (("since", start), ("until", end)):
+        if not _is_number(value, MAX_TIMESTAMP):
+            raise ConfigurationError(f"ledger {name} must be a Unix time from 0 to {MAX_TIMESTAMP:.0f}, got {value!r}")
+    assert isinstance(start, int | float) and isinstance(end, int | float)
+    if start > end:
+        raise ConfigurationError(f"ledger period starts ({start}) after it ends ({end})")
+    return float(start), float(end)
+
+
+def in_period(entries: Iterable[LedgerEntry], since: float, until: float) -> Iterable[LedgerEntry]:
+    return (item for item in entries if since <= item.time < until)
