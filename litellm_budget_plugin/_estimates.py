@@ -15,9 +15,11 @@ from typing import Any, Protocol
 
 import litellm
 
-from . import pricing
+from . import ledger, pricing
 from ._price_table import resolved_model
 from .errors import BudgetExceededError, BudgetPluginError, ConfigurationError
+from .ledger import Usage
+from .subjects import kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,20 @@ def actual_cost(call_id: object, reported: object, response_obj: Any, model: str
     except BudgetPluginError:
         logger.warning("no cost for call %s of %s; charging its hold", call_id, model)
         return held
+
+
+def call_usage(response_obj: Any, keys: tuple[str, ...]) -> Usage:
+    """A finished call's tokens, as its response reports them (0 if it does not), and its tags
+    among ``keys`` (the budgets it was held in), for its ledger entry."""
+    usage = getattr(response_obj, "usage", None)
+    if isinstance(usage, Mapping):
+        counts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    else:
+        counts = [getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0)]
+    tokens = [
+        n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= ledger.MAX_TOKENS else 0 for n in counts
+    ]
+    return Usage(tokens[0], tokens[1], tuple(key for key in keys if kind_of(key) == "tag"))
 
 
 def charged_model(model: str, request: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import budget, subjects
+from . import budget, ledger, subjects
 from .errors import ConfigurationError, UnknownUserError
 from .stores import BudgetStore
 
@@ -50,6 +50,7 @@ _CALL_ID = (budget.check_call_id, True)
 _MODEL = (budget.check_model_name, True)
 _DEFAULT = (_optional(budget.check_default), False)
 _SUBJECTS = (_optional(subjects.check_subjects), False)
+_USAGE = (_optional(ledger.usage_from_json), False)
 
 OPS: dict[str, Op] = {
     "get": Op({"user": _USER}, lambda s, a: s.get(a["user"]), lambda _a: None),
@@ -91,6 +92,7 @@ OPS: dict[str, Op] = {
             "default": _DEFAULT,
             "held": (_optional(_amount("held amount")), False),
             "subjects": _SUBJECTS,
+            "usage": _USAGE,
         },
         lambda s, a: s.charge(
             a["user"],
@@ -100,6 +102,7 @@ OPS: dict[str, Op] = {
             a.get("default"),
             a.get("held"),
             subjects=a.get("subjects") or (),
+            usage=a.get("usage"),
         ),
         _unknown_user,
         creates=lambda a: a.get("default") is not None,
@@ -136,8 +139,9 @@ OPS: dict[str, Op] = {
             "actual_cost": (_amount("actual cost"), True),
             "model": _MODEL,
             "user": (_optional(budget.check_user), False),
+            "usage": _USAGE,
         },
-        lambda s, a: s.settle(a["call_id"], a["actual_cost"], a["model"], a.get("user")),
+        lambda s, a: s.settle(a["call_id"], a["actual_cost"], a["model"], a.get("user"), usage=a.get("usage")),
         lambda _a: False,
     ),
     "release": Op(

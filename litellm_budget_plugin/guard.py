@@ -33,7 +33,7 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import budget, pricing, reservations
-from ._estimates import actual_cost, charged_model, check_cappable, explained, limit_output, worst_case
+from ._estimates import actual_cost, call_usage, charged_model, check_cappable, explained, limit_output, worst_case
 from ._guard_setup import TRACKED, check_choice, new_user_budget, store_of
 from ._process_budget import GLOBAL_USER, PROCESS_BUDGET, StoreSpendShown
 from .budget import Mode, UserRecord
@@ -344,6 +344,7 @@ class BudgetGuard(CustomLogger):
         cost = actual_cost(call_id, reported_cost, response_obj, model, held)
         if overrun(cost, held):
             self._count_overrun(Overrun(holds[0].call_id, model, _user_of(holds), held, cost))
+        usage = call_usage(response_obj, tuple(key for hold in holds for key in hold.also))
         for hold in holds:
             self.observers.charged(None, (hold.key, *hold.also), cost, model)
             if self._held_in_memory(hold):
@@ -361,6 +362,7 @@ class BudgetGuard(CustomLogger):
                     then=alert,
                     held=hold.amount,
                     subjects=hold.also,
+                    usage=usage,
                 )
             )
             if GLOBAL_USER in (hold.key, *hold.also):

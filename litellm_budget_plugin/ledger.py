@@ -77,6 +77,27 @@ def check_usage(usage: object) -> Usage | None:
     return usage
 
 
+def usage_to_json(usage: Usage) -> dict[str, object]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "tags": list(usage.tags),
+    }
+
+
+def usage_from_json(value: object) -> Usage:
+    """A Usage sent as JSON (the budget server's ``usage`` field), checked."""
+    if not isinstance(value, dict) or not set(value) <= {"prompt_tokens", "completion_tokens", "tags"}:
+        raise ConfigurationError("usage must be an object of prompt_tokens, completion_tokens and tags")
+    tags = value.get("tags", [])
+    if not isinstance(tags, list):
+        raise ConfigurationError(f"usage tags must be a list, got {type(tags).__name__}")
+    usage = Usage(value.get("prompt_tokens", 0), value.get("completion_tokens", 0), tuple(tags))
+    checked = check_usage(usage)
+    assert checked is not None
+    return checked
+
+
 def entry(
     now: float, charged: Sequence[str], model: str, cost: float, call_id: str | None, usage: Usage | None
 ) -> LedgerEntry:

@@ -36,16 +36,17 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import budget, subjects
+from . import budget, ledger, subjects
 from ._server_requests import OPS, Op, check_fields, check_object
 from .errors import (
     BudgetRefusal,
@@ -63,6 +64,7 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # LiteLLM's /set_budget sends every user of the project at once
 SHUTDOWN_TIMEOUT = 30.0
+_LEDGER_PAGE = 10_000  # ledger entries read and sent at a time
 READ_TIMEOUT = 30.0  # seconds for a client to send its whole body: a slow one gets 408
 
 __all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "READ_TIMEOUT", "ProjectStores", "check_project_name", "make_app", "run"]
@@ -245,6 +247,35 @@ async def _set_budget(request: web.Request) -> web.Response:
     return _ok()
 
 
+async def _ledger(request: web.Request) -> web.StreamResponse:
+    """The project's ledger from ``since`` to ``until``: one entry a line, then ``{"end": <count>}``
+    (a client that misses it knows the stream was cut). Read in pages, so memory stays bounded."""
+    body = await _body(request)
+    project = check_project_name(body.pop("project_name", None))
+    unknown = set(body) - {"since", "until"}
+    if unknown:
+        raise ConfigurationError(f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
+    since, until = ledger.check_period(body.get("since"), body.get("until"))
+    stores = request.app[_STORES]
+
+    def first_page() -> tuple[Iterator[ledger.LedgerEntry], list[ledger.LedgerEntry]]:
+        store = stores.get(project, create=False)
+        entries = iter(()) if store is None else store.ledger(since, until)
+        return entries, list(itertools.islice(entries, _LEDGER_PAGE))
+
+    entries, page = await _in_thread(request.app, first_page)  # errors before the answer starts
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    count = 0
+    while page:
+        count += len(page)
+        await response.write(("\n".join(map(ledger.encode, page)) + "\n").encode())
+        page = await _in_thread(request.app, lambda: list(itertools.islice(entries, _LEDGER_PAGE)))
+    await response.write(_dumps({"end": count}).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
 def _atomic(name: str, op: Op) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -288,6 +319,7 @@ def make_app(
     app.router.add_get("/health", _health)
     app.router.add_post("/get_budget", _get_budget)
     app.router.add_post("/set_budget", _set_budget)
+    app.router.add_post("/v1/ledger", _ledger)
     for name, op in OPS.items():
         app.router.add_post(f"/v1/{name}", _atomic(name, op))
     app.on_cleanup.append(_finish)

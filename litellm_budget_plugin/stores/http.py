@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import httpx
@@ -39,6 +39,7 @@ from ..errors import (
     UnknownUserError,
     over_budget,
 )
+from ..ledger import LedgerEntry, Usage, check_period, check_usage, decode_many, usage_to_json
 from ..subjects import check_subject, check_subjects_once
 from ._at_once import WritesAtOnce
 from .base import NewBudget
@@ -156,6 +157,7 @@ class HttpStore(WritesAtOnce):
         held: float | None = None,
         *,
         subjects: Sequence[str] = (),
+        usage: Usage | None = None,
     ) -> UserRecord:
         budget.check_user(user)
         budget.check_amount("cost", cost)
@@ -163,7 +165,9 @@ class HttpStore(WritesAtOnce):
         call_id = f"http-charge-{uuid.uuid4().hex}" if call_id is None else budget.check_call_id(call_id)
         # held and subjects are sent only when given, so that a server older than them still
         # takes other charges.
-        extra = _given(held=None if held is None else budget.check_amount("held amount", held), subjects=subjects)
+        extra = _given(
+            held=None if held is None else budget.check_amount("held amount", held), subjects=subjects, usage=usage
+        )
         return self._record("charge", user=user, cost=cost, model=model, call_id=call_id, default=default, **extra)
 
     def reserve(
@@ -188,10 +192,32 @@ class HttpStore(WritesAtOnce):
             "reserve", user=user, call_id=call_id, amount=amount, ttl=ttl, mode=mode, default=default, **extra
         )
 
-    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+    def settle(
+        self, call_id: str, actual_cost: float, model: str, user: str | None = None, *, usage: Usage | None = None
+    ) -> bool:
         budget.check_call_id(call_id)
         budget.check_amount("actual cost", actual_cost)
-        return bool(self._call("settle", call_id=call_id, actual_cost=actual_cost, model=model, user=user))
+        extra = _given(usage=usage)
+        return bool(self._call("settle", call_id=call_id, actual_cost=actual_cost, model=model, user=user, **extra))
+
+    def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
+        """The server's ledger of the project, streamed (``/v1/ledger``: one entry a line, then
+        a line ``{"end": <count>}``; a stream cut before it raises StoreUnavailableError)."""
+        start, end = check_period(since, until)
+        url = f"{self.api_base}/v1/ledger"
+        body = {"project_name": self.project_name, "since": start, "until": end}
+        try:
+            with self._http().stream(
+                "POST", url, json=body, timeout=httpx.Timeout(self.timeout, read=None)
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    _result(response, url)  # raises the error the server reports
+                yield from _streamed_entries(response.iter_lines(), url)
+        except httpx.HTTPError as exc:
+            raise StoreUnavailableError(
+                f"budget server {url}: ledger not read whole: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def release(self, call_id: str, user: str | None = None) -> bool:
         budget.check_call_id(call_id)
@@ -245,12 +271,40 @@ class HttpStore(WritesAtOnce):
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
-def _given(*, subjects: Sequence[str] = (), **args: object) -> dict[str, object]:
+def _given(*, subjects: Sequence[str] = (), usage: Usage | None = None, **args: object) -> dict[str, object]:
     """The optional arguments of a request that were given (checked ``subjects`` as a list)."""
     given = {name: value for name, value in args.items() if value is not None}
     if subjects:
         given["subjects"] = list(check_subjects_once(subjects))
+    if usage is not None:
+        given["usage"] = usage_to_json(check_usage(usage) or usage)
     return given
+
+
+def _streamed_entries(lines: Iterator[str], url: str) -> Iterator[LedgerEntry]:
+    """The entries of a ``/v1/ledger`` answer, which ends with ``{"end": <count>}``."""
+    count = 0
+    batch: list[bytes] = []
+    for line in lines:
+        if not line.startswith("{"):
+            batch.append(line.encode())
+            if len(batch) < 10_000:
+                continue
+        yield from _decoded(batch, url)
+        count, batch = count + len(batch), []
+        if line.startswith("{"):
+            end = json.loads(line).get("end")
+            if end != count:
+                raise StoreUnavailableError(f"budget server {url}: ledger stream ended after {count} of {end} entries")
+            return
+    raise StoreUnavailableError(f"budget server {url}: ledger stream cut after {count + len(batch)} entries")
+
+
+def _decoded(lines: list[bytes], url: str) -> list[LedgerEntry]:
+    items, bad = decode_many(lines)
+    if bad:
+        raise StoreUnavailableError(f"budget server {url} sent {bad} malformed ledger line(s)")
+    return items
 
 
 def _result(response: httpx.Response, url: str) -> Any:
