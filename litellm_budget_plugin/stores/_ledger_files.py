@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -64,21 +63,22 @@ class LedgerFiles:
 
     # -- writing (under the store's lock) -------------------------------------------------
 
-    def append(self, entries: Sequence[LedgerEntry]) -> None:
-        """Append the entries of one write to their days' files.
+    def append(self, entries: Sequence[LedgerEntry], now: float) -> None:
+        """Append the entries of one write to their days' files; as the day turns (``now``, the
+        store's clock), delete the files past the retention.
 
         :raises StoreError: a file could not be written (the charges are in the journal already)."""
         by_day: dict[date, list[str]] = {}
         for item in entries:
             by_day.setdefault(_day_of(item.time), []).append(ledger.encode(item))
         for day, lines in by_day.items():
-            self._append_day(day, ("\n".join(lines) + "\n").encode())
+            self._append_day(day, ("\n".join(lines) + "\n").encode(), now)
 
-    def _append_day(self, day: date, data: bytes) -> None:
+    def _append_day(self, day: date, data: bytes, now: float) -> None:
         target = self.file_of(day)
         try:
             if day != self._day:
-                self._open(day)
+                self._open(day, now)
             assert self._fd is not None
             size = os.fstat(self._fd).st_size
             if size and size != self._end and os.pread(self._fd, 1, size - 1) != b"\n":
@@ -95,11 +95,11 @@ class LedgerFiles:
             self.close()
             raise StoreError(f"cannot write ledger {str(target)!r}: {exc}") from exc
 
-    def _open(self, day: date) -> None:
+    def _open(self, day: date, now: float) -> None:
         self.close()
-        self._fd = open_in_folder(self.file_of(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self.prune(now)
+        self._fd = open_in_folder(self.file_of(day), os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self._day, self._end = day, -1
-        self.prune(time.time())
 
     def prune(self, now: float) -> list[Path]:
         """Delete the day files older than the retention; the files deleted."""

@@ -344,7 +344,7 @@ class FileStore(RecordStore):
         if not entries or self._ledger is None:
             return
         try:
-            self._ledger.append(entries)
+            self._ledger.append(entries, self.clock())
         except StoreError:  # the charges are written: only their history is missing
             logger.exception("%d charge(s) written to %s but not to its ledger", len(entries), self.path)
 
