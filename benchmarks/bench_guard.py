@@ -6,7 +6,8 @@ of several rounds, and each ratio compares numbers measured in the same run.
 1. Overhead: ``litellm.completion(mock_response=...)`` with the guard registered vs bare
    litellm, with 1,000 users in the store (file store, the default): calls for one user, whose
    lease admits most calls without a write, and calls for each of the 1,000 users in turn, each
-   of which writes its hold. Then the same with ``acompletion``, 100 tasks calling at once.
+   of which writes its hold; each with the store's ledger on (the default) and off. Then the
+   same with ``acompletion``, 100 tasks calling at once.
 2. Admission: 32 concurrent calls (threads, then asyncio tasks) on a budget that covers 10
    worst cases, each call in flight for 0.3 s (``mock_delay``). The guard in strict mode vs
    the seed's check-then-call pattern with LiteLLM's own BudgetManager.
@@ -34,6 +35,7 @@ import litellm
 
 from litellm_budget_plugin import BudgetExceededError, BudgetManager
 from litellm_budget_plugin.guard import BudgetGuard
+from litellm_budget_plugin.stores import BudgetStore, FileStore
 
 MESSAGES = [{"role": "user", "content": "Hello, how are you today?"}]
 MODEL = "gpt-4o-mini"
@@ -81,44 +83,60 @@ def time_async_calls(users: list[str] | None) -> float:
 
 
 def overhead(folder: Path) -> None:
-    """Rounds of bare, one-user and 1,000-user calls take turns, in a rotating order, so that
-    drift in the machine's load hits all three; each ratio is the median of the ratios of
-    rounds measured next to each other."""
-    manager = BudgetManager("bench", store=folder / "overhead.json")
-    for i in range(1000):
-        manager.create_budget(1_000.0, f"user-{i}")
-    guard = BudgetGuard(manager)
-    setups: dict[str, list[str] | None] = {
-        "bare litellm": None,
-        "with BudgetGuard (file store), one user calling": ["user-500"],
-        "with BudgetGuard, the 1,000 users in turn": [f"user-{i}" for i in range(1000)],
+    """Rounds of bare and guarded calls take turns, in a rotating order, so that drift in the
+    machine's load hits all of them; each ratio is the median of the ratios of rounds measured
+    next to each other. The guard runs with the store's ledger on (the default) and off."""
+    guards = {}
+    for ledger in (True, False):
+        store = FileStore(folder / f"overhead-{ledger}.json", ledger=ledger)
+        manager = BudgetManager("bench", store=store)
+        for i in range(1000):
+            manager.create_budget(1_000.0, f"user-{i}")
+        guards[ledger] = BudgetGuard(manager)
+    one, everyone = ["user-500"], [f"user-{i}" for i in range(1000)]
+    setups: dict[str, tuple[list[str] | None, BudgetGuard | None]] = {
+        "bare litellm": (None, None),
+        "with BudgetGuard (file store), one user calling": (one, guards[True]),
+        "  one user, ledger off": (one, guards[False]),
+        "with BudgetGuard, the 1,000 users in turn": (everyone, guards[True]),
+        "  the 1,000 users, ledger off": (everyone, guards[False]),
     }
     names = list(setups)
     for kind, timer in (("completion", time_calls), ("acompletion", time_async_calls)):
         timer(None)  # warm up litellm
         times: dict[str, list[float]] = {name: [] for name in names}
         for repetition in range(REPETITIONS):
-            for name in names[repetition % 3 :] + names[: repetition % 3]:
+            turn = repetition % len(names)
+            for name in names[turn:] + names[:turn]:
                 litellm.logging_callback_manager._reset_all_callbacks()
-                if setups[name] is not None:
+                users, guard = setups[name]
+                if guard is not None:
                     litellm.callbacks.append(guard)
-                times[name].append(timer(setups[name]))
+                times[name].append(timer(users))
         litellm.logging_callback_manager._reset_all_callbacks()
         time.sleep(1)  # let litellm's logging thread drain
         tasks = f", {CONCURRENT_TASKS} tasks at once" if timer is time_async_calls else ""
         print(f"\n## Guard overhead: {kind}(mock_response=...){tasks}, 1,000 users in the store")
-        print("| setup | median per call | ratio (median of paired rounds) |")
-        print("|---|---|---|")
-        for name in names:
+        print("| setup | median per call | ratio to bare (median of paired rounds) | ledger on / off |")
+        print("|---|---|---|---|")
+        for n, name in enumerate(names):
             ratio = statistics.median(t / b for t, b in zip(times[name], times["bare litellm"], strict=True))
-            print(f"| {name} | {statistics.median(times[name]) * 1e3:.3f} ms | {ratio:.2f}x |")
-    alone = store_work_per_call(manager)
-    print(f"\nThe guard's store work alone (admit + charge_later), outside litellm: {alone * 1e3:.3f} ms a call")
+            on_off = ""
+            if name.startswith("  "):  # paired with the row above: ledger on vs off
+                pairs = zip(times[names[n - 1]], times[name], strict=True)
+                on_off = f"{statistics.median(on / off for on, off in pairs):.3f}"
+            print(f"| {name.strip()} | {statistics.median(times[name]) * 1e3:.3f} ms | {ratio:.2f}x | {on_off} |")
+    for ledger, guard in guards.items():
+        store = guard.store
+        alone = store_work_per_call(store)
+        print(
+            f"\nThe guard's store work alone (admit + charge_later), ledger {'on' if ledger else 'off'}: "
+            f"{alone * 1e3:.4f} ms a call"
+        )
 
 
-def store_work_per_call(manager: BudgetManager) -> float:
+def store_work_per_call(store: BudgetStore) -> float:
     """What one guarded call asks of the store, timed in a tight loop without litellm around it."""
-    store = manager.store
     per_call = []
     for round_ in range(ROUNDS):
         start = time.perf_counter()
