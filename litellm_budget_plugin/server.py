@@ -25,6 +25,8 @@ as ``user``; ``window``, which of its windows; ``spend``, ``budget``, ``estimate
 ``read_timeout``, 413 request too large, 503 store unavailable or busy, 500 store corrupt
 (a store file or record the store refuses, such as a link: logged). Anything a client sends
 is checked (limits.py) before a store is touched: a refused request changes nothing.
+``/v1/ledger`` ``{"project_name", "since"?, "until"?}`` streams the project's ledger
+(:mod:`.ledger`): one entry a line (``application/x-ndjson``), then ``{"end": <count>}``.
 ``GET /health`` needs no key.
 
 Store calls are synchronous; they run in worker threads, and a write that has started is
