@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from . import _cli_tables, budget, limits, windows
+from . import _cli_tables, budget, ledger, limits, windows
 from ._cli_tables import money as _money
 from .errors import BudgetPluginError, ConfigurationError, UnknownUserError
 from .stores import DEFAULT_STORE, STORE_ENV, BudgetStore, FileStore, store_from_url
@@ -27,6 +28,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # the store could not be read or written, the server not reached, the port not bound
 EXIT_USAGE = 2  # bad arguments or configuration (click's own usage errors exit 2 too)
 EXIT_UNKNOWN_USER = 3  # the user has no budget
+
+CLOSED_WINDOWS_SHOWN = 3  # show USER: the spend of this many windows before the current one
 
 PROJECT_ENV = "LITELLM_BUDGET_PROJECT"
 API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
@@ -185,20 +188,22 @@ def show(user: str | None, as_json: bool, store: str | None, project: str, api_k
     (+ $100 monthly ...). For a team (show team:red), the users whose record names it follow,
     with their own spend. An OVERRUNS column, shown once a budget has any, counts the calls
     that cost more than the guard held for them, and by how much in all (kept across windows
-    and resets).
+    and resets). USER's last windows before the current one follow, with what they spent, from
+    the store's ledger (which window resets and reset leave alone).
     """
     key = None if user is None else budget.check_user(user)  # a record made before kinds were checked is shown
     target = open_store(store, project, api_key)
+    now = time.time()
     try:
         if key is None or kind_of(key) == "team":
             records = target.all()
         else:
             record = target.get(key)
             records = {} if record is None else {key: record}
+        history = [] if key is None or key not in records else _closed_windows(target, key, records[key], now)
     finally:
         target.close()
-    now = time.time()
-    lines = _show(records, key, now, as_json)
+    lines = _show(records, key, now, as_json, history)
     if not lines:
         other = "" if isinstance(target, FileStore) else " (--project NAME shows another project)"
         click.echo(f"no budgets in {target!r}{other}")
@@ -362,13 +367,52 @@ def _check_overlaps(duration: str | None, given: list[tuple[str, str, dict[str, 
 # --- formatting -------------------------------------------------------------------------
 
 
-def _show(records: dict[str, budget.UserRecord], key: str | None, now: float, as_json: bool) -> list[str]:
-    """What ``show`` prints: every budget, or one (a team with its members)."""
+def _closed_windows(
+    target: BudgetStore, key: str, record: budget.UserRecord, now: float
+) -> list[tuple[float, float, float]]:
+    """The spend of a budget's last CLOSED_WINDOWS_SHOWN windows, from the store's ledger, as
+    (start, end, spend), newest first: a reset leaves it there."""
+    start = budget.current_window(record, now)["last_updated_at"]
+    closed = windows.closed_windows(start, record.get("duration"), record.get("timezone"), CLOSED_WINDOWS_SHOWN)
+    if not closed:
+        return []
+    entries = list(target.ledger(closed[-1][0], start))
+    return [(begin, end, ledger.spent_by(ledger.in_period(entries, begin, end), key)) for begin, end in closed]
+
+
+def _show(
+    records: dict[str, budget.UserRecord],
+    key: str | None,
+    now: float,
+    as_json: bool,
+    history: Sequence[tuple[float, float, float]] = (),
+) -> list[str]:
+    """What ``show`` prints: every budget, or one (a team with its members), with the spend of
+    its last windows (``history``)."""
     if key is not None and kind_of(key) == "team":
-        return _show_team(records, key, now, as_json)
-    if key is not None and key not in records:
+        lines = _show_team(records, key, now, as_json)
+    elif key is not None and key not in records:
         raise UnknownUserError(key)
-    return _json(records, now) if as_json else _cli_tables.tables(records, now)
+    else:
+        lines = _json(records, now) if as_json else _cli_tables.tables(records, now)
+    if not history:
+        return lines
+    if as_json:
+        view = json.loads(lines[0])
+        view.setdefault(key, {})["closed_windows"] = [
+            {"start": _iso(begin), "end": _iso(end), "spend": spend} for begin, end, spend in history
+        ]
+        return [json.dumps(view, indent=2, sort_keys=True)]
+    return [
+        *lines,
+        "",
+        "closed windows (from the ledger):",
+        *(f"  {_iso(begin)} to {_iso(end)}: {_money(spend)}" for begin, end, spend in history),
+    ]
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _show_team(records: dict[str, budget.UserRecord], key: str, now: float, as_json: bool) -> list[str]:

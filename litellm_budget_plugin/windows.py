@@ -146,6 +146,21 @@ def window_end(start: float, days: float | None, timezone: str | None) -> float 
     return start + days * SECONDS_PER_DAY
 
 
+def closed_windows(start: float, days: float | None, timezone: str | None, count: int) -> list[tuple[float, float]]:
+    """The ``count`` windows before the one that started at ``start``, newest first, as
+    (start, end); none for a budget that never resets, none before 1970."""
+    if days is None:
+        return []
+    closed = []
+    for _ in range(count):
+        begin = period_start(start - 1, days, timezone) if timezone is not None else start - days * SECONDS_PER_DAY
+        if begin < 0:
+            break
+        closed.append((begin, start))
+        start = begin
+    return closed
+
+
 def first_start(now: float, days: float | None, timezone: str | None) -> float:
     """Where a new window begins: now, or for a calendar one the start of the current period
     (not before 1970: a record made at time 0, as an imported one without ``created_at``, east
