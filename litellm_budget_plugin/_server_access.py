@@ -221,13 +221,13 @@ def load_keys(path: str | os.PathLike[str]) -> Keys:
     where = str(path)
     try:
         mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # checked first: reading a FIFO would block
+            raise ConfigurationError(f"keys file {where}: not a regular file")
+        if mode & stat.S_IWOTH:
+            raise ConfigurationError(f"keys file {where}: anyone may write it (chmod o-w {where})")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"keys file {where}: cannot read it: {exc}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigurationError(f"keys file {where}: not a regular file")
-    if mode & stat.S_IWOTH:
-        raise ConfigurationError(f"keys file {where}: anyone may write it (chmod o-w {where})")
     try:
         raw = json.loads(text)
     except ValueError as exc:
