@@ -7,9 +7,11 @@ as ``litellm-budget serve --keys`` in a subprocess. Requests go through sockets.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,12 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
 from server_thread import ServerThread, directory_stores
 from test_server import CLI, file_records, start_cli_server
 
 from litellm_budget_plugin import ConfigurationError, HttpStore
-from litellm_budget_plugin._server_access import Grant, load_keys
+from litellm_budget_plugin._server_access import Grant, load_keys, projects_for
 from litellm_budget_plugin._server_requests import OPS
 from litellm_budget_plugin.cli import EXIT_USAGE, main
 from litellm_budget_plugin.server import check_bind, make_app
@@ -346,3 +349,37 @@ def test_cli_server_with_a_keys_file(tmp_path: Path) -> None:
         timeout=60,
     )
     assert refused.returncode == EXIT_USAGE and "nope.json" in refused.stderr
+
+
+def test_the_readme_example_is_a_keys_file(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- keys-example -->\s*```json\n(.*?)```", text, re.S)
+    assert match is not None, "the README lost its keys example"
+    keys = load_keys(write_keys(tmp_path / "keys.json", match.group(1)))
+    search = keys.grant(b"sk-search-0123456789abcdef")
+    finance = keys.grant(b"sk-finance-0123456789abcdef")  # given as its sha256
+    assert search is not None and search.can_write("chat") and not search.can_read("other")
+    assert finance is not None and finance.can_read("other") and not finance.can_write("search")
+
+
+# --- the grant of a request, for pages that list projects --------------------------------
+
+
+def test_projects_for_a_request(tmp_path: Path) -> None:
+    keys = load_keys(write_keys(tmp_path / "keys.json", KEYS_FILE))
+    names = ["b", "a", "c"]
+    keyed_app = make_app(directory_stores(tmp_path), keys=keys)
+    cases = [
+        (keyed_app, bearer(A_READ), ["a"]),
+        (keyed_app, {"Authorization": "Basic " + base64.b64encode(f"me:{A_WRITE}".encode()).decode()}, ["a"]),
+        (keyed_app, bearer(EVERY_READ), names),
+        (keyed_app, {}, []),  # unauthenticated (as on /health): nothing
+        (keyed_app, bearer("wrong-key-wrong-key"), []),
+        (make_app(directory_stores(tmp_path), api_key=ADMIN), bearer(ADMIN), names),
+        (make_app(directory_stores(tmp_path), api_key=ADMIN), {}, []),
+        (make_app(directory_stores(tmp_path)), {}, names),  # no key at all: loopback, everything
+    ]
+    for app, headers, visible in cases:
+        request = make_mocked_request("GET", "/dashboard", headers=headers, app=app)
+        assert projects_for(request).visible(names) == visible, headers
+    assert projects_for(make_mocked_request("GET", "/", headers=bearer(A_READ), app=keyed_app)).writes is False
