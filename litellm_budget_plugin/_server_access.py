@@ -20,7 +20,8 @@ The keys file (JSON)::
       {"name": "finance", "sha256": "<hex digest of the key>", "projects": ["*"], "access": "read"}
     ]}
 
-``sha256`` (the hex SHA-256 of the key's UTF-8 bytes) keeps secrets out of the file.
+``sha256`` (the hex SHA-256 of the key's UTF-8 bytes) keeps secrets out of the file. SIGHUP
+reads the file again (:func:`reload_on_signal`); a bad file is logged and the old keys kept.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ __all__ = [
     "load_keys",
     "op_writes",
     "projects_for",
+    "reload_on_signal",
 ]
 
 ALL_PROJECTS = "*"
@@ -120,10 +122,18 @@ class Keys:
     ``required`` false (no key configured): every request gets :data:`EVERYONE`.
     """
 
-    def __init__(self, grants: Mapping[bytes, Grant], *, required: bool = True, source: str = "") -> None:
+    def __init__(
+        self,
+        grants: Mapping[bytes, Grant],
+        *,
+        required: bool = True,
+        source: str = "",
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._grants = dict(grants)
         self.required = required
         self.source = source
+        self.path = path  # the keys file, read again by reload()
 
     @classmethod
     def single(cls, api_key: str | None) -> Keys:
@@ -134,6 +144,16 @@ class Keys:
 
     def __len__(self) -> int:
         return len(self._grants)
+
+    def reload(self) -> str:
+        """Read the keys file again and use its keys from now on (SIGHUP); a bad file changes
+        nothing and raises ConfigurationError. Returns the new :attr:`source`."""
+        if self.path is None:
+            raise ConfigurationError("these keys come from no file: nothing to reload")
+        fresh = load_keys(self.path)
+        # one assignment each, on the event loop's thread: a request sees old keys or new ones
+        self._grants, self.source = fresh._grants, fresh.source
+        return self.source
 
     def grant(self, key: bytes | None) -> Grant | None:
         """The grant of ``key``; None for a wrong or missing key when keys are required."""
@@ -186,6 +206,14 @@ def projects_for(request: web.Request) -> Grant:
         return request[_GRANT]
     except KeyError:
         return request.app[KEYS].grant(_sent_key(request)) or NOBODY
+
+
+def reload_on_signal(keys: Keys, announce: Callable[[str], None]) -> None:
+    """The SIGHUP handler: read the keys file again; a bad one is logged and the keys kept."""
+    try:
+        announce(f"keys reloaded: {keys.reload()}")
+    except ConfigurationError as exc:
+        logger.error("keys not reloaded, the previous keys stay in use: %s", exc)
 
 
 def op_writes(op: str) -> bool:
@@ -251,7 +279,7 @@ def load_keys(path: str | os.PathLike[str]) -> Keys:
         plain = plain or "key" in entry
     if plain and mode & stat.S_IROTH:
         logger.warning("keys file %s holds keys and anyone may read it: chmod o-r, or store sha256 digests", where)
-    return Keys(grants, source=f"{len(grants)} key(s) from {where}")
+    return Keys(grants, source=f"{len(grants)} key(s) from {where}", path=path)
 
 
 def _entry(entry: Any, index: int, where: str) -> tuple[bytes, Grant]:

@@ -355,6 +355,8 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if keys.path is not None:
+        loop.add_signal_handler(signal.SIGHUP, access.reload_on_signal, keys, announce)
     try:
         await web.TCPSite(runner, host, port).start()
         for address in runner.addresses:
@@ -369,6 +371,6 @@ async def _serve(
         await stop.wait()
         announce("shutting down: finishing requests in flight")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

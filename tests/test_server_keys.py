@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,9 +24,10 @@ from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
 from server_thread import ServerThread, directory_stores
 from test_server import CLI, file_records, start_cli_server
+from waiting import wait_until
 
 from litellm_budget_plugin import ConfigurationError, HttpStore
-from litellm_budget_plugin._server_access import Grant, load_keys, projects_for
+from litellm_budget_plugin._server_access import Grant, Keys, load_keys, projects_for
 from litellm_budget_plugin._server_requests import OPS
 from litellm_budget_plugin.cli import EXIT_USAGE, main
 from litellm_budget_plugin.server import check_bind, make_app
@@ -34,7 +36,9 @@ A_WRITE = "key-a-read-write-0001"  # project "a", read-write
 A_READ = "key-a-read-only-00002"  # project "a", read only; in the file as its sha256
 EVERY_READ = "key-every-project-read"  # "*", read only
 ADMIN = "key-every-project-admin"  # "*", read-write
-SECRETS = (A_WRITE, A_READ, EVERY_READ, ADMIN)
+NEW_KEY = "key-added-by-a-reload"
+NEW_ENTRY = {"name": "new", "key": NEW_KEY, "projects": ["a"], "access": "read"}
+SECRETS = (A_WRITE, A_READ, EVERY_READ, ADMIN, NEW_KEY)
 
 
 def sha256(key: str) -> str:
@@ -334,13 +338,27 @@ def test_cli_server_with_a_keys_file(tmp_path: Path) -> None:
         assert_forbidden(call(url, "/v1/charge", "a", A_READ), "a")
         assert call(url, "/v1/get", "a", A_READ).json()["result"]["total_budget"] == 5.0
         assert call(url, "/v1/get", "a").status_code == 401
+        # SIGHUP reads the file again: a new key works, a removed one is refused
+        write_keys(path, {"keys": [*KEYS_FILE["keys"][1:], NEW_ENTRY]})
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: call(url, "/v1/get", "a", NEW_KEY).status_code == 200, timeout=30)
+        assert call(url, "/v1/get", "a", A_WRITE).status_code == 401
+        # a bad file changes nothing; the good one sent after it shows it was handled
+        write_keys(path, "{broken")
+        process.send_signal(signal.SIGHUP)
+        write_keys(path, KEYS_FILE)
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: call(url, "/v1/get", "a", A_WRITE).status_code == 200, timeout=30)
+        assert call(url, "/v1/get", "a", NEW_KEY).status_code == 401
     finally:
         process.terminate()
-        assert process.wait(30) == 0
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
     assert sorted(p.name for p in data.iterdir() if p.suffix == ".json") == ["a.json"]
-    stdout, stderr = process.communicate()
     output = stdout + stderr
     assert "key 'a-team' refused writing project 'b'" in output  # refusals are logged by key name
+    assert "keys not reloaded" in stderr and "not valid JSON" in stderr
+    assert stdout.count("keys reloaded: ") == 2
     assert not any(secret in output for secret in SECRETS)
     refused = subprocess.run(
         [*CLI, "serve", "--store", str(data), "--keys", str(tmp_path / "nope.json")],
@@ -349,6 +367,20 @@ def test_cli_server_with_a_keys_file(tmp_path: Path) -> None:
         timeout=60,
     )
     assert refused.returncode == EXIT_USAGE and "nope.json" in refused.stderr
+
+
+def test_a_bad_reload_keeps_the_keys(tmp_path: Path) -> None:
+    path = write_keys(tmp_path / "keys.json", KEYS_FILE)
+    keys = load_keys(path)
+    write_keys(path, {"keys": [NEW_ENTRY, {**NEW_ENTRY, "name": "twice"}]})
+    with pytest.raises(ConfigurationError, match="the same key"):
+        keys.reload()
+    assert keys.grant(A_WRITE.encode()) is not None and keys.grant(NEW_KEY.encode()) is None
+    write_keys(path, {"keys": [NEW_ENTRY]})
+    assert keys.reload() == f"1 key(s) from {path}"
+    assert keys.grant(A_WRITE.encode()) is None and keys.grant(NEW_KEY.encode()) is not None
+    with pytest.raises(ConfigurationError, match="no file"):
+        Keys.single(ADMIN).reload()
 
 
 def test_the_readme_example_is_a_keys_file(tmp_path: Path) -> None:
