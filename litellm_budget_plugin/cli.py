@@ -274,22 +274,44 @@ def import_command(file: str, store: str | None, project: str, api_key: str | No
     envvar=API_KEY_ENV,
     help=f"Require 'Authorization: Bearer KEY' [env: {API_KEY_ENV}]; without it, loopback only.",
 )
+@click.option(
+    "--keys",
+    "keys_file",
+    metavar="FILE",
+    help="A JSON keys file: each key with its projects and access (read, read-write); not with --api-key.",
+)
 @click.option("--project", default=None, help="Serve only this project (needed when --store is one file).")
 @click.option("--max-body", type=click.IntRange(1024), default=None, help="Largest request body, bytes.")
 @_exit_codes
-def serve(store: str, host: str, port: int, api_key: str | None, project: str | None, max_body: int | None) -> None:
+def serve(
+    store: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    keys_file: str | None,
+    project: str | None,
+    max_body: int | None,
+) -> None:
     """Run the budget server (LiteLLM's hosted BudgetManager protocol, and atomic operations).
 
     Stops on SIGINT or SIGTERM after finishing the requests in flight.
     """
     from . import server
+    from ._server_access import load_keys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if api_key is not None and not api_key.strip():
         raise ConfigurationError("the API key must not be empty")
+    keys = None
+    if keys_file is not None:
+        if api_key is not None:
+            raise ConfigurationError(
+                f"give --keys or --api-key (${server.API_KEY_ENV}), not both: a keys file holds every key"
+            )
+        keys = load_keys(keys_file)
     stores = server.ProjectStores.from_target(store, project=project)
     options: dict[str, Any] = {} if max_body is None else {"max_body": max_body}
-    server.run(stores, host=host, port=port, api_key=api_key, announce=click.echo, **options)
+    server.run(stores, host=host, port=port, api_key=api_key, keys=keys, announce=click.echo, **options)
 
 
 # --- set: windows given as options ------------------------------------------------------

@@ -21,13 +21,15 @@ on ``reserve`` and ``charge``, ``model`` on ``reserve``, ``fields`` (``team``, `
 names in one atomic step of the project's store. Errors: 400 invalid request,
 401 missing or wrong API key, 402 over budget (with ``subject``, the budget that refused, also
 as ``user``; ``window``, which of its windows; ``spend``, ``budget``, ``estimate``,
-``reserved``), 404 unknown user or path, 408 body not sent within
-``read_timeout``, 413 request too large, 503 store unavailable or busy, 500 store corrupt
+``reserved``), 403 the key may not use or change the named project (with ``project``; the
+same answer whether the project exists or not), 404 unknown user or path, 408 body not sent
+within ``read_timeout``, 413 request too large, 503 store unavailable or busy, 500 store corrupt
 (a store file or record the store refuses, such as a link: logged). Anything a client sends
 is checked (limits.py) before a store is touched: a refused request changes nothing.
 ``/v1/ledger`` ``{"project_name", "since"?, "until"?}`` streams the project's ledger
 (:mod:`.ledger`): one entry a line (``application/x-ndjson``), then ``{"end": <count>}``.
-``GET /health`` needs no key.
+``GET /health`` needs no key. Keys (``--api-key``, or ``--keys FILE`` with projects and access
+per key) and what each may do: :mod:`._server_access`.
 
 Store calls are synchronous; they run in worker threads, and a write that has started is
 finished (and waited for at shutdown) even if its request is cancelled.
@@ -36,7 +38,6 @@ finished (and waited for at shutdown) even if its request is cancelled.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import itertools
 import json
@@ -48,6 +49,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from . import _server_access as access
 from . import budget, ledger, subjects
 from ._server_requests import OPS, Op, check_fields, check_object
 from .errors import (
@@ -114,7 +116,6 @@ async def _body(request: web.Request) -> dict[str, Any]:
 # --- the application --------------------------------------------------------------------
 
 _STORES = web.AppKey("stores", ProjectStores)
-_API_KEY = web.AppKey("api_key", str)
 _READ_TIMEOUT = web.AppKey("read_timeout", float)
 _INFLIGHT = web.AppKey("inflight", set[asyncio.Future[Any]])
 
@@ -129,8 +130,11 @@ def _ok(**data: object) -> web.Response:
 
 def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
     payload = {"status": "error", "error": code, "message": message, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
+    response = web.json_response(payload, status=status, dumps=_dumps)
+    if status == 401:
+        for challenge in access.CHALLENGES:
+            response.headers.add("WWW-Authenticate", challenge)
+    return response
 
 
 async def _in_thread(app: web.Application, fn: Callable[[], T]) -> T:
@@ -151,21 +155,16 @@ async def _in_thread(app: web.Application, fn: Callable[[], T]) -> T:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _authorized(request: web.Request, key: str) -> bool:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    # Header bytes that are not UTF-8 arrive as surrogates: compare them as bytes all the same.
-    sent = token.strip().encode("utf-8", "surrogateescape")
-    return scheme.lower() == "bearer" and hmac.compare_digest(sent, key.encode())
-
-
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, then turn every failure into a JSON answer; nothing escapes."""
     try:
-        key = request.app[_API_KEY]
-        if key and request.path != "/health" and not _authorized(request, key):
-            return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
+        if request.path != "/health" and not access.authenticate(request):
+            message = "missing or wrong API key (Authorization: Bearer <key>, or Basic with the key as password)"
+            return _error(401, "unauthorized", message)
         return await handler(request)
+    except access.AccessDenied as exc:
+        return _error(403, "forbidden", str(exc), project=exc.project)
     except BudgetRefusal as exc:
         return _error(
             402,
@@ -208,7 +207,7 @@ async def _health(request: web.Request) -> web.Response:
 async def _get_budget(request: web.Request) -> web.Response:
     """LiteLLM's load: every user of the project in LiteLLM's shape."""
     body = await _body(request)
-    project = check_project_name(body.get("project_name"))
+    project = access.checked_project(request, body.get("project_name"), write=False)
     stores = request.app[_STORES]
 
     def read() -> dict[str, budget.UserRecord] | None:
@@ -225,7 +224,7 @@ async def _get_budget(request: web.Request) -> web.Response:
 async def _set_budget(request: web.Request) -> web.Response:
     """LiteLLM's save: the dict replaces the project's users (last writer wins)."""
     body = await _body(request)
-    project = check_project_name(body.get("project_name"))
+    project = access.checked_project(request, body.get("project_name"), write=True)
     user_dict = check_object("user_dict")(body.get("user_dict"))
     # every key is checked as the store will (a team, a tag, a user) before one is written
     checked = {subjects.check_subject(u): budget.check_record(u, r) for u, r in user_dict.items()}
@@ -253,7 +252,7 @@ async def _ledger(request: web.Request) -> web.StreamResponse:
     """The project's ledger from ``since`` to ``until``: one entry a line, then ``{"end": <count>}``
     (a client that misses it knows the stream was cut). Read in pages, so memory stays bounded."""
     body = await _body(request)
-    project = check_project_name(body.pop("project_name", None))
+    project = access.checked_project(request, body.pop("project_name", None), write=False)
     unknown = set(body) - {"since", "until"}
     if unknown:
         raise ConfigurationError(f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
@@ -281,7 +280,7 @@ async def _ledger(request: web.Request) -> web.StreamResponse:
 def _atomic(name: str, op: Op) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         body = await _body(request)
-        project = check_project_name(body.pop("project_name", None))
+        project = access.checked_project(request, body.pop("project_name", None), write=access.op_writes(name))
         args = check_fields(op, body)
         stores = request.app[_STORES]
 
@@ -308,14 +307,16 @@ def make_app(
     stores: ProjectStores,
     *,
     api_key: str | None = None,
+    keys: access.Keys | None = None,
     max_body: int = MAX_BODY_BYTES,
     read_timeout: float = READ_TIMEOUT,
 ) -> web.Application:
-    """The aiohttp application; ``api_key`` None or empty accepts every request."""
+    """The aiohttp application. ``keys`` (a keys file's) or ``api_key`` (one key for every
+    project), not both; neither (or an empty ``api_key``) accepts every request."""
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
     app[_STORES] = stores
     app[_READ_TIMEOUT] = budget.check_amount("read_timeout", read_timeout)
-    app[_API_KEY] = api_key or ""
+    app[access.KEYS] = _keys(api_key, keys)
     inflight: set[asyncio.Future[Any]] = set()
     app[_INFLIGHT] = inflight
     app.router.add_get("/health", _health)
@@ -328,6 +329,14 @@ def make_app(
     return app
 
 
+def _keys(api_key: str | None, keys: access.Keys | None) -> access.Keys:
+    if keys is None:
+        return access.Keys.single(api_key)
+    if api_key:
+        raise ConfigurationError("give a keys file or one API key, not both")
+    return keys
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -337,11 +346,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, api_key: str | None) -> None:
-    """Without an API key the server only listens on loopback."""
-    if not api_key and not is_loopback(host):
+def check_bind(host: str, api_key: str | access.Keys | None) -> None:
+    """Without an API key (or keys file) the server only listens on loopback."""
+    keyed = api_key.required if isinstance(api_key, access.Keys) else bool(api_key)
+    if not keyed and not is_loopback(host):
         raise ConfigurationError(
-            f"refusing to listen on {host!r} without an API key: set --api-key or ${API_KEY_ENV}, "
+            f"refusing to listen on {host!r} without an API key: set --api-key or ${API_KEY_ENV}, or --keys FILE, "
             "or listen on 127.0.0.1"
         )
 
@@ -352,31 +362,35 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
+    keys: access.Keys | None = None,
     max_body: int = MAX_BODY_BYTES,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then finish requests in flight and close the stores."""
-    check_bind(host, api_key)
-    asyncio.run(_serve(stores, host, port, api_key, max_body, shutdown_timeout, announce))
+    granted = _keys(api_key, keys)
+    check_bind(host, granted)
+    asyncio.run(_serve(stores, host, port, granted, max_body, shutdown_timeout, announce))
 
 
 async def _serve(
     stores: ProjectStores,
     host: str,
     port: int,
-    api_key: str | None,
+    keys: access.Keys,
     max_body: int,
     shutdown_timeout: float,
     announce: Callable[[str], None],
 ) -> None:
-    app = make_app(stores, api_key=api_key, max_body=max_body)
+    app = make_app(stores, keys=keys, max_body=max_body)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if keys.path is not None:
+        loop.add_signal_handler(signal.SIGHUP, access.reload_on_signal, keys, announce)
     try:
         await web.TCPSite(runner, host, port).start()
         for address in runner.addresses:
@@ -384,13 +398,13 @@ async def _serve(
             shown = f"[{ip}]" if ":" in ip else ip
             announce(f"litellm-budget server listening on http://{shown}:{bound_port}")
         announce(f"store: {stores.description}")
-        if api_key:
-            announce("requests need the API key (Authorization: Bearer <key>)")
+        if keys.required:
+            announce(f"requests need the API key (Authorization: Bearer <key>): {keys.source}")
         else:
-            announce(f"no API key: listening on loopback only (set --api-key or ${API_KEY_ENV})")
+            announce(f"no API key: listening on loopback only (set --api-key or ${API_KEY_ENV}, or --keys FILE)")
         await stop.wait()
         announce("shutting down: finishing requests in flight")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

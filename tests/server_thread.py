@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from litellm_budget_plugin._server_access import Keys
 from litellm_budget_plugin.server import ProjectStores, make_app
 from litellm_budget_plugin.stores import BudgetStore, FileStore
 
@@ -50,10 +51,12 @@ class ServerThread:
         stores: ProjectStores,
         *,
         api_key: str | None = None,
+        keys: Keys | None = None,
         max_body: int | None = None,
         read_timeout: float | None = None,
     ) -> None:
         self.stores = stores
+        self.keys = keys
         self.read_timeout = read_timeout
         self.api_key = api_key
         self.max_body = max_body
@@ -89,7 +92,7 @@ class ServerThread:
         kwargs: dict[str, Any] = {} if self.max_body is None else {"max_body": self.max_body}
         if self.read_timeout is not None:
             kwargs["read_timeout"] = self.read_timeout
-        app = make_app(self.stores, api_key=self.api_key, **kwargs)
+        app = make_app(self.stores, api_key=self.api_key, keys=self.keys, **kwargs)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
