@@ -70,9 +70,10 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v1/reserve": {"user": "alice", "call_id": "c2", "amount": 0.1, "ttl": 60},
     "/v1/settle": {"call_id": "c1", "actual_cost": 0.1, "model": "m"},
     "/v1/release": {"call_id": "c1"},
+    "/v1/ledger": {"since": 0},
 }
 # Written here, not taken from the package: a change to what counts as a read shows up.
-READS = {"/get_budget", "/v1/get", "/v1/all"}
+READS = {"/get_budget", "/v1/get", "/v1/all", "/v1/ledger"}
 WRITES = sorted(set(BODIES) - READS)
 
 
@@ -116,7 +117,7 @@ def keyed(tmp_path: Path) -> Iterator[tuple[ServerThread, Snapshot]]:
 
 
 def test_every_endpoint_has_a_body() -> None:
-    assert set(BODIES) == {"/get_budget", "/set_budget"} | {f"/v1/{op}" for op in OPS}
+    assert set(BODIES) == {"/get_budget", "/set_budget", "/v1/ledger"} | {f"/v1/{op}" for op in OPS}
 
 
 def assert_forbidden(response: httpx.Response, project: str) -> None:
@@ -158,7 +159,7 @@ def test_read_only_keys_change_nothing(keyed: tuple[ServerThread, Snapshot], pat
     assert call(server.url, path, "a", A_WRITE).status_code == 200  # the key of "a" may
 
 
-@pytest.mark.parametrize("path", sorted(READS))
+@pytest.mark.parametrize("path", sorted(READS - {"/v1/ledger"}))
 def test_read_only_keys_read(keyed: tuple[ServerThread, Snapshot], path: str) -> None:
     server, snapshot = keyed
     before = snapshot()
@@ -170,6 +171,16 @@ def test_read_only_keys_read(keyed: tuple[ServerThread, Snapshot], path: str) ->
     # every project, even one that does not exist: read as empty, and not created
     assert call(server.url, path, "new", EVERY_READ).status_code == 200
     assert snapshot() == before
+
+
+def test_read_only_keys_read_the_ledger(keyed: tuple[ServerThread, Snapshot]) -> None:
+    server, _snapshot = keyed
+    assert call(server.url, "/v1/charge", "a", A_WRITE).status_code == 200
+    for key in (A_READ, EVERY_READ, A_WRITE):
+        answer = call(server.url, "/v1/ledger", "a", key)
+        assert answer.status_code == 200, answer.text
+        lines = answer.text.splitlines()
+        assert len(lines) == 2 and '"alice"' in lines[0] and lines[-1] == '{"end":1}'
 
 
 def test_http_store_reports_the_refusal(keyed: tuple[ServerThread, Snapshot]) -> None:
