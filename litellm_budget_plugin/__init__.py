@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .errors import BudgetExceededError
     from .guard import BudgetGuard, GuardInstallError
     from .manager import BudgetManager
+    from .metrics import BudgetMetrics
+    from .observe import BudgetObserver, Observers
     from .overruns import Overrun, Overruns
     from .pricing import OutputLimit, WorstCase, register_price
     from .scope import BudgetScope, budget_scope, current_scope
@@ -42,6 +44,9 @@ _LAZY = {
     "BudgetGuard": ".guard",  # litellm
     "GuardInstallError": ".guard",
     "BudgetManager": ".manager",  # litellm, for pricing
+    "BudgetMetrics": ".metrics",  # prometheus_client (the [metrics] extra) when one is made
+    "BudgetObserver": ".observe",
+    "Observers": ".observe",
     "Overrun": ".overruns",
     "Overruns": ".overruns",
     "OutputLimit": ".pricing",  # litellm
@@ -59,6 +64,8 @@ __all__ = [
     "BudgetExceededError",
     "BudgetGuard",
     "BudgetManager",
+    "BudgetMetrics",
+    "BudgetObserver",
     "BudgetPluginError",
     "BudgetRefusal",
     "BudgetScope",
@@ -68,6 +75,7 @@ __all__ = [
     "GuardInstallError",
     "HttpStore",
     "NewBudget",
+    "Observers",
     "OutputLimit",
     "Overrun",
     "Overruns",

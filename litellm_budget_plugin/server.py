@@ -25,7 +25,8 @@ as ``user``; ``window``, which of its windows; ``spend``, ``budget``, ``estimate
 ``read_timeout``, 413 request too large, 503 store unavailable or busy, 500 store corrupt
 (a store file or record the store refuses, such as a link: logged). Anything a client sends
 is checked (limits.py) before a store is touched: a refused request changes nothing.
-``GET /health`` needs no key.
+``GET /health`` needs no key. ``GET /metrics`` (``make_app(metrics=True)``) is Prometheus' text
+format (:mod:`.metrics`), with the same key.
 
 Store calls are synchronous; they run in worker threads, and a write that has started is
 finished (and waited for at shutdown) even if its request is cancelled.
@@ -40,12 +41,13 @@ import json
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from . import budget, subjects
+from ._server_observe import observed
 from ._server_requests import OPS, Op, check_fields, check_object
 from .errors import (
     BudgetRefusal,
@@ -55,6 +57,8 @@ from .errors import (
     StoreLockTimeout,
     UnknownUserError,
 )
+from .metrics import BudgetMetrics
+from .observe import BudgetObserver, Observers
 from .stores.projects import ProjectStores, check_project_name
 
 T = TypeVar("T")
@@ -113,6 +117,8 @@ _STORES = web.AppKey("stores", ProjectStores)
 _API_KEY = web.AppKey("api_key", str)
 _READ_TIMEOUT = web.AppKey("read_timeout", float)
 _INFLIGHT = web.AppKey("inflight", set[asyncio.Future[Any]])
+_OBSERVERS = web.AppKey("observers", Observers)
+_METRICS = web.AppKey("metrics", BudgetMetrics)
 
 
 def _dumps(data: object) -> str:
@@ -250,16 +256,30 @@ def _atomic(name: str, op: Op) -> Handler:
         body = await _body(request)
         project = check_project_name(body.pop("project_name", None))
         args = check_fields(op, body)
-        stores = request.app[_STORES]
+        stores, observers = request.app[_STORES], request.app[_OBSERVERS]
 
         def call() -> object:
             store = stores.get(project, create=op.creates(args))
-            return op.missing(args) if store is None else op.call(store, args)
+            if store is None:
+                return op.missing(args)
+            return observed(observers, project, name, args, lambda: op.call(store, args))
 
         return _ok(result=await _in_thread(request.app, call))
 
     handle.__name__ = f"handle_{name}"
     return handle
+
+
+def _visible_projects(request: web.Request) -> Collection[str] | None:
+    """The projects whose metrics the request may see; None: every one (one API key sees all).
+    Per-project keys narrow it here."""
+    return None
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics, visible = request.app[_METRICS], _visible_projects(request)
+    text = await _in_thread(request.app, lambda: metrics.exposition(visible))  # reads the stores
+    return web.Response(body=text, headers={"Content-Type": metrics.content_type})
 
 
 async def _finish(app: web.Application) -> None:
@@ -277,14 +297,26 @@ def make_app(
     api_key: str | None = None,
     max_body: int = MAX_BODY_BYTES,
     read_timeout: float = READ_TIMEOUT,
+    observers: Iterable[BudgetObserver] = (),
+    metrics: bool = False,
 ) -> web.Application:
-    """The aiohttp application; ``api_key`` None or empty accepts every request."""
+    """The aiohttp application; ``api_key`` None or empty accepts every request.
+
+    ``observers`` are told of every atomic operation (:mod:`.observe`); ``metrics`` serves
+    ``GET /metrics`` (needs the ``[metrics]`` extra).
+    """
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
     app[_STORES] = stores
     app[_READ_TIMEOUT] = budget.check_amount("read_timeout", read_timeout)
     app[_API_KEY] = api_key or ""
     inflight: set[asyncio.Future[Any]] = set()
     app[_INFLIGHT] = inflight
+    watchers = list(observers)
+    if metrics:
+        app[_METRICS] = BudgetMetrics(projects=stores)
+        watchers.append(app[_METRICS])
+        app.router.add_get("/metrics", _metrics)
+    app[_OBSERVERS] = Observers(watchers)
     app.router.add_get("/health", _health)
     app.router.add_post("/get_budget", _get_budget)
     app.router.add_post("/set_budget", _set_budget)
@@ -321,10 +353,11 @@ def run(
     max_body: int = MAX_BODY_BYTES,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     announce: Callable[[str], None] = print,
+    metrics: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then finish requests in flight and close the stores."""
     check_bind(host, api_key)
-    asyncio.run(_serve(stores, host, port, api_key, max_body, shutdown_timeout, announce))
+    asyncio.run(_serve(stores, host, port, api_key, max_body, shutdown_timeout, announce, metrics))
 
 
 async def _serve(
@@ -335,8 +368,9 @@ async def _serve(
     max_body: int,
     shutdown_timeout: float,
     announce: Callable[[str], None],
+    metrics: bool = False,
 ) -> None:
-    app = make_app(stores, api_key=api_key, max_body=max_body)
+    app = make_app(stores, api_key=api_key, max_body=max_body, metrics=metrics)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     stop = asyncio.Event()
