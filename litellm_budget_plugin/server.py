@@ -298,12 +298,13 @@ def make_app(
     max_body: int = MAX_BODY_BYTES,
     read_timeout: float = READ_TIMEOUT,
     observers: Iterable[BudgetObserver] = (),
-    metrics: bool = False,
+    metrics: bool | BudgetMetrics = False,
 ) -> web.Application:
     """The aiohttp application; ``api_key`` None or empty accepts every request.
 
     ``observers`` are told of every atomic operation (:mod:`.observe`); ``metrics`` serves
-    ``GET /metrics`` (needs the ``[metrics]`` extra).
+    ``GET /metrics`` (needs the ``[metrics]`` extra): ``True`` makes ``BudgetMetrics(projects=stores)``,
+    or pass your own (``max_subjects=``).
     """
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
     app[_STORES] = stores
@@ -313,8 +314,9 @@ def make_app(
     app[_INFLIGHT] = inflight
     watchers = list(observers)
     if metrics:
-        app[_METRICS] = BudgetMetrics(projects=stores)
-        watchers.append(app[_METRICS])
+        watching = metrics if isinstance(metrics, BudgetMetrics) else BudgetMetrics(projects=stores)
+        app[_METRICS] = watching
+        watchers.append(watching)
         app.router.add_get("/metrics", _metrics)
     app[_OBSERVERS] = Observers(watchers)
     app.router.add_get("/health", _health)
