@@ -286,3 +286,18 @@ def test_project_stores_list_a_directory(tmp_path: Path) -> None:
     assert stores.names() == ["a", "b", "c"]
     stores.close()
     assert ProjectStores.from_target(str(tmp_path), project="a").names() == ["a"]
+
+
+def test_serve_has_a_metrics_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from litellm_budget_plugin import cli, server
+
+    given: dict[str, object] = {}
+    monkeypatch.setattr(server, "run", lambda stores, **options: given.update(options))
+    result = CliRunner().invoke(cli.main, ["serve", "--store", str(tmp_path), "--metrics"])
+    assert result.exit_code == 0, result.output
+    assert given["metrics"] is True
+    given.clear()
+    assert CliRunner().invoke(cli.main, ["serve", "--store", str(tmp_path)]).exit_code == 0
+    assert "host" in given and "metrics" not in given  # off unless asked
