@@ -301,3 +301,32 @@ def test_serve_has_a_metrics_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     given.clear()
     assert CliRunner().invoke(cli.main, ["serve", "--store", str(tmp_path)]).exit_code == 0
     assert "host" in given and "metrics" not in given  # off unless asked
+
+
+def test_server_observers_hear_of_store_failures(tmp_path: Path) -> None:
+    from litellm_budget_plugin import StoreUnavailableError
+
+    def failing_store(project: str) -> FileStore:
+        store = FileStore(tmp_path / f"{project}.json")
+
+        def charge(*args: object, **kwargs: object) -> object:
+            raise StoreUnavailableError("the disk went away")
+
+        store.charge = charge  # type: ignore[method-assign]
+        return store
+
+    stores = ProjectStores(failing_store, description="a store whose charges fail")
+    watcher = BudgetMetrics(projects=stores)  # given as a plain observer, as an alert would be
+    with ServerThread(stores, observers=[watcher]) as server:
+        client = HttpStore(server.url, project_name="p", retries=0)
+        try:
+            client.set_budget("alice", 1.0)
+            with pytest.raises(StoreUnavailableError):
+                client.charge("alice", 0.25, "gpt-4o-mini", "call-1")
+        finally:
+            client.close()
+        assert httpx.get(f"{server.url}/metrics").status_code == 404  # metrics=True serves them
+    samples = parsed(watcher.exposition())
+    assert value(samples, "litellm_budget_store_errors_total", project="p", operation="charge") == 1
+    assert value(samples, "litellm_budget_charged_usd_total", project="p", kind="user") is None
+    assert value(samples, "litellm_budget_store_operation_seconds_count", project="p", operation="set_budget") == 1
