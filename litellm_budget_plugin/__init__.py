@@ -24,12 +24,15 @@ from .errors import (
     UnknownUserError,
     UnpricedModelError,
 )
+from .ledger import LedgerEntry, Usage
 from .stores import STORE_ENV, BudgetStore, FileStore, NewBudget, store_from_url
 
 if TYPE_CHECKING:
     from .errors import BudgetExceededError
     from .guard import BudgetGuard, GuardInstallError
     from .manager import BudgetManager
+    from .metrics import BudgetMetrics
+    from .observe import BudgetObserver, Observers
     from .overruns import Overrun, Overruns
     from .pricing import OutputLimit, WorstCase, register_price
     from .scope import BudgetScope, budget_scope, current_scope
@@ -42,6 +45,9 @@ _LAZY = {
     "BudgetGuard": ".guard",  # litellm
     "GuardInstallError": ".guard",
     "BudgetManager": ".manager",  # litellm, for pricing
+    "BudgetMetrics": ".metrics",  # prometheus_client (the [metrics] extra) when one is made
+    "BudgetObserver": ".observe",
+    "Observers": ".observe",
     "Overrun": ".overruns",
     "Overruns": ".overruns",
     "OutputLimit": ".pricing",  # litellm
@@ -59,6 +65,8 @@ __all__ = [
     "BudgetExceededError",
     "BudgetGuard",
     "BudgetManager",
+    "BudgetMetrics",
+    "BudgetObserver",
     "BudgetPluginError",
     "BudgetRefusal",
     "BudgetScope",
@@ -67,7 +75,9 @@ __all__ = [
     "FileStore",
     "GuardInstallError",
     "HttpStore",
+    "LedgerEntry",
     "NewBudget",
+    "Observers",
     "OutputLimit",
     "Overrun",
     "Overruns",
@@ -79,6 +89,7 @@ __all__ = [
     "UnknownModelError",
     "UnknownUserError",
     "UnpricedModelError",
+    "Usage",
     "UserRecord",
     "WorstCase",
     "budget_scope",

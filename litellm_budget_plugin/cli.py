@@ -282,6 +282,7 @@ def import_command(file: str, store: str | None, project: str, api_key: str | No
 )
 @click.option("--project", default=None, help="Serve only this project (needed when --store is one file).")
 @click.option("--max-body", type=click.IntRange(1024), default=None, help="Largest request body, bytes.")
+@click.option("--metrics", is_flag=True, help="Serve GET /metrics for Prometheus (needs the [metrics] extra).")
 @_exit_codes
 def serve(
     store: str,
@@ -291,6 +292,7 @@ def serve(
     keys_file: str | None,
     project: str | None,
     max_body: int | None,
+    metrics: bool,
 ) -> None:
     """Run the budget server (LiteLLM's hosted BudgetManager protocol, and atomic operations).
 
@@ -311,6 +313,8 @@ def serve(
         keys = load_keys(keys_file)
     stores = server.ProjectStores.from_target(store, project=project)
     options: dict[str, Any] = {} if max_body is None else {"max_body": max_body}
+    if metrics:
+        options["metrics"] = True
     server.run(stores, host=host, port=port, api_key=api_key, keys=keys, announce=click.echo, **options)
 
 

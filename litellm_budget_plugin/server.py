@@ -29,7 +29,9 @@ is checked (limits.py) before a store is touched: a refused request changes noth
 ``/v1/ledger`` ``{"project_name", "since"?, "until"?}`` streams the project's ledger
 (:mod:`.ledger`): one entry a line (``application/x-ndjson``), then ``{"end": <count>}``.
 ``GET /health`` needs no key. Keys (``--api-key``, or ``--keys FILE`` with projects and access
-per key) and what each may do: :mod:`._server_access`.
+per key) and what each may do: :mod:`._server_access`. ``GET /metrics``
+(``make_app(metrics=True)``) is Prometheus' text format (:mod:`.metrics`), with the same key;
+it shows the projects the key may read.
 
 Store calls are synchronous; they run in worker threads, and a write that has started is
 finished (and waited for at shutdown) even if its request is cancelled.
@@ -44,13 +46,14 @@ import json
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from . import _server_access as access
 from . import budget, ledger, subjects
+from ._server_observe import observed
 from ._server_requests import OPS, Op, check_fields, check_object
 from .errors import (
     BudgetRefusal,
@@ -60,6 +63,8 @@ from .errors import (
     StoreLockTimeout,
     UnknownUserError,
 )
+from .metrics import BudgetMetrics
+from .observe import BudgetObserver, Observers
 from .stores.projects import ProjectStores, check_project_name
 
 T = TypeVar("T")
@@ -118,6 +123,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
 _STORES = web.AppKey("stores", ProjectStores)
 _READ_TIMEOUT = web.AppKey("read_timeout", float)
 _INFLIGHT = web.AppKey("inflight", set[asyncio.Future[Any]])
+_OBSERVERS = web.AppKey("observers", Observers)
+_METRICS = web.AppKey("metrics", BudgetMetrics)
 
 
 def _dumps(data: object) -> str:
@@ -282,16 +289,30 @@ def _atomic(name: str, op: Op) -> Handler:
         body = await _body(request)
         project = access.checked_project(request, body.pop("project_name", None), write=access.op_writes(name))
         args = check_fields(op, body)
-        stores = request.app[_STORES]
+        stores, observers = request.app[_STORES], request.app[_OBSERVERS]
 
         def call() -> object:
             store = stores.get(project, create=op.creates(args))
-            return op.missing(args) if store is None else op.call(store, args)
+            if store is None:
+                return op.missing(args)
+            return observed(observers, project, name, args, lambda: op.call(store, args))
 
         return _ok(result=await _in_thread(request.app, call))
 
     handle.__name__ = f"handle_{name}"
     return handle
+
+
+def _visible_projects(request: web.Request) -> Collection[str] | None:
+    """The projects whose metrics the request may see: those its key may read (None: every one)."""
+    grant = access.projects_for(request)
+    return None if grant.every_project else grant.visible(request.app[_STORES].names())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics, visible = request.app[_METRICS], _visible_projects(request)
+    text = await _in_thread(request.app, lambda: metrics.exposition(visible))  # reads the stores
+    return web.Response(body=text, headers={"Content-Type": metrics.content_type})
 
 
 async def _finish(app: web.Application) -> None:
@@ -310,15 +331,29 @@ def make_app(
     keys: access.Keys | None = None,
     max_body: int = MAX_BODY_BYTES,
     read_timeout: float = READ_TIMEOUT,
+    observers: Iterable[BudgetObserver] = (),
+    metrics: bool | BudgetMetrics = False,
 ) -> web.Application:
     """The aiohttp application. ``keys`` (a keys file's) or ``api_key`` (one key for every
-    project), not both; neither (or an empty ``api_key``) accepts every request."""
+    project), not both; neither (or an empty ``api_key``) accepts every request.
+
+    ``observers`` are told of every atomic operation (:mod:`.observe`); ``metrics`` serves
+    ``GET /metrics`` (needs the ``[metrics]`` extra): ``True`` makes ``BudgetMetrics(projects=stores)``,
+    or pass your own (``max_subjects=``).
+    """
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
     app[_STORES] = stores
     app[_READ_TIMEOUT] = budget.check_amount("read_timeout", read_timeout)
     app[access.KEYS] = _keys(api_key, keys)
     inflight: set[asyncio.Future[Any]] = set()
     app[_INFLIGHT] = inflight
+    watchers = list(observers)
+    if metrics:
+        watching = metrics if isinstance(metrics, BudgetMetrics) else BudgetMetrics(projects=stores)
+        app[_METRICS] = watching
+        watchers.append(watching)
+        app.router.add_get("/metrics", _metrics)
+    app[_OBSERVERS] = Observers(watchers)
     app.router.add_get("/health", _health)
     app.router.add_post("/get_budget", _get_budget)
     app.router.add_post("/set_budget", _set_budget)
@@ -366,11 +401,12 @@ def run(
     max_body: int = MAX_BODY_BYTES,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     announce: Callable[[str], None] = print,
+    metrics: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then finish requests in flight and close the stores."""
     granted = _keys(api_key, keys)
     check_bind(host, granted)
-    asyncio.run(_serve(stores, host, port, granted, max_body, shutdown_timeout, announce))
+    asyncio.run(_serve(stores, host, port, granted, max_body, shutdown_timeout, announce, metrics))
 
 
 async def _serve(
@@ -381,8 +417,9 @@ async def _serve(
     max_body: int,
     shutdown_timeout: float,
     announce: Callable[[str], None],
+    metrics: bool = False,
 ) -> None:
-    app = make_app(stores, keys=keys, max_body=max_body)
+    app = make_app(stores, keys=keys, max_body=max_body, metrics=metrics)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     stop = asyncio.Event()

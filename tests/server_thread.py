@@ -54,9 +54,11 @@ class ServerThread:
         keys: Keys | None = None,
         max_body: int | None = None,
         read_timeout: float | None = None,
+        **options: Any,
     ) -> None:
         self.stores = stores
         self.keys = keys
+        self.options = options  # more make_app keywords (observers=, metrics=)
         self.read_timeout = read_timeout
         self.api_key = api_key
         self.max_body = max_body
@@ -90,6 +92,7 @@ class ServerThread:
 
     async def _serve(self) -> None:
         kwargs: dict[str, Any] = {} if self.max_body is None else {"max_body": self.max_body}
+        kwargs.update(self.options)
         if self.read_timeout is not None:
             kwargs["read_timeout"] = self.read_timeout
         app = make_app(self.stores, api_key=self.api_key, keys=self.keys, **kwargs)

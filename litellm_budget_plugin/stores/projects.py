@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import ConfigurationError
@@ -44,6 +44,8 @@ class ProjectStores:
     :param exists: whether a project already has data; reads of a project that does not
         exist answer "empty" without creating it. None: every project exists.
     :param only: serve this one project; others are unknown.
+    :param listed: the projects that have data (a directory's ``<name>.json`` files), for
+        :meth:`names`; None: only the projects opened since start are known.
     """
 
     def __init__(
@@ -53,9 +55,11 @@ class ProjectStores:
         exists: Callable[[str], bool] | None = None,
         only: str | None = None,
         description: str = "custom stores",
+        listed: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self._open_store = open_store
         self._exists = exists
+        self._listed = listed
         self.only = None if only is None else check_project_name(only)
         self.description = description
         self._stores: dict[str, BudgetStore] = {}
@@ -84,9 +88,17 @@ class ProjectStores:
                 # a link counts (lexists): opening it refuses it, rather than serving "empty"
                 return any(os.path.lexists(f"{snapshot}{suffix}") for suffix in ("", ".journal", ".lock"))
 
+            def listed() -> Iterable[str]:
+                for pattern in ("*.json", "*.json.journal"):  # a journal before its first snapshot
+                    for entry in directory.glob(pattern):
+                        name = entry.name.removesuffix(".journal").removesuffix(".json")
+                        if _PROJECT_NAME.fullmatch(name):
+                            yield name
+
             return cls(
                 lambda name: FileStore(directory / f"{name}.json"),
                 exists=exists,
+                listed=listed,
                 only=project,
                 description=f"directory {str(directory)!r}, one <project>.json per project",
             )
@@ -115,6 +127,18 @@ class ProjectStores:
                     return None
                 store = self._stores[project] = self._open_store(project)
             return store
+
+    def names(self) -> list[str]:
+        """The projects known to have data, sorted: the one served (``only``), else those
+        opened since start and those listed (a directory's ``<name>.json`` files; a Redis or
+        HTTP store lists none of its own)."""
+        if self.only is not None:
+            return [self.only]
+        with self._lock:
+            names = set(self._stores)
+        if self._listed is not None:
+            names.update(self._listed())
+        return sorted(names)
 
     def replace_lock(self, project: str) -> threading.Lock:
         """Serializes whole-dict replaces (/set_budget) of one project on this server."""
