@@ -42,6 +42,7 @@ class LedgerFiles:
         self._fd: int | None = None
         self._day: date | None = None
         self._end = 0  # where this process's last append ended
+        self._bounds = (0.0, 0.0)  # the open day's first instant, and the next day's
 
     def file_of(self, day: date) -> Path:
         return self.path.with_name(f"{self.path.name}.ledger-{day.isoformat()}")
@@ -69,8 +70,10 @@ class LedgerFiles:
 
         :raises StoreError: a file could not be written (the charges are in the journal already)."""
         by_day: dict[date, list[str]] = {}
+        first, end = self._bounds
         for item in entries:
-            by_day.setdefault(_day_of(item.time), []).append(ledger.encode(item))
+            day = self._day if first <= item.time < end else _day_of(item.time)  # most go to the open day
+            by_day.setdefault(day, []).append(ledger.encode(item))  # type: ignore[arg-type]
         for day, lines in by_day.items():
             self._append_day(day, ("\n".join(lines) + "\n").encode(), now)
 
@@ -100,6 +103,7 @@ class LedgerFiles:
         self.prune(now)
         self._fd = open_in_folder(self.file_of(day), os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self._day, self._end = day, -1
+        self._bounds = (_start_of(day), _start_of(day + timedelta(days=1)))
 
     def prune(self, now: float) -> list[Path]:
         """Delete the day files older than the retention; the files deleted."""
@@ -121,7 +125,7 @@ class LedgerFiles:
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-            self._fd, self._day = None, None
+            self._fd, self._day, self._bounds = None, None, (0.0, 0.0)
 
     # -- reading (no lock) ----------------------------------------------------------------
 
