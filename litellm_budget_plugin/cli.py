@@ -271,20 +271,51 @@ def import_command(file: str, store: str | None, project: str, api_key: str | No
 )
 @click.option("--project", default=None, help="Serve only this project (needed when --store is one file).")
 @click.option("--max-body", type=click.IntRange(1024), default=None, help="Largest request body, bytes.")
+@click.option("--alert-webhook", metavar="URL", help="POST budget alerts (JSON events) to this http(s) URL.")
+@click.option(
+    "--alert-secret-env",
+    metavar="VAR",
+    help="Sign alerts with the secret in this environment variable [default: $LITELLM_BUDGET_ALERT_SECRET].",
+)
+@click.option(
+    "--alert-threshold",
+    type=float,
+    multiple=True,
+    metavar="PERCENT",
+    help="Alert when a budget's spend reaches this percentage (repeat it; default 80 and 95).",
+)
 @_exit_codes
-def serve(store: str, host: str, port: int, api_key: str | None, project: str | None, max_body: int | None) -> None:
+def serve(
+    store: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    project: str | None,
+    max_body: int | None,
+    alert_webhook: str | None,
+    alert_secret_env: str | None,
+    alert_threshold: tuple[float, ...],
+) -> None:
     """Run the budget server (LiteLLM's hosted BudgetManager protocol, and atomic operations).
 
     Stops on SIGINT or SIGTERM after finishing the requests in flight.
     """
     from . import server
+    from .alerts import AlertSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if api_key is not None and not api_key.strip():
         raise ConfigurationError("the API key must not be empty")
+    alerting = AlertSettings.from_options(alert_webhook, alert_secret_env, alert_threshold)
     stores = server.ProjectStores.from_target(store, project=project)
     options: dict[str, Any] = {} if max_body is None else {"max_body": max_body}
-    server.run(stores, host=host, port=port, api_key=api_key, announce=click.echo, **options)
+    alerts = None if alerting is None else alerting.observer(lambda name: stores.get(name or "", create=False))
+    try:
+        observers = () if alerts is None else (alerts,)
+        server.run(stores, host=host, port=port, api_key=api_key, announce=click.echo, observers=observers, **options)
+    finally:
+        if alerts is not None:
+            alerts.close()  # deliver what is queued, for a few seconds
 
 
 # --- set: windows given as options ------------------------------------------------------

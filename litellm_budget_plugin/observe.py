@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from .errors import BudgetExceededError, ConfigurationError
+from .errors import BudgetRefusal, ConfigurationError
 from .overruns import Overrun
 
 logger = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ class BudgetObserver:
     def admitted(self, project: str | None, keys: Sequence[str], model: str) -> None:
         """A call was held in the budgets ``keys`` (its user, team, tags...)."""
 
-    def refused(self, project: str | None, error: BudgetExceededError) -> None:
-        """A call was refused: ``error.subject`` (and ``error.window``) name the budget."""
+    def refused(self, project: str | None, error: BudgetRefusal) -> None:
+        """A call was refused: ``error.subject`` (and ``error.window``) name the budget. A guard's
+        refusals are ``BudgetExceededError``; the budget server's, which does not load litellm,
+        its base ``BudgetRefusal``."""
 
     def charged(self, project: str | None, keys: Sequence[str], cost: float, model: str) -> None:
         """A call's cost was charged (or handed to the store to charge) to the budgets ``keys``."""
@@ -58,7 +60,7 @@ class Observers(BudgetObserver):
         for observer in self.observers:
             _safely(observer.admitted, project, keys, model)
 
-    def refused(self, project: str | None, error: BudgetExceededError) -> None:
+    def refused(self, project: str | None, error: BudgetRefusal) -> None:
         for observer in self.observers:
             _safely(observer.refused, project, error)
 

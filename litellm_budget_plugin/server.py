@@ -40,13 +40,13 @@ import json
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from . import budget, subjects
-from ._server_requests import OPS, Op, check_fields, check_object
+from ._server_requests import OPS, Op, charged_by, check_fields, check_object
 from .errors import (
     BudgetRefusal,
     ConfigurationError,
@@ -55,6 +55,7 @@ from .errors import (
     StoreLockTimeout,
     UnknownUserError,
 )
+from .observe import BudgetObserver, Observers
 from .stores.projects import ProjectStores, check_project_name
 
 T = TypeVar("T")
@@ -113,6 +114,7 @@ _STORES = web.AppKey("stores", ProjectStores)
 _API_KEY = web.AppKey("api_key", str)
 _READ_TIMEOUT = web.AppKey("read_timeout", float)
 _INFLIGHT = web.AppKey("inflight", set[asyncio.Future[Any]])
+_OBSERVERS = web.AppKey("observers", Observers)  # told of charges and refusals (alerts, metrics)
 
 
 def _dumps(data: object) -> str:
@@ -256,7 +258,16 @@ def _atomic(name: str, op: Op) -> Handler:
             store = stores.get(project, create=op.creates(args))
             return op.missing(args) if store is None else op.call(store, args)
 
-        return _ok(result=await _in_thread(request.app, call))
+        observers = request.app[_OBSERVERS]
+        try:
+            result = await _in_thread(request.app, call)
+        except BudgetRefusal as exc:
+            observers.refused(project, exc)
+            raise
+        charge = charged_by(name, args, result) if observers else None
+        if charge is not None:
+            observers.charged(project, *charge)
+        return _ok(result=result)
 
     handle.__name__ = f"handle_{name}"
     return handle
@@ -277,14 +288,17 @@ def make_app(
     api_key: str | None = None,
     max_body: int = MAX_BODY_BYTES,
     read_timeout: float = READ_TIMEOUT,
+    observers: Iterable[BudgetObserver] = (),
 ) -> web.Application:
-    """The aiohttp application; ``api_key`` None or empty accepts every request."""
+    """The aiohttp application; ``api_key`` None or empty accepts every request; ``observers``
+    are told of the charges and refusals of the atomic operations (:mod:`.observe`)."""
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
     app[_STORES] = stores
     app[_READ_TIMEOUT] = budget.check_amount("read_timeout", read_timeout)
     app[_API_KEY] = api_key or ""
     inflight: set[asyncio.Future[Any]] = set()
     app[_INFLIGHT] = inflight
+    app[_OBSERVERS] = Observers(observers)
     app.router.add_get("/health", _health)
     app.router.add_post("/get_budget", _get_budget)
     app.router.add_post("/set_budget", _set_budget)
@@ -321,10 +335,11 @@ def run(
     max_body: int = MAX_BODY_BYTES,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     announce: Callable[[str], None] = print,
+    observers: Iterable[BudgetObserver] = (),
 ) -> None:
     """Serve until SIGINT or SIGTERM, then finish requests in flight and close the stores."""
     check_bind(host, api_key)
-    asyncio.run(_serve(stores, host, port, api_key, max_body, shutdown_timeout, announce))
+    asyncio.run(_serve(stores, host, port, api_key, max_body, shutdown_timeout, announce, observers))
 
 
 async def _serve(
@@ -335,8 +350,9 @@ async def _serve(
     max_body: int,
     shutdown_timeout: float,
     announce: Callable[[str], None],
+    observers: Iterable[BudgetObserver] = (),
 ) -> None:
-    app = make_app(stores, api_key=api_key, max_body=max_body)
+    app = make_app(stores, api_key=api_key, max_body=max_body, observers=observers)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     stop = asyncio.Event()
