@@ -231,16 +231,22 @@ class WebhookAlerts(BudgetObserver):
                     self._cond.notify_all()
 
     def _check(self, batch: list[tuple[str | None, Sequence[str] | BudgetRefusal, str]]) -> None:
-        """Read each budget a batch charged once (its latest model), and each refusal's."""
+        """Read the budgets a batch charged, each once (with its latest model), and each refusal's;
+        in order: the charges before a refusal are checked before it."""
         charged: dict[tuple[str | None, str], str] = {}
         for project, what, model in batch:
             if isinstance(what, BudgetRefusal):
+                self._check_charged(charged)
+                charged = {}
                 record = self._read(project, what.subject)
                 self._send(self.tracker.refused(what, record, self._now(project), project=project))
             else:
                 for key in what:
                     charged.pop((project, key), None)
                     charged[(project, key)] = model
+        self._check_charged(charged)
+
+    def _check_charged(self, charged: dict[tuple[str | None, str], str]) -> None:
         done: set[tuple[str | None, str]] = set()
         for (project, key), model in charged.items():
             record = self._charged(project, key, model, done)
