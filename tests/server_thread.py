@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from litellm_budget_plugin.observe import BudgetObserver
 from litellm_budget_plugin.server import ProjectStores, make_app
 from litellm_budget_plugin.stores import BudgetStore, FileStore
 
@@ -52,8 +53,10 @@ class ServerThread:
         api_key: str | None = None,
         max_body: int | None = None,
         read_timeout: float | None = None,
+        observers: Iterable[BudgetObserver] = (),
     ) -> None:
         self.stores = stores
+        self.observers = tuple(observers)
         self.read_timeout = read_timeout
         self.api_key = api_key
         self.max_body = max_body
@@ -89,7 +92,7 @@ class ServerThread:
         kwargs: dict[str, Any] = {} if self.max_body is None else {"max_body": self.max_body}
         if self.read_timeout is not None:
             kwargs["read_timeout"] = self.read_timeout
-        app = make_app(self.stores, api_key=self.api_key, **kwargs)
+        app = make_app(self.stores, api_key=self.api_key, observers=self.observers, **kwargs)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
