@@ -27,6 +27,8 @@ from .errors import (
 from .stores import STORE_ENV, BudgetStore, FileStore, NewBudget, store_from_url
 
 if TYPE_CHECKING:
+    from .alert_events import AlertTracker
+    from .alerts import AlertSettings, WebhookAlerts, verify_signature
     from .errors import BudgetExceededError
     from .guard import BudgetGuard, GuardInstallError
     from .manager import BudgetManager
@@ -38,6 +40,10 @@ if TYPE_CHECKING:
 
 # Names loaded on first use, and the module (relative to this package) that defines each.
 _LAZY = {
+    "AlertSettings": ".alerts",
+    "AlertTracker": ".alert_events",
+    "WebhookAlerts": ".alerts",
+    "verify_signature": ".alerts",  # for webhook receivers
     "BudgetExceededError": ".errors",  # litellm
     "BudgetGuard": ".guard",  # litellm
     "GuardInstallError": ".guard",
@@ -56,6 +62,8 @@ _LAZY = {
 
 __all__ = [
     "STORE_ENV",
+    "AlertSettings",
+    "AlertTracker",
     "BudgetExceededError",
     "BudgetGuard",
     "BudgetManager",
@@ -80,11 +88,13 @@ __all__ = [
     "UnknownUserError",
     "UnpricedModelError",
     "UserRecord",
+    "WebhookAlerts",
     "WorstCase",
     "budget_scope",
     "current_scope",
     "register_price",
     "store_from_url",
+    "verify_signature",
 ]
 
 
