@@ -28,6 +28,8 @@ from .ledger import LedgerEntry, Usage
 from .stores import STORE_ENV, BudgetStore, FileStore, NewBudget, store_from_url
 
 if TYPE_CHECKING:
+    from .alert_events import AlertTracker
+    from .alerts import AlertSettings, WebhookAlerts, verify_signature
     from .errors import BudgetExceededError
     from .guard import BudgetGuard, GuardInstallError
     from .manager import BudgetManager
@@ -41,6 +43,10 @@ if TYPE_CHECKING:
 
 # Names loaded on first use, and the module (relative to this package) that defines each.
 _LAZY = {
+    "AlertSettings": ".alerts",
+    "AlertTracker": ".alert_events",
+    "WebhookAlerts": ".alerts",
+    "verify_signature": ".alerts",  # for webhook receivers
     "BudgetExceededError": ".errors",  # litellm
     "BudgetGuard": ".guard",  # litellm
     "GuardInstallError": ".guard",
@@ -62,6 +68,8 @@ _LAZY = {
 
 __all__ = [
     "STORE_ENV",
+    "AlertSettings",
+    "AlertTracker",
     "BudgetExceededError",
     "BudgetGuard",
     "BudgetManager",
@@ -91,11 +99,13 @@ __all__ = [
     "UnpricedModelError",
     "Usage",
     "UserRecord",
+    "WebhookAlerts",
     "WorstCase",
     "budget_scope",
     "current_scope",
     "register_price",
     "store_from_url",
+    "verify_signature",
 ]
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from ._server_requests import charged_by
 from .errors import BudgetRefusal, StoreError
 from .observe import Observers
 
@@ -32,9 +33,7 @@ def observed(observers: Observers, project: str, name: str, args: Mapping[str, A
         observers.store_timed(project, name, time.perf_counter() - started)
     if name == "reserve":
         observers.admitted(project, (args["user"], *(args.get("subjects") or ())), args.get("model") or "")
-    elif name == "charge":
-        observers.charged(project, (args["user"], *(args.get("subjects") or ())), args["cost"], args["model"])
-    elif name == "settle" and result:
-        user = args.get("user")
-        observers.charged(project, (user,) if user else (), args["actual_cost"], args["model"])
+    charge = charged_by(name, args, result)
+    if charge is not None:
+        observers.charged(project, *charge)
     return result

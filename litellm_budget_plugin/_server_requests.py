@@ -152,6 +152,17 @@ OPS: dict[str, Op] = {
 }
 
 
+def charged_by(name: str, args: Mapping[str, Any], result: object) -> tuple[tuple[str, ...], float, str] | None:
+    """What an operation that went through charged, for observers: (budgets, cost, model). A
+    ``charge`` names its user and ``subjects`` (the store adds the user's team); a ``settle``
+    its user (the budgets its hold names are the store's to know), when it gives one."""
+    if name == "charge":
+        return (args["user"], *(args.get("subjects") or ())), args["cost"], args["model"]
+    if name == "settle" and result and args.get("user") is not None:
+        return (args["user"],), args["actual_cost"], args["model"]
+    return None
+
+
 def check_fields(op: Op, body: dict[str, Any]) -> dict[str, Any]:
     """The request's arguments, every one checked: a bad one is refused before any store is
     touched (the checks that need a record, such as overlapping windows, run in the store's

@@ -283,6 +283,19 @@ def import_command(file: str, store: str | None, project: str, api_key: str | No
 @click.option("--project", default=None, help="Serve only this project (needed when --store is one file).")
 @click.option("--max-body", type=click.IntRange(1024), default=None, help="Largest request body, bytes.")
 @click.option("--metrics", is_flag=True, help="Serve GET /metrics for Prometheus (needs the [metrics] extra).")
+@click.option("--alert-webhook", metavar="URL", help="POST budget alerts (JSON events) to this http(s) URL.")
+@click.option(
+    "--alert-secret-env",
+    metavar="VAR",
+    help="Sign alerts with the secret in this environment variable [default: $LITELLM_BUDGET_ALERT_SECRET].",
+)
+@click.option(
+    "--alert-threshold",
+    type=float,
+    multiple=True,
+    metavar="PERCENT",
+    help="Alert when a budget's spend reaches this percentage (repeat it; default 80 and 95).",
+)
 @_exit_codes
 def serve(
     store: str,
@@ -293,6 +306,9 @@ def serve(
     project: str | None,
     max_body: int | None,
     metrics: bool,
+    alert_webhook: str | None,
+    alert_secret_env: str | None,
+    alert_threshold: tuple[float, ...],
 ) -> None:
     """Run the budget server (LiteLLM's hosted BudgetManager protocol, and atomic operations).
 
@@ -300,6 +316,7 @@ def serve(
     """
     from . import server
     from ._server_access import load_keys
+    from .alerts import AlertSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if api_key is not None and not api_key.strip():
@@ -311,11 +328,27 @@ def serve(
                 f"give --keys or --api-key (${server.API_KEY_ENV}), not both: a keys file holds every key"
             )
         keys = load_keys(keys_file)
+    alerting = AlertSettings.from_options(alert_webhook, alert_secret_env, alert_threshold)
     stores = server.ProjectStores.from_target(store, project=project)
     options: dict[str, Any] = {} if max_body is None else {"max_body": max_body}
     if metrics:
         options["metrics"] = True
-    server.run(stores, host=host, port=port, api_key=api_key, keys=keys, announce=click.echo, **options)
+    alerts = None if alerting is None else alerting.observer(lambda name: stores.get(name or "", create=False))
+    try:
+        observers = () if alerts is None else (alerts,)
+        server.run(
+            stores,
+            host=host,
+            port=port,
+            api_key=api_key,
+            keys=keys,
+            announce=click.echo,
+            observers=observers,
+            **options,
+        )
+    finally:
+        if alerts is not None:
+            alerts.close()  # deliver what is queued, for a few seconds
 
 
 # --- set: windows given as options ------------------------------------------------------

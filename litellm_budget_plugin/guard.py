@@ -36,6 +36,7 @@ from . import budget, pricing, reservations
 from ._estimates import actual_cost, call_usage, charged_model, check_cappable, explained, limit_output, worst_case
 from ._guard_setup import TRACKED, check_choice, new_user_budget, store_of
 from ._process_budget import GLOBAL_USER, PROCESS_BUDGET, StoreSpendShown
+from .alerts import AlertSettings
 from .budget import Mode, UserRecord
 from .errors import (
     BudgetExceededError,
@@ -119,6 +120,10 @@ class BudgetGuard(CustomLogger):
         ``litellm.max_budget``, over ``global_duration`` windows, e.g. ``"daily"``).
     :param observers: :class:`~.observe.BudgetObserver` objects told of every admission,
         refusal, charge, overrun and store failure (metrics, webhook alerts).
+    :param alert_webhook: an http(s) URL to POST alert events to (:mod:`.alerts`): thresholds
+        crossed, budgets exceeded, windows reset; from a background thread (``self.alerts``).
+    :param alert_secret: signs each event (``X-Litellm-Budget-Signature``, HMAC-SHA256).
+    :param alert_thresholds: percentages of a budget that send ``threshold_crossed`` (80, 95).
     """
 
     def __init__(
@@ -141,6 +146,9 @@ class BudgetGuard(CustomLogger):
         global_budget: GlobalBudget = "process",
         global_duration: str | float | None = None,
         observers: Iterable[BudgetObserver] = (),
+        alert_webhook: str | None = None,
+        alert_secret: str | None = None,
+        alert_thresholds: Iterable[float] | None = None,
     ) -> None:
         super().__init__()
         check_choice("global_budget", global_budget, ("process", "store"))
@@ -165,7 +173,11 @@ class BudgetGuard(CustomLogger):
         self.alert_threshold = alert_threshold
         self.on_alert = on_alert or _log_alert
         self.observers = Observers(observers)
+        alerting = AlertSettings.checked(alert_webhook, alert_secret, alert_thresholds)
         self.store = store_of(budgets, project)  # opened once the other arguments are checked
+        self.alerts = None if alerting is None else alerting.observer(lambda _project: self.store)
+        if self.alerts is not None:
+            self.observers = Observers((*self.observers.observers, self.alerts))
         self._charges_in_memory = isinstance(self.store, FileStore)  # see _settles_in_memory
         self._process_budget = PROCESS_BUDGET  # litellm._current_cost is the process's, not a guard's
         self._store_spend = StoreSpendShown()
@@ -346,9 +358,9 @@ class BudgetGuard(CustomLogger):
             self._count_overrun(Overrun(holds[0].call_id, model, _user_of(holds), held, cost))
         usage = call_usage(response_obj, tuple(key for hold in holds for key in hold.also))
         for hold in holds:
-            self.observers.charged(None, (hold.key, *hold.also), cost, model)
             if self._held_in_memory(hold):
                 self._process_budget.end(hold.call_id, cost)
+                self.observers.charged(None, (hold.key, *hold.also), cost, model)
                 continue
             alert = None if self.alert_threshold is None else functools.partial(self._maybe_alert, hold.key, cost=cost)
             self._quietly(
@@ -365,6 +377,8 @@ class BudgetGuard(CustomLogger):
                     usage=usage,
                 )
             )
+            # after the store has the charge: an observer reading the record sees it (alerts)
+            self.observers.charged(None, (hold.key, *hold.also), cost, model)
             if GLOBAL_USER in (hold.key, *hold.also):
                 # Read at once (a store's reads see its pending charges), for litellm._current_cost
                 # to follow the record. A sync call is charged before completion() returns; an

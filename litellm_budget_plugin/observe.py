@@ -27,8 +27,9 @@ class BudgetObserver:
         """A call was held in the budgets ``keys`` (its user, team, tags...)."""
 
     def refused(self, project: str | None, error: BudgetRefusal) -> None:
-        """A call was refused: ``error.subject`` (and ``error.window``) name the budget (the server's
-        refusals are :class:`BudgetRefusal`, a guard's its subclass ``BudgetExceededError``)."""
+        """A call was refused: ``error.subject`` (and ``error.window``) name the budget. A guard's
+        refusals are ``BudgetExceededError``; the budget server's, which does not load litellm,
+        its base ``BudgetRefusal``."""
 
     def charged(self, project: str | None, keys: Sequence[str], cost: float, model: str) -> None:
         """A call's cost was charged (or handed to the store to charge) to the budgets ``keys``."""

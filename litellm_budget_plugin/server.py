@@ -123,7 +123,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 _STORES = web.AppKey("stores", ProjectStores)
 _READ_TIMEOUT = web.AppKey("read_timeout", float)
 _INFLIGHT = web.AppKey("inflight", set[asyncio.Future[Any]])
-_OBSERVERS = web.AppKey("observers", Observers)
+_OBSERVERS = web.AppKey("observers", Observers)  # told of charges and refusals (alerts, metrics)
 _METRICS = web.AppKey("metrics", BudgetMetrics)
 
 
@@ -402,11 +402,12 @@ def run(
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     announce: Callable[[str], None] = print,
     metrics: bool = False,
+    observers: Iterable[BudgetObserver] = (),
 ) -> None:
     """Serve until SIGINT or SIGTERM, then finish requests in flight and close the stores."""
     granted = _keys(api_key, keys)
     check_bind(host, granted)
-    asyncio.run(_serve(stores, host, port, granted, max_body, shutdown_timeout, announce, metrics))
+    asyncio.run(_serve(stores, host, port, granted, max_body, shutdown_timeout, announce, metrics, observers))
 
 
 async def _serve(
@@ -418,8 +419,9 @@ async def _serve(
     shutdown_timeout: float,
     announce: Callable[[str], None],
     metrics: bool = False,
+    observers: Iterable[BudgetObserver] = (),
 ) -> None:
-    app = make_app(stores, keys=keys, max_body=max_body, metrics=metrics)
+    app = make_app(stores, keys=keys, max_body=max_body, metrics=metrics, observers=observers)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     stop = asyncio.Event()

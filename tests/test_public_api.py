@@ -17,8 +17,8 @@ from litellm_budget_plugin import BudgetExceededError, BudgetPluginError, Budget
 from litellm_budget_plugin.errors import over_budget
 
 # Public classes left out of the package root, each for a reason: the server's project map,
-# the bases a new store is built on, parts of UserRecord.
-NOT_IN_ROOT = {"ProjectStores", "RecordStore", "WritesAtOnce", "Reservation", "Window"}
+# the bases a new store is built on, parts of UserRecord, the alert tracker's view of a window.
+NOT_IN_ROOT = {"ProjectStores", "RecordStore", "WritesAtOnce", "Reservation", "Window", "WindowView"}
 
 
 def _defined_classes() -> set[str]:
