@@ -333,22 +333,11 @@ def serve(
     options: dict[str, Any] = {} if max_body is None else {"max_body": max_body}
     if metrics:
         options["metrics"] = True
-    alerts = None if alerting is None else alerting.observer(lambda name: stores.get(name or "", create=False))
-    try:
-        observers = () if alerts is None else (alerts,)
-        server.run(
-            stores,
-            host=host,
-            port=port,
-            api_key=api_key,
-            keys=keys,
-            announce=click.echo,
-            observers=observers,
-            **options,
-        )
-    finally:
-        if alerts is not None:
-            alerts.close()  # deliver what is queued, for a few seconds
+    # the server closes its observers at shutdown, before its stores: queued alerts go out first
+    observers = () if alerting is None else (alerting.observer(lambda name: stores.get(name or "", create=False)),)
+    server.run(
+        stores, host=host, port=port, api_key=api_key, keys=keys, announce=click.echo, observers=observers, **options
+    )
 
 
 # --- set: windows given as options ------------------------------------------------------

@@ -43,6 +43,9 @@ class BudgetObserver:
     def store_timed(self, project: str | None, operation: str, seconds: float) -> None:
         """A store operation took ``seconds`` (admissions and server operations)."""
 
+    def close(self) -> None:
+        """Finish what is queued (the budget server calls it at shutdown, before it closes its stores)."""
+
 
 class Observers(BudgetObserver):
     """Several observers as one; an observer that raises is logged, never the caller's problem."""
@@ -79,6 +82,10 @@ class Observers(BudgetObserver):
     def store_timed(self, project: str | None, operation: str, seconds: float) -> None:
         for observer in self.observers:
             _safely(observer.store_timed, project, operation, seconds)
+
+    def close(self) -> None:
+        for observer in self.observers:
+            _safely(observer.close)
 
 
 def _safely(method: Callable[..., object], *args: object) -> None:

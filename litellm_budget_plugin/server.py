@@ -316,11 +316,13 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _finish(app: web.Application) -> None:
-    """On shutdown: wait for store calls already started, then close the stores."""
+    """On shutdown: wait for store calls already started, let the observers finish what they
+    queued (alerts read the stores), then close the stores."""
     inflight = app[_INFLIGHT]
     pending = list(inflight)
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
+    await asyncio.to_thread(app[_OBSERVERS].close)
     app[_STORES].close()
 
 
