@@ -18,8 +18,7 @@ from redis_server import RedisServer, free_port
 
 from litellm_budget_plugin import ConfigurationError, FileStore, StoreError, StoreUnavailableError
 from litellm_budget_plugin.ledger import LedgerEntry, Usage, encode
-from litellm_budget_plugin.stores import BudgetStore
-from litellm_budget_plugin.stores import redis as redis_store
+from litellm_budget_plugin.stores import BudgetStore, _redis_ledger
 from litellm_budget_plugin.stores.redis import RedisStore
 
 pytestmark = pytest.mark.redis
@@ -208,7 +207,7 @@ def test_reads_go_page_by_page(
     store.set_budget("alice", None)
     for n in range(10):
         at(store, T0 + n).charge("alice", 1.0, "m", call_id=f"c{n}")
-    monkeypatch.setattr(redis_store, "LEDGER_PAGE", 3)
+    monkeypatch.setattr(_redis_ledger, "LEDGER_PAGE", 3)
     commands: list[object] = []
     execute: Callable[..., object] = redis.Redis.execute_command
 

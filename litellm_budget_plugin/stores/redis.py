@@ -50,7 +50,7 @@ Key layout, for project ``p`` (the project name is percent-quoted, so it holds n
     litellm_budget:p:ledger             stream the ledger: an entry per charge applied, its
                                                id the charge's time in ms, its one field
                                                ``e`` the entry as :func:`..ledger.encode`
-                                               writes it (see redis_ledger.lua)
+                                               writes it (see :mod:`._redis_ledger`)
 
 A record is one hash, read whole and rewritten whole by each change: it stays small (a
 user's holds in flight and at most ``APPLIED_ID_LIMIT`` recent call ids), and the reply to a
@@ -60,10 +60,7 @@ Scripts build key names from the prefix (a reservation reads the user's team, se
 the user from the call id), so this store needs a single Redis server, not Redis Cluster.
 
 The ledger entry of a charge is added by the script that applies it, in the same round trip
-(``charge``, ``settle``; ``charge_later`` is ``charge``). Its stream is trimmed by time as it
-grows (``ledger_retention_days``), and by count if ``ledger_max_entries`` is given: Redis keeps
-it in memory, about 200 bytes an entry. ``ledger(since, until)`` reads it in pages of
-``LEDGER_PAGE`` entries.
+(``charge``, ``settle``; ``charge_later`` is ``charge``): see :mod:`._redis_ledger`.
 
 redis-py is an optional extra (``pip install litellm_budget_plugin[redis]``), imported when a
 store is made. Connection failures raise :class:`StoreUnavailableError` naming the URL
@@ -78,7 +75,6 @@ import contextlib
 import importlib
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -93,6 +89,7 @@ from ..budget import Mode, UserRecord
 from ..errors import ConfigurationError, StoreCorruptError, StoreError, StoreUnavailableError, UnknownUserError
 from ..ledger import DEFAULT_RETENTION_DAYS, LedgerEntry, Usage, check_retention_days
 from ..subjects import check_subjects_once
+from . import _redis_ledger
 from ._at_once import WritesAtOnce
 from ._redis_records import CalendarPeriods, fields_of, record_of, refusal, written
 from .base import NewBudget
@@ -102,11 +99,6 @@ DEFAULT_PROJECT = "default"
 DEFAULT_TIMEOUT = 5.0
 # A configuration write tried again this often while others keep changing the record.
 CONFIGURE_ATTEMPTS = 100
-# Ledger entries read a page at a time, so a read of millions holds one page in memory.
-LEDGER_PAGE = 10_000
-# A stream id is an entry's time, or the stream's last id if that is later (another client's
-# clock ahead): a read looks this far past its end for entries of its period (filtered by time).
-LEDGER_SKEW_SECONDS = 300.0
 logger = logging.getLogger(__name__)
 
 
@@ -148,11 +140,7 @@ class RedisStore(WritesAtOnce):
         project = DEFAULT_PROJECT if project is None else project
         self.keeps_ledger = bool(ledger)
         self.ledger_retention_days = check_retention_days(ledger_retention_days)
-        if ledger_max_entries is not None and (
-            isinstance(ledger_max_entries, bool) or not isinstance(ledger_max_entries, int) or ledger_max_entries < 1
-        ):
-            raise ConfigurationError(f"ledger_max_entries must be a whole number above 0, got {ledger_max_entries!r}")
-        self.ledger_max_entries = ledger_max_entries
+        self.ledger_max_entries = _redis_ledger.check_max_entries(ledger_max_entries)
         if not isinstance(project, str) or not project.strip():
             raise ConfigurationError(f"project must be a non-empty string, got {project!r}")
         self._url = url
@@ -377,7 +365,8 @@ class RedisStore(WritesAtOnce):
         ``ledger_retention_days``, in stream order (by time, but for clocks that disagree).
 
         An entry that does not decode is skipped with a warning. Read in pages of
-        ``LEDGER_PAGE``: each page is one command, so entries added meanwhile may be listed.
+        ``_redis_ledger.LEDGER_PAGE``: each page is one command, so entries added meanwhile may
+        be listed.
 
         :raises StoreUnavailableError: Redis cannot be reached (also while iterating).
         :raises StoreError: Redis failed (the ledger's key is not a stream, say).
@@ -386,50 +375,29 @@ class RedisStore(WritesAtOnce):
         if not self.keeps_ledger:
             return iter(())
         start = max(start, self.clock() - self.ledger_retention_days * 86400)
-        return self._read_ledger(start, end) if start < end else iter(())
-
-    def _read_ledger(self, since: float, until: float) -> Iterator[LedgerEntry]:
-        # An entry's id is at or after its time (never before): ids from since's ms on, to
-        # LEDGER_SKEW_SECONDS past until (see the constant); each entry's own time decides.
-        low = str(math.floor(since * 1000))
-        high = str(math.floor(min(until, ledger.MAX_READ_TIME) * 1000 + LEDGER_SKEW_SECONDS * 1000))
-        key = f"{self.prefix}ledger"
-        raw = {self._redis.client.NEVER_DECODE: True}  # bytes: a bad entry fails alone, not the page
-        while True:
-            with self._translated():
-                page = self._connection().execute_command("XRANGE", key, low, high, "COUNT", LEDGER_PAGE, **raw)
-            lines = [_line_of(fields) for _, fields in page]
-            items, bad = ledger.decode_many(lines)
-            bad += sum(1 for line in lines if not line.strip())  # not counted by decode_many
-            if bad:
-                logger.warning("%s: skipped %d unreadable ledger entries (of %d read)", self, bad, len(page))
-            yield from ledger.in_period(items, since, until)
-            if len(page) < LEDGER_PAGE:
-                return
-            last = page[-1][0]
-            low = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        return _redis_ledger.read(self._ledger_page, start, end, str(self)) if start < end else iter(())
 
     def _ledger_args(
         self, now: float, model: str, cost: float, call_id: str | None, usage: Usage | None
     ) -> list[str | int]:
-        """The ledger's arguments of a charge (see ``ledger_at`` in redis_ledger.lua): the
-        entry encoded by :func:`..ledger.encode` but for its user and subjects, which the
-        script fills in, the oldest id to keep, the cap, the call's tags."""
         if not self.keeps_ledger:
             return [""]
-        tokens = (0, 0) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
-        line = ledger.encode(LedgerEntry(now, "", (), model, *tokens, cost, call_id))
-        gap = line.index(_NO_USER)  # the first quote: the time before it is a number
-        oldest = max(0, math.floor((now - self.ledger_retention_days * 86400) * 1000))
-        cap = "" if self.ledger_max_entries is None else self.ledger_max_entries
-        tags = () if usage is None else usage.tags
-        return [line[: gap + 1], line[gap + len(_NO_USER) :], oldest, cap, *_listed(tags)]
+        return _redis_ledger.entry_args(
+            now, model, cost, call_id, usage, self.ledger_retention_days, self.ledger_max_entries
+        )
 
     def _check_ledger_written(self, reply: list[Any]) -> None:
-        """Log a charge written whose ledger entry could not be (the script says why)."""
-        failed = reply[-1] if len(reply) > 2 else None
-        if isinstance(failed, list) and failed[:1] == ["ledger"]:
-            logger.error("%s: a charge was written but not its ledger entry: %s", self, failed[1:])
+        """Log a charge written whose ledger entry could not be (as the file store does)."""
+        why = _redis_ledger.failure(reply)
+        if why is not None:
+            logger.error("%s: a charge was written but not its ledger entry: %s", self, why)
+
+    def _ledger_page(self, low: str, high: str, count: int) -> list[Any]:
+        """XRANGE of the ledger, as bytes: an entry that is not UTF-8 fails alone, not the page."""
+        key, raw = f"{self.prefix}ledger", {self._redis.client.NEVER_DECODE: True}
+        with self._translated():
+            page = self._connection().execute_command("XRANGE", key, low, high, "COUNT", count, **raw)
+        return cast(list[Any], page)
 
     def close(self) -> None:
         """Close this process's connections; the store reconnects if it is used again."""
@@ -494,8 +462,6 @@ class RedisStore(WritesAtOnce):
 
 # The script, in the order it runs: its records, the ledger, then its arithmetic and operations.
 LUA_FILES = ("redis_records.lua", "redis_ledger.lua", "redis_budget.lua")
-# An entry's user and subjects, as ledger.encode writes them empty: the script writes them.
-_NO_USER = ',"",[]'
 
 
 @cache
@@ -527,12 +493,6 @@ def _without_password(url: str) -> str:
         return urlunsplit(parts._replace(netloc=netloc))
     except ValueError:
         return "<unparsable Redis URL>"
-
-
-def _line_of(fields: object) -> bytes:
-    """The encoded entry of a stream entry's fields ({b"e": line}), or b"" if it has none."""
-    line = fields.get(b"e") if isinstance(fields, dict) and len(fields) == 1 else None
-    return line if isinstance(line, bytes) else b""
 
 
 def _opt(value: str | float | None) -> str | float:
