@@ -285,12 +285,16 @@ def test_key_layout_is_namespaced_by_project(redis_url: str, client: redis.Redis
     second.set_budget("x", 50.0)
     second.charge("x", 20.0, "gpt-4o")
     assert sorted(client.keys("*")) == [
+        "litellm_budget:chatbot%3Auser%3Ax:ledger",
         "litellm_budget:chatbot%3Auser%3Ax:user:x",
         "litellm_budget:chatbot%3Auser%3Ax:users",
         "litellm_budget:chatbot:call:c1",
+        "litellm_budget:chatbot:ledger",
         "litellm_budget:chatbot:user:x",
         "litellm_budget:chatbot:users",
     ]
+    assert [entry.cost for entry in first.ledger()] == [1.0]
+    assert [entry.cost for entry in second.ledger()] == [20.0]
     assert client.hgetall("litellm_budget:chatbot:user:x") == {
         "total_budget": "5",
         "current_cost": "1",
