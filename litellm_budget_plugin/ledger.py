@@ -109,7 +109,7 @@ def entry(
     """The entry of a charge applied to the budgets ``charged`` (the first keeps the call)."""
     subjects = list(charged[1:])
     if usage is not None:
-        subjects += [tag for tag in usage.tags if tag not in subjects and tag != charged[0]]
+        subjects += [tag for tag in dict.fromkeys(usage.tags) if tag not in subjects and tag != charged[0]]
     tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
     return LedgerEntry(now, charged[0], tuple(subjects), model, *tokens, cost, call_id)
 

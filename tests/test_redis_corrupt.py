@@ -51,7 +51,8 @@ def everything(client: redis.Redis) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in client.keys("*"):
         kind = client.type(key)
-        out[key] = {"hash": client.hgetall, "set": client.smembers, "string": client.get}[kind](key)
+        read = {"hash": client.hgetall, "set": client.smembers, "string": client.get, "stream": client.xrange}
+        out[key] = read[kind](key)
     return out
 
 

@@ -31,6 +31,7 @@ from litellm_budget_plugin import (
     store_from_url,
 )
 from litellm_budget_plugin.budget import UserRecord
+from litellm_budget_plugin.ledger import LedgerEntry, Usage, check_period, in_period
 from litellm_budget_plugin.stores import RecordStore
 from litellm_budget_plugin.stores.redis import RedisStore
 from litellm_budget_plugin.subjects import GLOBAL, kind_of
@@ -189,7 +190,7 @@ def test_settling_or_releasing_removes_the_index_entry(redis_url: str, client: r
     assert not client.exists("litellm_budget:test:call:c3")
     assert "r:c3" not in client.hkeys("litellm_budget:test:user:alice")
     assert store.delete("alice") is True
-    assert client.keys("litellm_budget:test:*") == []
+    assert client.keys("litellm_budget:test:*") == ["litellm_budget:test:ledger"]  # history outlives the user
 
 
 # -- Redis going away ---------------------------------------------------------------------
@@ -284,12 +285,16 @@ def test_key_layout_is_namespaced_by_project(redis_url: str, client: redis.Redis
     second.set_budget("x", 50.0)
     second.charge("x", 20.0, "gpt-4o")
     assert sorted(client.keys("*")) == [
+        "litellm_budget:chatbot%3Auser%3Ax:ledger",
         "litellm_budget:chatbot%3Auser%3Ax:user:x",
         "litellm_budget:chatbot%3Auser%3Ax:users",
         "litellm_budget:chatbot:call:c1",
+        "litellm_budget:chatbot:ledger",
         "litellm_budget:chatbot:user:x",
         "litellm_budget:chatbot:users",
     ]
+    assert [entry.cost for entry in first.ledger()] == [1.0]
+    assert [entry.cost for entry in second.ledger()] == [20.0]
     assert client.hgetall("litellm_budget:chatbot:user:x") == {
         "total_budget": "5",
         "current_cost": "1",
@@ -372,6 +377,7 @@ STEP_WEIGHTS = [6, 6, 3, 3, 2, 1, 1, 1, 0.5, 0.5, 0.1]
 USERS = ["alice", "bob", "carol"]
 OTHERS = ["team:red", "team:blue", "tag:a", "tag:b", GLOBAL]
 ZONES = [None, None, "Europe/Paris", "America/New_York"]
+TAGS = ["tag:a", "tag:b", "tag:c"]  # a call's tags (usage=): tag:c has no budget
 
 
 def _random_windows(rng: random.Random) -> list[dict[str, Any]]:
@@ -411,17 +417,18 @@ def _random_operation(rng: random.Random) -> tuple[str, tuple[Any, ...], dict[st
     default = rng.choice([None, {"total_budget": 3.0, "duration": "2h"}])
     model = rng.choice(["a", "b", "p/a", "a-2024-08-06", "b-20241022"])
     others = rng.sample(OTHERS, rng.choice([0, 0, 1, 2]))
+    usage = rng.choice([None, Usage(rng.randrange(9), rng.randrange(9), tuple(rng.sample(TAGS, rng.randrange(3))))])
     operations: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
         ("set_budget", (key, rng.choice([None, 1.0, 5.0]), rng.choice([None, "1h", 0.5, "daily"])), {}),
         ("set_budget", (key, rng.choice([1.0, 5.0]), "daily"), {"fields": _random_fields(rng)}),
         ("set_fields", (key, _random_fields(rng)), {}),
-        ("charge", (user, cost, model), {"call_id": rng.choice([None, call_id]), "subjects": others}),
+        ("charge", (user, cost, model), {"call_id": rng.choice([None, call_id]), "subjects": others, "usage": usage}),
         ("charge", (user, cost, "a"), {"default": default}),
         ("reserve", (user, call_id, cost, rng.choice([60, 600, 4000])), {"default": default, "subjects": others}),
         ("reserve", (user, call_id, cost, 600), {"model": model, "subjects": others}),
         ("reserve", (user, call_id, cost, 60, "soft"), {"subjects": others}),
         ("reserve", (user, call_id, cost, 600), {"at_least": 0.05, "model": model, "subjects": others}),
-        ("settle", (call_id, cost, model), {"user": rng.choice([None, user])}),
+        ("settle", (call_id, cost, model), {"user": rng.choice([None, user]), "usage": usage}),
         ("release", (call_id,), {"user": rng.choice([None, user])}),
         ("reset", (key,), {}),
         ("roll", (key,), {}),
@@ -457,6 +464,7 @@ class ContractStore(RecordStore):
     def __init__(self) -> None:
         self.records: dict[str, UserRecord] = {}
         self.calls: dict[str, str] = {}  # call id -> the record settle finds it by
+        self.entries: list[LedgerEntry] = []
 
     def _read(self, fn: Callable[[dict[str, UserRecord]], T]) -> T:
         return fn(self.records)
@@ -466,10 +474,22 @@ class ContractStore(RecordStore):
         self._keep({user: new})
         return result
 
-    def _update_many(self, fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]]) -> T:
+    def _update_many(
+        self,
+        fn: Callable[[Mapping[str, UserRecord]], tuple[Mapping[str, UserRecord | None], T]],
+        written: Callable[[T], None] | None = None,
+    ) -> T:
         changed, result = fn(self.records)
         self._keep(changed)
+        if written is not None:
+            written(result)
         return result
+
+    def _record_charges(self, entries: list[LedgerEntry]) -> None:
+        self.entries += entries
+
+    def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
+        return iter(in_period(self.entries, *check_period(since, until)))
 
     def _keep(self, changed: Mapping[str, UserRecord | None]) -> None:
         """Keep the records, and the call index as the file store's journal and the Redis
@@ -499,7 +519,8 @@ class ContractStore(RecordStore):
 @pytest.mark.parametrize("seed", range(int(os.environ.get("MIRROR_SEEDS", "5"))))
 def test_random_operations_give_pythons_results(redis_url: str, tmp_path: Path, seed: int, reference: str) -> None:
     """Budget arithmetic is in Lua for Redis and in budget.py / reservations.py for the others:
-    they must agree, teams, tags, more windows and calendar ones included."""
+    they must agree, teams, tags, more windows and calendar ones included; so must the ledger
+    entries, made in Lua and in Python."""
     rng = random.Random(seed)
     now = T0
     redis_store = make_store(redis_url, project=f"seed{seed}")
@@ -512,5 +533,8 @@ def test_random_operations_give_pythons_results(redis_url: str, tmp_path: Path, 
         expected = _outcome(python_store, name, args, kwargs)
         assert _outcome(redis_store, name, args, kwargs) == expected, (step, name, args, kwargs)
         assert _rounded(redis_store.all()) == _rounded(python_store.all()), (step, name, args, kwargs)
+    kept = now - 80 * 86400.0  # within both stores' retention
+    assert list(redis_store.ledger(kept)) == list(python_store.ledger(kept))
+    assert len(list(redis_store.ledger())) > 20
     redis_store.close()
     python_store.close()

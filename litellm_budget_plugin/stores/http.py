@@ -203,7 +203,9 @@ class HttpStore(WritesAtOnce):
     def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
         """The server's ledger of the project, streamed (``/v1/ledger``: one entry a line, then
         a line ``{"end": <count>}``; a stream cut before it raises StoreUnavailableError)."""
-        start, end = check_period(since, until)
+        return self._ledger(*check_period(since, until))  # a bad period is refused now, not when read
+
+    def _ledger(self, start: float, end: float) -> Iterator[LedgerEntry]:
         url = f"{self.api_base}/v1/ledger"
         body = {"project_name": self.project_name, "since": start, "until": end}
         try:

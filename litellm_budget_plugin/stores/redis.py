@@ -47,6 +47,10 @@ Key layout, for project ``p`` (the project name is percent-quoted, so it holds n
                                                not by a TTL of its own: until then settle and
                                                release find an expired hold by its call id,
                                                as the file store's journal does
+    litellm_budget:p:ledger             stream the ledger: an entry per charge applied, its
+                                               id the charge's time in ms, its one field
+                                               ``e`` the entry as :func:`..ledger.encode`
+                                               writes it (see :mod:`._redis_ledger`)
 
 A record is one hash, read whole and rewritten whole by each change: it stays small (a
 user's holds in flight and at most ``APPLIED_ID_LIMIT`` recent call ids), and the reply to a
@@ -54,6 +58,9 @@ change is the user's record as written, in the same round trip. Expired holds st
 once and are dropped, with their call keys, by the next write of the record.
 Scripts build key names from the prefix (a reservation reads the user's team, settle finds
 the user from the call id), so this store needs a single Redis server, not Redis Cluster.
+
+The ledger entry of a charge is added by the script that applies it, in the same round trip
+(``charge``, ``settle``; ``charge_later`` is ``charge``): see :mod:`._redis_ledger`.
 
 redis-py is an optional extra (``pip install litellm_budget_plugin[redis]``), imported when a
 store is made. Connection failures raise :class:`StoreUnavailableError` naming the URL
@@ -77,10 +84,12 @@ from importlib import resources
 from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .. import budget, subjects
+from .. import budget, ledger, subjects
 from ..budget import Mode, UserRecord
 from ..errors import ConfigurationError, StoreCorruptError, StoreError, StoreUnavailableError, UnknownUserError
+from ..ledger import DEFAULT_RETENTION_DAYS, LedgerEntry, Usage, check_retention_days
 from ..subjects import check_subjects_once
+from . import _redis_ledger
 from ._at_once import WritesAtOnce
 from ._redis_records import CalendarPeriods, fields_of, record_of, refusal, written
 from .base import NewBudget
@@ -101,8 +110,12 @@ class RedisStore(WritesAtOnce):
     :param project: keys are namespaced by it, so projects sharing a server never mix.
     :param timeout: seconds to wait to connect and for each reply before
         :class:`StoreUnavailableError` (0: wait as long as the operating system does).
+    :param ledger: keep a ledger of charges (a stream, see the module docstring), for reports:
+        ``ledger_retention_days`` of them, and at most about ``ledger_max_entries`` (None: as
+        many as those days hold; Redis keeps them in memory).
     :param options: passed on to ``redis.Redis.from_url``.
-    :raises ConfigurationError: redis-py is not installed, or the URL or project is unusable.
+    :raises ConfigurationError: redis-py is not installed, or the URL, project or a ledger
+        option is unusable.
 
     >>> store = RedisStore("redis://localhost:6379/0", project="chatbot")  # doctest: +SKIP
     >>> store.set_budget("alice", 10.0, "daily")["total_budget"]  # doctest: +SKIP
@@ -119,9 +132,15 @@ class RedisStore(WritesAtOnce):
         *,
         project: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        ledger: bool = True,
+        ledger_retention_days: float = DEFAULT_RETENTION_DAYS,
+        ledger_max_entries: int | None = None,
         **options: Any,
     ) -> None:
         project = DEFAULT_PROJECT if project is None else project
+        self.keeps_ledger = bool(ledger)
+        self.ledger_retention_days = check_retention_days(ledger_retention_days)
+        self.ledger_max_entries = _redis_ledger.check_max_entries(ledger_max_entries)
         if not isinstance(project, str) or not project.strip():
             raise ConfigurationError(f"project must be a non-empty string, got {project!r}")
         self._url = url
@@ -254,6 +273,7 @@ class RedisStore(WritesAtOnce):
         held: float | None = None,
         *,
         subjects: Sequence[str] = (),
+        usage: Usage | None = None,
     ) -> UserRecord:
         budget.check_user(user)
         cost = budget.check_amount("cost", cost)
@@ -262,10 +282,21 @@ class RedisStore(WritesAtOnce):
             budget.check_call_id(call_id)
         held = None if held is None else budget.check_amount("held amount", held)
         others = check_subjects_once(subjects)
+        usage = ledger.check_usage(usage)
         now = self.clock()
         reply = self._run(
-            "charge", now, user, cost, model, _opt(call_id), *_default(user, default, now), _opt(held), *_listed(others)
+            "charge",
+            now,
+            user,
+            cost,
+            model,
+            _opt(call_id),
+            *_default(user, default, now),
+            _opt(held),
+            *_listed(others),
+            *self._ledger_args(now, model, cost, call_id, usage),
         )
+        self._check_ledger_written(reply)
         return written(user, reply, cost)
 
     def reserve(
@@ -303,15 +334,22 @@ class RedisStore(WritesAtOnce):
             raise refusal(reply, amount)
         return written(user, reply)
 
-    def settle(self, call_id: str, actual_cost: float, model: str, user: str | None = None) -> bool:
+    def settle(
+        self, call_id: str, actual_cost: float, model: str, user: str | None = None, *, usage: Usage | None = None
+    ) -> bool:
         budget.check_call_id(call_id)
         cost = budget.check_amount("actual cost", actual_cost)
         budget.check_model_name(model)
         if user is not None:
             budget.check_user(user)
-        reply = self._run("settle", self.clock(), call_id, cost, model, _opt(user))
+        usage = ledger.check_usage(usage)
+        now = self.clock()
+        reply = self._run(
+            "settle", now, call_id, cost, model, _opt(user), *self._ledger_args(now, model, cost, call_id, usage)
+        )
         if reply[0] == "too_large":
             raise budget.too_large(cost)
+        self._check_ledger_written(reply)
         return bool(reply[1])
 
     def release(self, call_id: str, user: str | None = None) -> bool:
@@ -319,6 +357,47 @@ class RedisStore(WritesAtOnce):
         if user is not None:
             budget.check_user(user)
         return bool(self._run("release", self.clock(), call_id, _opt(user))[1])
+
+    # -- the ledger --------------------------------------------------------------------------
+
+    def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
+        """The charges recorded from ``since`` (included) to ``until`` (excluded), as far back as
+        ``ledger_retention_days``, in stream order (by time, but for clocks that disagree).
+
+        An entry that does not decode is skipped with a warning. Read in pages of
+        ``_redis_ledger.LEDGER_PAGE``: each page is one command, so entries added meanwhile may
+        be listed.
+
+        :raises StoreUnavailableError: Redis cannot be reached (also while iterating).
+        :raises StoreError: Redis failed (the ledger's key is not a stream, say).
+        """
+        start, end = ledger.check_period(since, until)
+        if not self.keeps_ledger:
+            return iter(())
+        start = max(start, self.clock() - self.ledger_retention_days * 86400)
+        return _redis_ledger.read(self._ledger_page, start, end, str(self)) if start < end else iter(())
+
+    def _ledger_args(
+        self, now: float, model: str, cost: float, call_id: str | None, usage: Usage | None
+    ) -> list[str | int]:
+        if not self.keeps_ledger:
+            return [""]
+        return _redis_ledger.entry_args(
+            now, model, cost, call_id, usage, self.ledger_retention_days, self.ledger_max_entries
+        )
+
+    def _check_ledger_written(self, reply: list[Any]) -> None:
+        """Log a charge written whose ledger entry could not be (as the file store does)."""
+        why = _redis_ledger.failure(reply)
+        if why is not None:
+            logger.error("%s: a charge was written but not its ledger entry: %s", self, why)
+
+    def _ledger_page(self, low: str, high: str, count: int) -> list[Any]:
+        """XRANGE of the ledger, as bytes: an entry that is not UTF-8 fails alone, not the page."""
+        key, raw = f"{self.prefix}ledger", {self._redis.client.NEVER_DECODE: True}
+        with self._translated():
+            page = self._connection().execute_command("XRANGE", key, low, high, "COUNT", count, **raw)
+        return cast(list[Any], page)
 
     def close(self) -> None:
         """Close this process's connections; the store reconnects if it is used again."""
@@ -381,8 +460,8 @@ class RedisStore(WritesAtOnce):
                 raise StoreError(f"Redis at {self.safe_url}: the script asked again for periods it was given")
 
 
-# The script, in the order it runs: its records, then its arithmetic and operations.
-LUA_FILES = ("redis_records.lua", "redis_budget.lua")
+# The script, in the order it runs: its records, the ledger, then its arithmetic and operations.
+LUA_FILES = ("redis_records.lua", "redis_ledger.lua", "redis_budget.lua")
 
 
 @cache

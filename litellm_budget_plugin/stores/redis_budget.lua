@@ -282,13 +282,16 @@ function ops.roll(user)
   return {'ok', save(r)}
 end
 
--- Op argument 9 counts the budgets given besides the user's (subjects=), which follow it.
+-- Op argument 9 counts the budgets given besides the user's (subjects=), which follow it;
+-- the ledger's arguments follow them (see ledger_at).
 function ops.charge(user, cost, model, call_id, default_total, default_duration, has_default, held)
+  local more = list_at(9)
   local u = load_or_default(user, default_total, default_duration, has_default)
   if not u then return {'unknown'} end
-  local changed = charge_all(user, u, tonumber(cost), model, opt(call_id), optnum(held), list_at(9))
+  local changed = charge_all(user, u, tonumber(cost), model, opt(call_id), optnum(held), more)
   if not changed then return {'too_large'} end
   for _, r in ipairs(changed) do save(r) end
+  record_charge(ledger_at(10 + #more), changed)
   return {'ok', u.fields or u.flat}
 end
 
@@ -343,6 +346,7 @@ local function owner(call_id, user)
   return opt(user) or redis.call('GET', call_key(call_id))
 end
 
+-- The ledger's arguments are op argument 5 on (see ledger_at).
 function ops.settle(call_id, cost, model, user)
   user = owner(call_id, user)
   local u = user and load(user)
@@ -351,6 +355,7 @@ function ops.settle(call_id, cost, model, user)
   local changed = charge_all(user, u, tonumber(cost), model, call_id, hold and hold.amount, {})
   if not changed then return {'too_large'} end
   for _, r in ipairs(changed) do save(r) end
+  record_charge(ledger_at(5), changed)
   return {'ok', u.fields and 1 or 0}
 end
 
@@ -372,4 +377,5 @@ if not done then
 end
 if #missing > 0 then return cjson.encode({'bounds', missing}) end
 for _, write in ipairs(writes) do write() end
+if ledger_error then reply[#reply + 1] = {'ledger', ledger_error} end  -- the charge is written
 return cjson.encode(reply)
