@@ -108,7 +108,7 @@ def test_a_day_file_per_utc_day_and_old_days_are_deleted(open_store, clock, tmp_
     names = sorted(p.name for p in tmp_path.iterdir() if ".ledger-" in p.name)
     # written on 11-30 .. 12-03; on 12-03 the files older than two days before it are gone
     assert names == [f"user_cost.json.ledger-2026-{day}" for day in ("12-01", "12-02", "12-03")]
-    assert [item.call_id for item in store.ledger()] == ["d1", "d2", "d3"]
+    assert [item.call_id for item in store.ledger()] == ["d2", "d3"]  # d1's file remains, past the retention
 
 
 def test_a_store_without_ledger_writes_none(open_store, tmp_path: Path) -> None:

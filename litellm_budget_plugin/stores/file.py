@@ -31,6 +31,7 @@ from .. import budget, reservations
 from ..budget import Charge, UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreError
 from ..ledger import DEFAULT_RETENTION_DAYS, LedgerEntry, Usage, check_period, check_retention_days, check_usage
+from ..limits import SECONDS_PER_DAY
 from . import _admission
 from ._deferred import (
     _STORES_WITH_PENDING,
@@ -338,7 +339,11 @@ class FileStore(RecordStore):
     def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
         start, end = check_period(since, until)
         self.flush()
-        return iter(()) if self._ledger is None else self._ledger.read(start, end)
+        if self._ledger is None:
+            return iter(())
+        # as the Redis store: nothing older than the retention, though its day file may remain a while
+        oldest = self.clock() - self.ledger_retention_days * SECONDS_PER_DAY
+        return self._ledger.read(max(start, oldest), end)
 
     def _record_charges(self, entries: list[LedgerEntry]) -> None:
         if not entries or self._ledger is None:
