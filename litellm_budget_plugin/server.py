@@ -25,7 +25,8 @@ as ``user``; ``window``, which of its windows; ``spend``, ``budget``, ``estimate
 ``read_timeout``, 413 request too large, 503 store unavailable or busy, 500 store corrupt
 (a store file or record the store refuses, such as a link: logged). Anything a client sends
 is checked (limits.py) before a store is touched: a refused request changes nothing.
-``GET /health`` needs no key.
+``GET /health`` needs no key. ``GET /dashboard`` is a web page of a project's budgets
+(:mod:`.dashboard`); it also takes the key as HTTP Basic credentials, which browsers send.
 
 Store calls are synchronous; they run in worker threads, and a write that has started is
 finished (and waited for at shutdown) even if its request is cancelled.
@@ -46,7 +47,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import budget, ledger, subjects
+from . import _server_dashboard, budget, ledger, subjects
 from ._server_requests import OPS, Op, check_fields, check_object
 from .errors import (
     BudgetRefusal,
@@ -151,6 +152,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _authorized(request: web.Request, key: str) -> bool:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic" and request.path == _server_dashboard.PATH:  # browsers send Basic
+        scheme, token = "bearer", _server_dashboard.basic_password(token) or ""
     # Header bytes that are not UTF-8 arrive as surrogates: compare them as bytes all the same.
     sent = token.strip().encode("utf-8", "surrogateescape")
     return scheme.lower() == "bearer" and hmac.compare_digest(sent, key.encode())
@@ -162,6 +165,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         key = request.app[_API_KEY]
         if key and request.path != "/health" and not _authorized(request, key):
+            if request.path == _server_dashboard.PATH:
+                return _server_dashboard.unauthorized()
             return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
         return await handler(request)
     except BudgetRefusal as exc:
@@ -320,6 +325,7 @@ def make_app(
     app.router.add_post("/get_budget", _get_budget)
     app.router.add_post("/set_budget", _set_budget)
     app.router.add_post("/v1/ledger", _ledger)
+    app.router.add_get(_server_dashboard.PATH, _server_dashboard.handler(stores, lambda fn: _in_thread(app, fn)))
     for name, op in OPS.items():
         app.router.add_post(f"/v1/{name}", _atomic(name, op))
     app.on_cleanup.append(_finish)

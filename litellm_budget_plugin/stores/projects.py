@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import ConfigurationError
@@ -37,6 +37,17 @@ def check_project_name(name: object) -> str:
     return name
 
 
+def directory_projects(directory: Path) -> list[str]:
+    """The projects of a directory of ``<project>.json`` stores (a journal without a snapshot counts)."""
+    found = set()
+    with os.scandir(directory) as entries:
+        for item in entries:
+            name = item.name.removesuffix(".journal")
+            if name.endswith(".json") and _PROJECT_NAME.fullmatch(name[:-5]):
+                found.add(name[:-5])
+    return sorted(found)
+
+
 class ProjectStores:
     """The store of each project, opened on first use and kept open.
 
@@ -44,6 +55,7 @@ class ProjectStores:
     :param exists: whether a project already has data; reads of a project that does not
         exist answer "empty" without creating it. None: every project exists.
     :param only: serve this one project; others are unknown.
+    :param list_names: the projects that have data (a directory's files), for :meth:`names`.
     """
 
     def __init__(
@@ -53,11 +65,13 @@ class ProjectStores:
         exists: Callable[[str], bool] | None = None,
         only: str | None = None,
         description: str = "custom stores",
+        list_names: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self._open_store = open_store
         self._exists = exists
         self.only = None if only is None else check_project_name(only)
         self.description = description
+        self._list_names = list_names
         self._stores: dict[str, BudgetStore] = {}
         self._lock = threading.Lock()
         self._replace_locks: dict[str, threading.Lock] = {}
@@ -87,6 +101,7 @@ class ProjectStores:
             return cls(
                 lambda name: FileStore(directory / f"{name}.json"),
                 exists=exists,
+                list_names=lambda: directory_projects(directory),
                 only=project,
                 description=f"directory {str(directory)!r}, one <project>.json per project",
             )
@@ -115,6 +130,16 @@ class ProjectStores:
                     return None
                 store = self._stores[project] = self._open_store(project)
             return store
+
+    def names(self) -> list[str]:
+        """The projects known here, sorted: the one served (``only``), else those with data
+        (``list_names``) and those opened since the server started (a Redis URL lists no more)."""
+        if self.only is not None:
+            return [self.only]
+        found = set(self._list_names()) if self._list_names is not None else set()
+        with self._lock:
+            found.update(self._stores)
+        return sorted(found)
 
     def replace_lock(self, project: str) -> threading.Lock:
         """Serializes whole-dict replaces (/set_budget) of one project on this server."""
