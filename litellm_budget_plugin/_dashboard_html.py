@@ -55,9 +55,10 @@ ul.alerts li{padding:2px 0;break-inside:avoid}
 table{border-collapse:collapse;width:100%}
 th{position:sticky;top:0;background:#eef1f6;text-align:left;font-size:12px;color:var(--muted);font-weight:600;
  padding:6px 8px;border-bottom:1px solid var(--line)}
-td{padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:top}
+td{padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:middle}
 td.num,th.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
-td.subject{word-break:break-all;max-width:320px}
+td.subject{overflow-wrap:anywhere;max-width:320px}
+td.reset{white-space:nowrap}
 td small,ul.alerts small{display:block;color:var(--muted);font-size:11px}
 .kind{font-size:11px;color:var(--muted);text-transform:uppercase;letter-spacing:.03em}
 .bar{width:140px;height:10px;background:#e7ebf1;border-radius:5px;overflow:hidden;margin-top:4px}
@@ -173,14 +174,14 @@ def _header(project: str | None, projects: Sequence[str], now: float, refresh: i
 
 def _cards(views: Sequence[SubjectView], found: dict[str, int], chart: Sequence[tuple[date, float]] | None) -> str:
     kinds = ", ".join(
-        f"{found[kind]} {label}"
-        for kind, label in (("user", "users"), ("team", "teams"), ("tag", "tags"), ("global", "global"))
+        f"{found[kind]:,} {kind if kind == 'global' or found[kind] == 1 else kind + 's'}"
+        for kind in ("user", "team", "tag", "global")
         if found[kind]
     )
     alerts = found["over"] + found["near"]
     overrun_cost = sum(view.overrun_cost for view in views)
     cards = [
-        ("subjects", str(len(views)), kinds or "no budgets yet", ""),
+        ("subjects", f"{len(views):,}", kinds or "no budgets yet", ""),
         ("alerts", str(alerts), f"{found['over']} over, {found['near']} at ≥{NEAR:.0%}", " alert" if alerts else ""),
         ("overruns", str(found["overruns"]), f"{money(overrun_cost)} beyond their holds", ""),
     ]
