@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from html import escape
 from urllib.parse import quote
 
-from ._dashboard_views import NEAR, SubjectView, counts
+from ._dashboard_views import NEAR, SubjectView, counts, level_of
 
 # Alerts listed above the table (all are flagged in it).
 ALERTS_LISTED = 50
@@ -56,7 +56,7 @@ table{border-collapse:collapse;width:100%}
 th{position:sticky;top:0;background:#eef1f6;text-align:left;font-size:12px;color:var(--muted);font-weight:600;
  padding:6px 8px;border-bottom:1px solid var(--line)}
 td{padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:middle}
-td.num,th.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td.spend,td.budget,td.remaining,td.overruns,th.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 td.subject{overflow-wrap:anywhere;max-width:320px}
 td.reset{white-space:nowrap}
 td small,ul.alerts small{display:block;color:var(--muted);font-size:11px}
@@ -116,10 +116,6 @@ def _num(value: float | None) -> str:
 
 def _width(share: float) -> str:
     return f"{min(share, 1.0) * 100:.1f}"
-
-
-def _level(share: float) -> str:
-    return "over" if share >= 1.0 else "near" if share >= NEAR else ""
 
 
 def page(
@@ -325,19 +321,22 @@ def _row(view: SubjectView, now: float, reset_cache: dict[float, str]) -> str:
         limit = money(view.budget)
         used = f'<div class="bar"><i style="width:{_width(share)}%"></i></div><span class="pct">{percent(share)}</span>'
         remaining = money(view.budget - view.spend)
-    if view.resets_at is None:
+    at = view.resets_at
+    if at is None:
         reset = "never"
-    else:
-        reset = reset_cache.get(view.resets_at) or reset_cache.setdefault(
-            view.resets_at, f"{iso(view.resets_at)}<small>{relative(view.resets_at, now)}</small>"
+    elif (reset := reset_cache.get(at, "")) == "":
+        reset = reset_cache[at] = f"{iso(at)}<small>{relative(at, now)}</small>"
+    windows = (
+        ""
+        if not view.windows
+        else "".join(
+            f'<div class="window" data-spend="{window.spend!r}" data-budget="{window.budget!r}">'
+            f'<span class="wbar {level_of(window.share)}"><i style="width:{_width(window.share)}%"></i></span>'
+            f"{money(window.spend)} of {escape(window.label)}"
+            + ("" if window.resets_at is None else f" · resets {relative(window.resets_at, now)}")
+            + "</div>"
+            for window in view.windows
         )
-    windows = "".join(
-        f'<div class="window" data-spend="{window.spend!r}" data-budget="{window.budget!r}">'
-        f'<span class="wbar {_level(window.share)}"><i style="width:{_width(window.share)}%"></i></span>'
-        f"{money(window.spend)} of {escape(window.label)}"
-        + ("" if window.resets_at is None else f" · resets {relative(window.resets_at, now)}")
-        + "</div>"
-        for window in view.windows
     )
     overruns = f"{view.overruns}<small>+{money(view.overrun_cost)}</small>" if view.overruns else ""
     level = f' class="{view.level}"' if view.level else ""
@@ -346,8 +345,8 @@ def _row(view: SubjectView, now: float, reset_cache: dict[float, str]) -> str:
         f'data-budget="{_num(view.budget)}" data-level="{view.level}" data-resets="{_num(view.resets_at)}" '
         f'data-overruns="{view.overruns}">'
         f'<td class="subject">{key}{team}</td><td class="kind">{view.kind}</td>'
-        f'<td class="num spend">{money(view.spend)}{held}</td><td class="num budget">{limit}</td>'
-        f'<td class="used">{used}</td><td class="num remaining">{remaining}</td>'
+        f'<td class="spend">{money(view.spend)}{held}</td><td class="budget">{limit}</td>'
+        f'<td class="used">{used}</td><td class="remaining">{remaining}</td>'
         f'<td class="reset">{reset}</td><td class="windows">{windows}</td>'
-        f'<td class="num overruns">{overruns}</td></tr>'
+        f'<td class="overruns">{overruns}</td></tr>'
     )

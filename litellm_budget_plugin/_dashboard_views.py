@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from . import budget
 from .errors import GLOBAL_KEY
-from .limits import UserRecord
+from .limits import SECONDS_PER_DAY, UserRecord
 from .stores.base import BudgetStore
 from .subjects import kind_of
-from .windows import Window, describe, window_end
+from .windows import Window, describe, rolled_start, window_end
 
 # A subject at this share of a budget (any of its windows) is flagged as near it.
 NEAR = 0.8
@@ -25,6 +24,7 @@ DEFAULT_REFRESH_SECONDS = 30
 # process (charge_later) may reach the ledger a little after its day ended.
 _SETTLED_AFTER = 600.0
 _DAY = timedelta(days=1)
+_EPOCH = date(1970, 1, 1).toordinal()
 
 Level = Literal["over", "near", ""]
 Kind = Literal["user", "team", "tag", "global"]
@@ -44,9 +44,9 @@ class WindowView:
         return _share(self.spend, self.budget)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SubjectView:
-    """One subject as the dashboard shows it: its main window, and the others."""
+    """One subject as the dashboard shows it: its main window, the others, its alert level."""
 
     key: str
     kind: Kind
@@ -58,25 +58,13 @@ class SubjectView:
     windows: tuple[WindowView, ...]
     overruns: int
     overrun_cost: float
-
-    @property
-    def share(self) -> float:
-        """Spend over budget in the main window (0 without a limit)."""
-        return 0.0 if self.budget is None else _share(self.spend, self.budget)
+    share: float  # spend over budget in the main window (0 without a limit)
+    worst: float  # the highest share of any of its windows: what its level is read from
+    level: Level
 
     @property
     def remaining(self) -> float | None:
         return None if self.budget is None else self.budget - self.spend
-
-    @property
-    def worst(self) -> float:
-        """The highest share of any of its budgets: what its alert level is read from."""
-        return max((self.share, *(window.share for window in self.windows)))
-
-    @property
-    def level(self) -> Level:
-        worst = self.worst
-        return "over" if worst >= 1.0 else "near" if worst >= NEAR else ""
 
 
 def _share(spend: float, limit: float) -> float:
@@ -95,19 +83,32 @@ def subject_views(records: Mapping[str, UserRecord], now: float) -> list[Subject
 
 def _view(key: str, record: UserRecord, now: float) -> SubjectView:
     holds = record.get("reservations")
-    windows = record.get("windows")
+    spend, limit = float(record["current_cost"]), record["total_budget"]
+    share = 0.0 if limit is None else _share(spend, limit)
+    windows = tuple(map(_window_view, record["windows"])) if "windows" in record else ()
+    worst = max(share, *(window.share for window in windows)) if windows else share
+    # budget.next_reset without its copy of the record: records come rolled to ``now``
+    days, zone = record.get("duration"), record.get("timezone")
+    start = rolled_start(record["last_updated_at"], days, zone, now)
     return SubjectView(
-        key=key,
-        kind="global" if key == GLOBAL_KEY else kind_of(key),
-        team=record.get("team"),
-        spend=float(record["current_cost"]),
-        budget=record["total_budget"],
-        held=sum(hold["amount"] for hold in holds.values()) if holds else 0.0,
-        resets_at=budget.next_reset(record, now),
-        windows=tuple(_window_view(window) for window in windows) if windows else (),
-        overruns=record.get("overruns", 0),
-        overrun_cost=record.get("overrun_cost", 0.0),
+        key,
+        "global" if key == GLOBAL_KEY else kind_of(key),
+        record.get("team"),
+        spend,
+        limit,
+        sum(hold["amount"] for hold in holds.values()) if holds else 0.0,
+        window_end(start, days, zone),
+        windows,
+        record.get("overruns", 0),
+        record.get("overrun_cost", 0.0),
+        share,
+        worst,
+        level_of(worst),
     )
+
+
+def level_of(share: float) -> Level:
+    return "over" if share >= 1.0 else "near" if share >= NEAR else ""
 
 
 def _window_view(window: Window) -> WindowView:
@@ -125,6 +126,10 @@ def _window_view(window: Window) -> WindowView:
 
 def utc_day(moment: float) -> date:
     return datetime.fromtimestamp(moment, UTC).date()
+
+
+def _index(day: date) -> int:
+    return day.toordinal() - _EPOCH
 
 
 def day_start(day: date) -> float:
@@ -152,10 +157,13 @@ class DailySpend:
         totals = dict.fromkeys(missing, 0.0)
         if missing:
             # one read from the first day not cached: cached days are the oldest ones
+            by_index = dict.fromkeys(range(_index(missing[0]), _index(today) + 1), 0.0)
             for item in store.ledger(day_start(missing[0]), day_start(today + _DAY)):
-                day = utc_day(item.time)
-                if day in totals:
-                    totals[day] += item.cost
+                index = int(item.time // SECONDS_PER_DAY)  # UTC days since 1970, cheaper than dates
+                if index in by_index:
+                    by_index[index] += item.cost
+            for day in missing:
+                totals[day] = by_index[_index(day)]
             settled = {day: total for day, total in totals.items() if day_start(day + _DAY) + _SETTLED_AFTER <= now}
             with self._lock:
                 kept = self._settled.setdefault(project, {})
