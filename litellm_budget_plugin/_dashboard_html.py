@@ -57,7 +57,7 @@ th{position:sticky;top:0;background:#eef1f6;text-align:left;font-size:12px;color
  padding:6px 8px;border-bottom:1px solid var(--line)}
 td{padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:middle}
 td.spend,td.budget,td.remaining,td.overruns,th.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
-td.subject{overflow-wrap:anywhere;max-width:320px}
+td.subject{overflow-wrap:anywhere;min-width:180px;max-width:320px}
 td.reset{white-space:nowrap}
 td small,ul.alerts small{display:block;color:var(--muted);font-size:11px}
 .kind{font-size:11px;color:var(--muted);text-transform:uppercase;letter-spacing:.03em}
@@ -71,7 +71,9 @@ td.used .bar{display:inline-block;vertical-align:middle;margin:0 6px 0 0}
 td.used .pct{font-size:12px}
 .wbar{width:80px;height:6px;display:inline-block;background:#e7ebf1;border-radius:3px;overflow:hidden;vertical-align:middle;margin-right:4px}
 .wbar i{display:block;height:100%;background:var(--ok)}
-td.windows div{white-space:nowrap;font-size:12px}
+td.windows{min-width:200px}
+td.windows div{font-size:12px;padding:1px 0}
+.scroll{overflow-x:auto}
 .empty{color:var(--muted);padding:16px 0}
 """
 
@@ -299,14 +301,14 @@ def _table(views: Sequence[SubjectView], now: float) -> str:
         return '<section><p class="empty" id="no-subjects">No budgets in this project yet.</p></section>'
     rows = [
         "<section><h2>Subjects, highest spend first</h2>"
-        '<table id="subjects"><thead><tr><th>Subject</th><th>Kind</th><th class="num">Spend</th>'
+        '<div class="scroll"><table id="subjects"><thead><tr><th>Subject</th><th>Kind</th><th class="num">Spend</th>'
         '<th class="num">Budget</th><th>Used</th><th class="num">Remaining</th><th>Next reset</th>'
         '<th>Other windows</th><th class="num">Overruns</th></tr></thead><tbody>'
     ]
     reset_cache: dict[float, str] = {}
     for view in views:
         rows.append(_row(view, now, reset_cache))
-    rows.append("</tbody></table></section>")
+    rows.append("</tbody></table></div></section>")
     return "".join(rows)
 
 
