@@ -32,6 +32,8 @@ is checked (limits.py) before a store is touched: a refused request changes noth
 per key) and what each may do: :mod:`._server_access`. ``GET /metrics``
 (``make_app(metrics=True)``) is Prometheus' text format (:mod:`.metrics`), with the same key;
 it shows the projects the key may read.
+``GET /dashboard`` is a web page of a project's budgets (:mod:`.dashboard`); it also takes
+the key as HTTP Basic credentials, which browsers send.
 
 Store calls are synchronous; they run in worker threads, and a write that has started is
 finished (and waited for at shutdown) even if its request is cancelled.
@@ -52,7 +54,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import _server_access as access
-from . import budget, ledger, subjects
+from . import _server_dashboard, budget, ledger, subjects
 from ._server_observe import observed
 from ._server_requests import OPS, Op, check_fields, check_object
 from .errors import (
@@ -167,6 +169,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, then turn every failure into a JSON answer; nothing escapes."""
     try:
         if request.path != "/health" and not access.authenticate(request):
+            if request.path == _server_dashboard.PATH:
+                return _server_dashboard.unauthorized()
             message = "missing or wrong API key (Authorization: Bearer <key>, or Basic with the key as password)"
             return _error(401, "unauthorized", message)
         return await handler(request)
@@ -360,6 +364,7 @@ def make_app(
     app.router.add_post("/get_budget", _get_budget)
     app.router.add_post("/set_budget", _set_budget)
     app.router.add_post("/v1/ledger", _ledger)
+    app.router.add_get(_server_dashboard.PATH, _server_dashboard.handler(stores, lambda fn: _in_thread(app, fn)))
     for name, op in OPS.items():
         app.router.add_post(f"/v1/{name}", _atomic(name, op))
     app.on_cleanup.append(_finish)

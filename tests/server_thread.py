@@ -14,6 +14,7 @@ from aiohttp import web
 from litellm_budget_plugin._server_access import Keys
 from litellm_budget_plugin.server import ProjectStores, make_app
 from litellm_budget_plugin.stores import BudgetStore, FileStore
+from litellm_budget_plugin.stores.projects import directory_projects
 
 
 class ServerClock:
@@ -40,7 +41,12 @@ def directory_stores(directory: Path, clock: ServerClock | None = None) -> Proje
     def exists(project: str) -> bool:
         return (directory / f"{project}.json").exists() or (directory / f"{project}.json.journal").exists()
 
-    return ProjectStores(open_store, exists=exists, description=f"test directory {directory}")
+    return ProjectStores(
+        open_store,
+        exists=exists,
+        description=f"test directory {directory}",
+        listed=lambda: directory_projects(directory),
+    )
 
 
 class ServerThread:

@@ -37,6 +37,17 @@ def check_project_name(name: object) -> str:
     return name
 
 
+def directory_projects(directory: Path) -> list[str]:
+    """The projects of a directory of ``<project>.json`` stores (a journal without a snapshot counts)."""
+    found = set()
+    with os.scandir(directory) as entries:
+        for item in entries:
+            name = item.name.removesuffix(".journal")
+            if name.endswith(".json") and _PROJECT_NAME.fullmatch(name[:-5]):
+                found.add(name[:-5])
+    return sorted(found)
+
+
 class ProjectStores:
     """The store of each project, opened on first use and kept open.
 
@@ -88,17 +99,10 @@ class ProjectStores:
                 # a link counts (lexists): opening it refuses it, rather than serving "empty"
                 return any(os.path.lexists(f"{snapshot}{suffix}") for suffix in ("", ".journal", ".lock"))
 
-            def listed() -> Iterable[str]:
-                for pattern in ("*.json", "*.json.journal"):  # a journal before its first snapshot
-                    for entry in directory.glob(pattern):
-                        name = entry.name.removesuffix(".journal").removesuffix(".json")
-                        if _PROJECT_NAME.fullmatch(name):
-                            yield name
-
             return cls(
                 lambda name: FileStore(directory / f"{name}.json"),
                 exists=exists,
-                listed=listed,
+                listed=lambda: directory_projects(directory),
                 only=project,
                 description=f"directory {str(directory)!r}, one <project>.json per project",
             )
