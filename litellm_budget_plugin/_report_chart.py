@@ -66,6 +66,7 @@ def write(target: Path, data: bytes) -> None:
 
 def render(report: reports.Report, top: int, records: Mapping[str, Mapping[str, Any]], kind: str) -> bytes:
     """The chart as PNG or SVG bytes (``kind``: ``png`` or ``svg``)."""
+    import matplotlib
     from matplotlib import dates as mdates
     from matplotlib import ticker
     from matplotlib.figure import Figure
@@ -149,7 +150,9 @@ def render(report: reports.Report, top: int, records: Mapping[str, Mapping[str, 
     axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%b %-d"))  # type: ignore[no-untyped-call]
     axes[-1].set_xlabel(f"day ({report.period.timezone})")
     out = io.BytesIO()
-    figure.savefig(out, format=kind, bbox_inches="tight")
+    # SVG text as text (searchable, selectable), not as outlines
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        figure.savefig(out, format=kind, bbox_inches="tight")
     return out.getvalue()
 
 
