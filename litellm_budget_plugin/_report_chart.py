@@ -86,13 +86,15 @@ def render(report: reports.Report, top: int, records: Mapping[str, Mapping[str, 
     grouping = " and ".join(group for group in report.by if group != "day") or "day"
     total = report.total
     bars.set_title(
-        f"Spend per day by {grouping}, {report.period.label()}\n"
-        f"total {reports.money(total.spend, reports.money_decimals([total.spend]))} over {total.calls:,} calls",
+        _plain(
+            f"Spend per day by {grouping}, {report.period.label()}\n"
+            f"total {reports.money(total.spend, reports.money_decimals([total.spend]))} over {total.calls:,} calls"
+        ),
         loc="left",
     )
     bottom = [0.0] * len(days)
     for name in names:
-        bars.bar(x, spend[name], width=0.8, bottom=bottom, label=name, color=colors[name])
+        bars.bar(x, spend[name], width=0.8, bottom=bottom, label=_plain(name), color=colors[name])
         bottom = [b + s for b, s in zip(bottom, spend[name], strict=True)]
     handles, labels = bars.get_legend_handles_labels()
     bars.legend(
@@ -119,9 +121,15 @@ def render(report: reports.Report, top: int, records: Mapping[str, Mapping[str, 
         paced = axes[1]
         for line in lines:
             color = colors[line.series]
-            paced.plot(x, spend[line.series], color=color, marker="o", markersize=3, label=f"{line.series}: spend")
+            paced.plot(
+                x, spend[line.series], color=color, marker="o", markersize=3, label=_plain(f"{line.series}: spend")
+            )
             paced.axhline(
-                line.per_day, color=color, linestyle="--", linewidth=1.2, label=f"{line.series}: budget {line.label}"
+                line.per_day,
+                color=color,
+                linestyle="--",
+                linewidth=1.2,
+                label=_plain(f"{line.series}: budget {line.label}"),
             )
         paced.set_title(
             "Each budget's spend per day against its daily pace (budget / window days)", loc="left", fontsize=10
@@ -161,3 +169,8 @@ def _colors(count: int) -> list[Any]:
 
     cmap = colormaps["tab10" if count <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(max(count, 1))]
+
+
+def _plain(text: str) -> str:
+    """Text as written: two $ in a label would make matplotlib typeset what is between as math."""
+    return text.replace("$", r"\$")
