@@ -254,3 +254,16 @@ def test_money() -> None:
     assert reports.money_decimals([]) == 2
     assert reports.money(1234.5) == "$1,234.50"
     assert reports.money(0.00015, 5) == "$0.00015"
+
+
+def test_a_second_process_appends_to_the_same_day(store_path: Path) -> None:
+    """A store opened again appends to a day file that has lines already (it reads its last
+    byte for a torn line first: the file was once opened write-only, and every such charge
+    was lost from the ledger)."""
+    store = FileStore(store_path)
+    try:
+        store.clock = lambda: T0 + 11 * 3600  # type: ignore[method-assign]
+        store.charge("alice", 0.125, "gpt-4o", usage=Usage(1, 1, ()))
+    finally:
+        store.close()
+    assert by_key(report(store_path))[("alice",)] == (1.625, 3, 151, 31)

@@ -97,7 +97,8 @@ class LedgerFiles:
 
     def _open(self, day: date) -> None:
         self.close()
-        self._fd = open_in_folder(self.file_of(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        # read too: a torn last line is looked for with pread (EBADF on a write-only descriptor)
+        self._fd = open_in_folder(self.file_of(day), os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self._day, self._end = day, -1
         self.prune(time.time())
 
