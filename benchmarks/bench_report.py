@@ -42,7 +42,8 @@ BATCH = 100_000
 def write_ledger(path: Path, entries: int, now: float) -> None:
     """``entries`` charges spread evenly over the 30 days before ``now``."""
     files = LedgerFiles(path, retention_days=90)
-    span = DAYS * 86_400.0 - 120.0
+    # 30 day files; half a day short of 30 x 24 h, so that --since 30d, run minutes later, takes all
+    span = (DAYS - 0.5) * 86_400.0
     start = now - span - 60.0
     subjects = [(f"team:t{user % 10}",) for user in range(USERS)]
     tagged = [(*subjects[user], f"tag:{'abc'[user % 3]}") for user in range(USERS)]
