@@ -18,7 +18,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from . import _cli_tables, budget, ledger, limits, windows
+from . import _cli_report, _cli_tables, budget, ledger, limits, windows
 from ._cli_tables import money as _money
 from .errors import BudgetPluginError, ConfigurationError, UnknownUserError
 from .stores import DEFAULT_STORE, STORE_ENV, BudgetStore, FileStore, store_from_url
@@ -109,7 +109,7 @@ def open_store(store: str | None, project: str, api_key: str | None) -> BudgetSt
 @click.version_option(package_name="litellm_budget_plugin")
 def main() -> None:
     """Budgets for litellm: of users, teams (team:NAME) and tags (tag:NAME); set, show, reset,
-    import, and serve them."""
+    import, and serve them; report spend."""
 
 
 WINDOW_HELP = """\b
@@ -511,6 +511,9 @@ def _amount(text: str, name: str = "AMOUNT") -> float:
         return float(text)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number of dollars, got {text!r}") from None
+
+
+main.add_command(_cli_report.command(_store_options, _exit_codes, open_store, EPILOG))
 
 
 if __name__ == "__main__":

@@ -151,23 +151,34 @@ def decode(line: bytes | str) -> LedgerEntry | None:
 
 
 def _entry_of(raw: object) -> LedgerEntry | None:
-    if not isinstance(raw, list) or len(raw) != 8:
+    # On every line a report reads: exact type tests (JSON gives no subclasses) and chained
+    # range tests (False for NaN and infinities), then the list itself becomes the entry.
+    if type(raw) is not list or len(raw) != 8:
         return None
     time, user, subjects, model, prompt, completion, cost, call_id = raw
-    if (
-        not _is_number(time, MAX_TIMESTAMP)
-        or not _is_number(cost, MAX_AMOUNT)
-        or not isinstance(user, str)
-        or not isinstance(model, str)
-        or not isinstance(subjects, list)
-        or not all(isinstance(key, str) for key in subjects)
-        or not all(
-            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_TOKENS for n in (prompt, completion)
-        )
-        or not (call_id is None or isinstance(call_id, str))
+    if not (
+        (type(time) is float or type(time) is int)
+        and 0 <= time <= MAX_TIMESTAMP
+        and (type(cost) is float or type(cost) is int)
+        and 0 <= cost <= MAX_AMOUNT
+        and type(user) is str
+        and type(model) is str
+        and type(subjects) is list
+        and type(prompt) is int
+        and type(completion) is int
+        and 0 <= prompt <= MAX_TOKENS
+        and 0 <= completion <= MAX_TOKENS
+        and (call_id is None or type(call_id) is str)
     ):
         return None
-    return LedgerEntry(float(time), user, tuple(subjects), model, prompt, completion, float(cost), call_id)
+    for key in subjects:
+        if type(key) is not str:
+            return None
+    raw[0], raw[2], raw[6] = float(time), tuple(subjects), float(cost)
+    return _new_entry(LedgerEntry, raw)
+
+
+_new_entry = tuple.__new__
 
 
 def decode_many(lines: Sequence[bytes]) -> tuple[list[LedgerEntry], int]:
