@@ -19,6 +19,8 @@ from litellm_budget_plugin.errors import over_budget
 # Public classes left out of the package root, each for a reason: the server's project map,
 # the bases a new store is built on, parts of UserRecord, the alert tracker's view of a window.
 NOT_IN_ROOT = {"ProjectStores", "RecordStore", "WritesAtOnce", "Reservation", "Window", "WindowView"}
+# A report's parts, used through litellm_budget_plugin.reports (aggregate returns them).
+NOT_IN_ROOT |= {"BudgetLine", "Period", "Report", "Row"}
 
 
 def _defined_classes() -> set[str]:
