@@ -106,7 +106,9 @@ def run(
     source = open_store(store, project, api_key)
     try:
         with _warnings_on_stderr():
-            result = reports.aggregate(source.ledger(span.start, span.end), span, groups, daily=target is not None)
+            days = "day" in groups or target is not None
+            entries = reports.charges(source, span.start, span.end, utc_days=not days or span.timezone == "UTC")
+            result = reports.aggregate(entries, span, groups, daily=target is not None)
         records = dict(source.all()) if target is not None else {}
     finally:
         source.close()

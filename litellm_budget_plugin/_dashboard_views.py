@@ -12,6 +12,7 @@ from typing import Literal
 
 from .errors import GLOBAL_KEY
 from .limits import SECONDS_PER_DAY, UserRecord
+from .reports import charges
 from .stores.base import BudgetStore
 from .subjects import kind_of
 from .windows import Window, describe, rolled_start, window_end
@@ -158,7 +159,7 @@ class DailySpend:
         if missing:
             # one read from the first day not cached: cached days are the oldest ones
             by_index = dict.fromkeys(range(_index(missing[0]), _index(today) + 1), 0.0)
-            for item in store.ledger(day_start(missing[0]), day_start(today + _DAY)):
+            for item in charges(store, day_start(missing[0]), day_start(today + _DAY)):  # days over as totals
                 index = int(item.time // SECONDS_PER_DAY)  # UTC days since 1970, cheaper than dates
                 if index in by_index:
                     by_index[index] += item.cost

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ConfigurationError
 from .limits import MAX_AMOUNT, MAX_TEXT_BYTES, MAX_TIMESTAMP
@@ -52,11 +52,59 @@ class LedgerEntry(NamedTuple):
 
     @property
     def teams(self) -> tuple[str, ...]:
-        return tuple(key[5:] for key in (self.user, *self.subjects) if kind_of(key) == "team")
+        return _names(self.user, self.subjects, "team")
 
     @property
     def tags(self) -> tuple[str, ...]:
-        return tuple(key[4:] for key in (self.user, *self.subjects) if kind_of(key) == "tag")
+        return _names(self.user, self.subjects, "tag")
+
+    @property
+    def calls(self) -> int:
+        """One entry, one call (a :class:`LedgerTotal` counts many)."""
+        return 1
+
+
+class LedgerTotal(NamedTuple):
+    """The charges of one UTC day to the same budgets for the same model, summed: what a
+    report needs of a day that is over, in far fewer rows than its entries."""
+
+    time: float  # the day's first instant
+    user: str
+    subjects: tuple[str, ...]
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    calls: int
+
+    @property
+    def teams(self) -> tuple[str, ...]:
+        return _names(self.user, self.subjects, "team")
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return _names(self.user, self.subjects, "tag")
+
+
+def _names(user: str, subjects: tuple[str, ...], kind: str) -> tuple[str, ...]:
+    """The names of the teams (or tags) among a charge's budgets: ``team:red`` is ``red``."""
+    return tuple(key[len(kind) + 1 :] for key in (user, *subjects) if kind_of(key) == kind)
+
+
+def totals_of(entries: Iterable[LedgerEntry], day_start: float) -> list[LedgerTotal]:
+    """The entries of one day summed by budgets and model."""
+    sums: dict[tuple[str, tuple[str, ...], str], list[Any]] = {}
+    for item in entries:
+        key = (item.user, item.subjects, item.model)
+        row = sums.get(key)
+        if row is None:
+            sums[key] = [item.prompt_tokens, item.completion_tokens, item.cost, 1]
+        else:
+            row[0] += item.prompt_tokens
+            row[1] += item.completion_tokens
+            row[2] += item.cost
+            row[3] += 1
+    return [LedgerTotal(day_start, *key, *row) for key, row in sums.items()]
 
 
 def spent_by(entries: Iterable[LedgerEntry], key: str) -> float:
@@ -139,6 +187,31 @@ def encode(item: LedgerEntry) -> str:
     keys = ",".join(map(_text, subjects))
     call = "null" if call_id is None else _text(call_id)
     return f"[{time!r},{_text(user)},[{keys}],{_text(model)},{prompt:d},{completion:d},{cost!r},{call}]"
+
+
+def encode_total(item: LedgerTotal) -> str:
+    """One line of JSON: a total is written as an entry whose last field counts its calls."""
+    return encode(LedgerEntry(*item[:7], None)).removesuffix("null]") + f"{item.calls:d}]"
+
+
+def decode_totals(lines: Sequence[bytes]) -> list[LedgerTotal] | None:
+    """The totals of a file's lines; None if one of them is not a sane total (the file is then
+    made again from its day's entries)."""
+    try:
+        raws = json.loads(b"[" + b",".join(line for line in lines if line.strip()) + b"]")
+    except ValueError:
+        return None
+    totals = []
+    for raw in raws:
+        calls = raw[7] if type(raw) is list and len(raw) == 8 else None
+        if type(calls) is not int or not 0 < calls <= MAX_TOKENS:
+            return None
+        raw[7] = None
+        item = _entry_of(raw)
+        if item is None:
+            return None
+        totals.append(LedgerTotal(*item[:7], calls))
+    return totals
 
 
 def decode(line: bytes | str) -> LedgerEntry | None:

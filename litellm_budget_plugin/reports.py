@@ -1,7 +1,8 @@
 """Spend reports over the ledger: a period, a grouping, and one streaming pass.
 
 Pure functions: the period is read from ``--since``/``--from``/``--to`` against ``now``,
-entries go in (any iterable of :class:`~.ledger.LedgerEntry`, read once), rows come out.
+entries go in (any iterable of :class:`~.ledger.LedgerEntry`, or of a file store's day totals,
+:class:`~.ledger.LedgerTotal`, read once), rows come out.
 Memory is bounded by the number of groups (and, for charts, groups x days), never by the
 number of entries: nothing keeps a list of them.
 
@@ -23,12 +24,15 @@ import gc
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 from . import limits, windows
 from .errors import ConfigurationError
-from .ledger import LedgerEntry
+from .ledger import LedgerEntry, LedgerTotal
+from .stores import BudgetStore
+
+Charges = LedgerEntry | LedgerTotal
 
 GROUPS = ("user", "model", "day", "team", "tag")
 NONE = "(none)"  # the team or tag group of calls without one
@@ -170,7 +174,7 @@ class _DayOf:
         return self.label
 
 
-def _labels(group: str, day_of: _DayOf) -> Callable[[LedgerEntry], tuple[str, ...]]:
+def _labels(group: str, day_of: _DayOf) -> Callable[[Charges], tuple[str, ...]]:
     if group == "user":
         return lambda item: (item.user,)
     if group == "model":
@@ -182,7 +186,17 @@ def _labels(group: str, day_of: _DayOf) -> Callable[[LedgerEntry], tuple[str, ..
     return lambda item: item.tags or (NONE,)
 
 
-def aggregate(entries: Iterable[LedgerEntry], span: Period, by: Sequence[str], *, daily: bool = False) -> Report:
+def charges(store: BudgetStore, since: float, until: float, *, utc_days: bool = True) -> Iterable[Charges]:
+    """The store's ledger from ``since`` to ``until``: a store that keeps day totals
+    (``ledger_totals``, the file store) gives the days that are over as totals, far fewer rows,
+    when the caller's days are UTC days (``utc_days``) or it does not look at days."""
+    totals = getattr(store, "ledger_totals", None)
+    if utc_days and callable(totals):
+        return cast(Iterable[Charges], totals(since, until))
+    return store.ledger(since, until)
+
+
+def aggregate(entries: Iterable[Charges], span: Period, by: Sequence[str], *, daily: bool = False) -> Report:
     """Spend, calls and tokens per group of the entries within ``span``, in one pass.
 
     ``daily``: also the spend per day of each series (the row key without its day), for charts.
@@ -204,9 +218,9 @@ def aggregate(entries: Iterable[LedgerEntry], span: Period, by: Sequence[str], *
             moment = item.time
             if not start <= moment < end:
                 continue
-            cost = item.cost
+            cost, calls = item.cost, item.calls
             total[0] += cost
-            total[1] += 1
+            total[1] += calls
             total[2] += item.prompt_tokens
             total[3] += item.completion_tokens
             parts = [label(item) for label in labels]
@@ -214,10 +228,10 @@ def aggregate(entries: Iterable[LedgerEntry], span: Period, by: Sequence[str], *
             for key in keys:
                 row = sums.get(key)
                 if row is None:
-                    sums[key] = [cost, 1, item.prompt_tokens, item.completion_tokens]
+                    sums[key] = [cost, calls, item.prompt_tokens, item.completion_tokens]
                 else:
                     row[0] += cost
-                    row[1] += 1
+                    row[1] += calls
                     row[2] += item.prompt_tokens
                     row[3] += item.completion_tokens
                 if daily:

@@ -223,9 +223,9 @@ class Journal:
                 *(f" {encode(u)}: {_AS_READ_ENCODER.encode(raw)}" for u, (raw, _) in self.bad.items()),
             ]
         )
-        self._write_atomically(self.path, f"{{\n{lines}\n}}\n".encode())
+        write_atomically(self.path, f"{{\n{lines}\n}}\n".encode(), self.fsync)
         self._snapshot_id = self._stat_snapshot()
-        self._write_atomically(self.journal_path, b"")
+        write_atomically(self.journal_path, b"", self.fsync)
         self._open()
         self._offset = 0
 
@@ -357,27 +357,28 @@ class Journal:
             raise StoreError(f"cannot write journal {str(self.journal_path)!r}: {exc}") from exc
         self._offset += len(lines)
 
-    def _write_atomically(self, target: Path, data: bytes) -> None:
-        """Write a new file beside ``target`` and rename it over ``target``.
 
-        The temp file's name is random and it is created exclusively (``mkstemp``), so no
-        link placed in the folder beforehand can redirect the write; the rename replaces a
-        link at ``target`` itself, never what it points to.
-        """
-        temp: str | None = None
-        try:
-            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with open(fd, "wb") as out:
-                os.fchmod(fd, 0o644)
-                out.write(data)
-                out.flush()
-                if self.fsync:  # a killed process cannot lose what is in the page cache
-                    os.fsync(out.fileno())
-            os.replace(temp, target)
-        except OSError as exc:
-            if temp is not None:
-                Path(temp).unlink(missing_ok=True)
-            raise StoreError(f"cannot write {str(target)!r}: {exc}") from exc
+def write_atomically(target: Path, data: bytes, fsync: bool = False) -> None:
+    """Write a new file beside ``target`` and rename it over ``target``.
+
+    The temp file's name is random and it is created exclusively (``mkstemp``), so no
+    link placed in the folder beforehand can redirect the write; the rename replaces a
+    link at ``target`` itself, never what it points to.
+    """
+    temp: str | None = None
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with open(fd, "wb") as out:
+            os.fchmod(fd, 0o644)
+            out.write(data)
+            out.flush()
+            if fsync:  # a killed process cannot lose what is in the page cache
+                os.fsync(out.fileno())
+        os.replace(temp, target)
+    except OSError as exc:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
+        raise StoreError(f"cannot write {str(target)!r}: {exc}") from exc
 
 
 def open_in_folder(path: Path, flags: int, mode: int = 0o644) -> int:

@@ -10,6 +10,7 @@ writer that finds one ends it first, so the next entry stays whole).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,13 +20,16 @@ from pathlib import Path
 
 from .. import ledger
 from ..errors import StoreCorruptError, StoreError
-from ..ledger import LedgerEntry
-from ._journal import open_in_folder
+from ..ledger import LedgerEntry, LedgerTotal
+from ._journal import open_in_folder, write_atomically
 
 logger = logging.getLogger(__name__)
 
 _DAY_SUFFIX = re.compile(r"\.ledger-(\d{4}-\d{2}-\d{2})")
 _READ_CHUNK = 1 << 20
+# A day's totals are kept once it has been over this long: a charge deferred in a process
+# (charge_later) may reach the ledger a little after its day ended.
+SETTLED_SECONDS = 600.0
 
 
 def _day_of(moment: float) -> date:
@@ -112,14 +116,14 @@ class LedgerFiles:
         for day in self.days():
             if day >= oldest:
                 break
-            target = self.file_of(day)
-            try:
-                target.unlink()
-                gone.append(target)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                logger.warning("cannot delete old ledger file %s: %s", target, exc)
+            for target in (self.totals_of(day), self.file_of(day)):
+                try:
+                    target.unlink()
+                    gone.append(target)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    logger.warning("cannot delete old ledger file %s: %s", target, exc)
         return gone
 
     def close(self) -> None:
@@ -137,6 +141,40 @@ class LedgerFiles:
                 whole_days = since <= _start_of(day) and _start_of(day + timedelta(days=1)) <= until
                 items = self._read_day(day)
                 yield from items if whole_days else ledger.in_period(items, since, until)
+
+    def read_totals(self, since: float, until: float, now: float) -> Iterator[LedgerEntry | LedgerTotal]:
+        """What :meth:`read` gives, but each whole day within the period that ended more than
+        :data:`SETTLED_SECONDS` before ``now`` as its totals (:func:`.ledger.totals_of`), from a
+        ``.totals`` file beside its day file, made on first use and made again once the day
+        file has grown (a writer whose clock lags)."""
+        for day in self.days():
+            start, end = _start_of(day), _start_of(day + timedelta(days=1))
+            if end <= since or start >= until:
+                continue
+            if since <= start and end <= until and end + SETTLED_SECONDS <= now:
+                yield from self._totals(day)
+            else:
+                yield from ledger.in_period(self._read_day(day), since, until)
+
+    def _totals(self, day: date) -> list[LedgerTotal]:
+        source, target = self.file_of(day), self.totals_of(day)
+        try:
+            size = os.stat(source, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return []  # pruned meanwhile
+        kept = _read_totals(target, size)
+        if kept is not None:
+            return kept
+        totals = ledger.totals_of(self._read_day(day), _start_of(day))
+        lines = [json.dumps({"of_bytes": size}), *map(ledger.encode_total, totals)]
+        try:
+            write_atomically(target, ("\n".join(lines) + "\n").encode())
+        except StoreError as exc:  # a cache: the report goes on without it
+            logger.warning("cannot keep the totals of %s: %s", source, exc)
+        return totals
+
+    def totals_of(self, day: date) -> Path:
+        return self.file_of(day).with_name(self.file_of(day).name + ".totals")
 
     def _read_day(self, day: date) -> Iterator[LedgerEntry]:
         target = self.file_of(day)
@@ -163,6 +201,28 @@ class LedgerFiles:
                     yield item
         if torn:
             logger.warning("ledger %s: skipped %d torn or unreadable line(s)", target, torn)
+
+
+def _read_totals(target: Path, size: int) -> list[LedgerTotal] | None:
+    """A day's totals file, if it sums the ``size`` bytes its day file has now."""
+    try:
+        fd = open_in_folder(target, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except (OSError, StoreCorruptError) as exc:
+        logger.warning("ledger totals %s unreadable (%s); summing the day again", target, exc)
+        return None
+    with open(fd, "rb") as file:
+        header, *lines = file.read().split(b"\n")
+    try:
+        if json.loads(header) != {"of_bytes": size}:
+            return None  # the day file grew since: a writer whose clock lags
+    except ValueError:
+        return None
+    totals = ledger.decode_totals(lines)
+    if totals is None:
+        logger.warning("ledger totals %s unreadable; summing the day again", target)
+    return totals
 
 
 def _start_of(day: date) -> float:

@@ -30,7 +30,15 @@ from typing import TypeVar
 from .. import budget, reservations
 from ..budget import Charge, UserRecord
 from ..errors import BudgetPluginError, ConfigurationError, StoreError
-from ..ledger import DEFAULT_RETENTION_DAYS, LedgerEntry, Usage, check_period, check_retention_days, check_usage
+from ..ledger import (
+    DEFAULT_RETENTION_DAYS,
+    LedgerEntry,
+    LedgerTotal,
+    Usage,
+    check_period,
+    check_retention_days,
+    check_usage,
+)
 from ..limits import SECONDS_PER_DAY
 from . import _admission
 from ._deferred import (
@@ -337,13 +345,27 @@ class FileStore(RecordStore):
             return tuple(self._failed_charges)
 
     def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
+        files, start, end, _now = self._ledger_period(since, until)
+        return iter(()) if files is None else files.read(start, end)
+
+    def ledger_totals(
+        self, since: float | None = None, until: float | None = None
+    ) -> Iterator[LedgerEntry | LedgerTotal]:
+        """What :meth:`ledger` gives, with each whole UTC day in the period that is over as the
+        totals of its charges by budgets and model (:class:`~..ledger.LedgerTotal`): a report
+        over many days reads far fewer rows. Day totals are kept beside their day file."""
+        files, start, end, now = self._ledger_period(since, until)
+        return iter(()) if files is None else files.read_totals(start, end, now)
+
+    def _ledger_period(
+        self, since: float | None, until: float | None
+    ) -> tuple[LedgerFiles | None, float, float, float]:
+        """The ledger files, and the period to read: checked, and as the Redis store, nothing
+        older than the retention (a day file may remain a while); pending charges written first."""
         start, end = check_period(since, until)
         self.flush()
-        if self._ledger is None:
-            return iter(())
-        # as the Redis store: nothing older than the retention, though its day file may remain a while
-        oldest = self.clock() - self.ledger_retention_days * SECONDS_PER_DAY
-        return self._ledger.read(max(start, oldest), end)
+        now = self.clock()
+        return self._ledger, max(start, now - self.ledger_retention_days * SECONDS_PER_DAY), end, now
 
     def _record_charges(self, entries: list[LedgerEntry]) -> None:
         if not entries or self._ledger is None:
