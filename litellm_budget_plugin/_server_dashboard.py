@@ -22,7 +22,7 @@ from aiohttp import web
 from . import _server_access as access
 from . import dashboard
 from .errors import ConfigurationError
-from .stores.projects import ProjectStores, check_project_name
+from .stores.projects import ProjectStores
 
 PATH = "/dashboard"
 REALM = "litellm-budget"
@@ -83,13 +83,10 @@ def handler(stores: ProjectStores, in_thread: InThread) -> Callable[[web.Request
         refresh = _refresh(request.query.get("refresh"))
         wanted = request.query.get("project")
         if wanted is not None:
-            check_project_name(wanted)
+            access.checked_project(request, wanted, write=False)  # 403 for a project the key may not read
         projects: Sequence[str] = visible_projects(request, await in_thread(stores.names))
         if wanted is not None and wanted not in projects:
-            # a project not listed (a Redis URL lists those served so far) may still be visible
-            if not visible_projects(request, [wanted]):
-                raise web.HTTPNotFound(reason=f"no project {wanted!r} visible with this key")
-            projects = sorted({*projects, wanted})
+            projects = sorted({*projects, wanted})  # not listed: a Redis URL lists those served so far
         project = wanted if wanted is not None else (projects[0] if projects else None)
 
         def render() -> str:

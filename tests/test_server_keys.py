@@ -183,6 +183,27 @@ def test_read_only_keys_read_the_ledger(keyed: tuple[ServerThread, Snapshot]) ->
         assert len(lines) == 2 and '"alice"' in lines[0] and lines[-1] == '{"end":1}'
 
 
+def test_dashboard_and_metrics_show_only_the_keys_projects(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    keys = load_keys(write_keys(tmp_path / "keys.json", KEYS_FILE))
+    with ServerThread(directory_stores(data), keys=keys, metrics=True) as server:
+        for project in ("a", "b"):
+            HttpStore(server.url, project_name=project, api_key=ADMIN).set_budget(f"user-of-{project}", 1.0)
+        for key in (A_WRITE, A_READ):
+            page = httpx.get(f"{server.url}/dashboard", auth=("anyone", key))
+            assert page.status_code == 200 and "user-of-a" in page.text and "user-of-b" not in page.text
+            assert ">b<" not in page.text and "project=b" not in page.text  # not even listed
+            assert_forbidden(httpx.get(f"{server.url}/dashboard?project=b", auth=("anyone", key)), "b")
+            assert_forbidden(httpx.get(f"{server.url}/dashboard?project=nowhere", auth=("anyone", key)), "nowhere")
+            metrics = httpx.get(f"{server.url}/metrics", headers=bearer(key))
+            assert metrics.status_code == 200 and 'project="a"' in metrics.text and 'project="b"' not in metrics.text
+        everything = httpx.get(f"{server.url}/metrics", headers=bearer(EVERY_READ)).text
+        assert 'subject="user-of-a"' in everything and 'subject="user-of-b"' in everything
+        page = httpx.get(f"{server.url}/dashboard?project=b", auth=("anyone", EVERY_READ))
+        assert page.status_code == 200 and "user-of-b" in page.text
+
+
 def test_http_store_reports_the_refusal(keyed: tuple[ServerThread, Snapshot]) -> None:
     server, _ = keyed
     with pytest.raises(ConfigurationError, match="may not use project 'b'"):
