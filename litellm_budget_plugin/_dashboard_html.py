@@ -322,7 +322,8 @@ def _row(view: SubjectView, now: float, reset_cache: dict[float, str]) -> str:
         share = view.share
         limit = money(view.budget)
         used = f'<div class="bar"><i style="width:{_width(share)}%"></i></div><span class="pct">{percent(share)}</span>'
-        remaining = money(view.budget - view.spend)
+        left = view.budget - view.spend  # money is never shown below zero: past it, by how much
+        remaining = money(left) if left >= 0 else f"over by {money(-left)}"
     at = view.resets_at
     if at is None:
         reset = "never"

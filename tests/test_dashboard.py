@@ -77,6 +77,10 @@ def store(tmp_path: Path) -> Iterator[FileStore]:
         opened.close()
 
 
+def remaining(limit: float, spend: float) -> str:
+    return money(limit - spend) if spend <= limit else f"over by {money(spend - limit)}"
+
+
 def at(store: FileStore, moment: float) -> None:
     store.clock = lambda: moment
 
@@ -110,7 +114,7 @@ def test_every_subject_with_its_numbers_as_the_store_has_them(store: FileStore) 
         else:
             assert float(row["data-budget"]) == limit
             assert row["budget"] == money(limit)
-            assert row["remaining"] == money(limit - record["current_cost"])
+            assert row["remaining"] == remaining(limit, record["current_cost"])
         reset = budget.next_reset(record, NOON)
         assert row["data-resets"] == ("" if reset is None else repr(reset))
     assert page.rows["alice"]["data-kind"] == "user" and "team red" in page.rows["alice"]["subject"]
@@ -146,7 +150,7 @@ def test_alerts_are_flagged_at_80_percent_and_over_in_any_window(store: FileStor
         "over": "over",
         "capped": "over",
     }
-    assert page.rows["over"]["remaining"] == "-$0.5000"
+    assert page.rows["over"]["remaining"] == "over by $0.5000"
 
 
 def test_overruns_are_shown(store: FileStore) -> None:

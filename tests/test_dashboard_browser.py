@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from server_thread import ServerThread, directory_stores
+from test_dashboard import remaining
 
 from litellm_budget_plugin import ledger
 from litellm_budget_plugin._dashboard_html import money
@@ -125,7 +126,7 @@ def test_dashboard_in_chromium(browser_context: Any, server: ServerThread, tmp_p
         limit = record["total_budget"]
         assert limit is not None and float(row["budget"]) == limit
         assert row["shownBudget"] == money(limit)
-        assert row["shownRemaining"] == money(limit - record["current_cost"])
+        assert row["shownRemaining"] == remaining(limit, record["current_cost"])
     assert shown["alice"]["level"] == "near" and shown[EVIL]["level"] == "over"
     assert shown["tag:search"]["level"] == "over"  # its $1 daily window holds alice's $8.25 call
     assert dialogs == []  # nothing ran
