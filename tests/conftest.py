@@ -90,6 +90,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis server, emptied."""
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
 def redis_store_factory(redis_server: RedisServer) -> Iterator[Callable[[], BudgetStore]]:
     """RedisStores on the session's server, emptied before each test."""
     import redis

@@ -14,7 +14,7 @@ from typing import cast
 
 import pytest
 import redis
-from redis_server import RedisServer, free_port
+from redis_server import free_port
 
 from litellm_budget_plugin import ConfigurationError, FileStore, StoreError, StoreUnavailableError
 from litellm_budget_plugin.ledger import LedgerEntry, Usage, encode
@@ -26,13 +26,6 @@ pytestmark = pytest.mark.redis
 T0 = 1_800_000_000.0
 DAY = 86400.0
 KEY = "litellm_budget:test:ledger"
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()
-    return redis_server.url
 
 
 @pytest.fixture

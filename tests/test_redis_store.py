@@ -42,14 +42,6 @@ HOUR = 3600.0
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The session's server, emptied."""
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()
-    return redis_server.url
-
-
-@pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:
         yield client
