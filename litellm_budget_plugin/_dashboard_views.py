@@ -8,11 +8,10 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
 from .errors import GLOBAL_KEY
 from .limits import SECONDS_PER_DAY, UserRecord
-from .reports import charges
 from .stores.base import BudgetStore
 from .subjects import kind_of
 from .windows import Window, describe, rolled_start, window_end
@@ -159,10 +158,10 @@ class DailySpend:
         if missing:
             # one read from the first day not cached: cached days are the oldest ones
             by_index = dict.fromkeys(range(_index(missing[0]), _index(today) + 1), 0.0)
-            for item in charges(store, day_start(missing[0]), day_start(today + _DAY)):  # days over as totals
-                index = int(item.time // SECONDS_PER_DAY)  # UTC days since 1970, cheaper than dates
+            for moment, cost in _day_costs(store, day_start(missing[0]), day_start(today + _DAY)):
+                index = int(moment // SECONDS_PER_DAY)  # UTC days since 1970, cheaper than dates
                 if index in by_index:
-                    by_index[index] += item.cost
+                    by_index[index] += cost
             for day in missing:
                 totals[day] = by_index[_index(day)]
             settled = {day: total for day, total in totals.items() if day_start(day + _DAY) + _SETTLED_AFTER <= now}
@@ -172,6 +171,15 @@ class DailySpend:
                 for day in [day for day in kept if day < wanted[0]]:
                     del kept[day]
         return [(day, known[day] if day in known else totals[day]) for day in wanted]
+
+
+def _day_costs(store: BudgetStore, since: float, until: float) -> Iterable[tuple[float, float]]:
+    """(time, cost) pairs to sum by UTC day: a file store's own day costs (a day that is over is
+    one line of its totals), else every entry."""
+    day_costs = getattr(store, "ledger_day_costs", None)
+    if callable(day_costs):
+        return cast(dict[float, float], day_costs(since, until)).items()
+    return ((item.time, item.cost) for item in store.ledger(since, until))
 
 
 def counts(views: Iterable[SubjectView]) -> dict[str, int]:

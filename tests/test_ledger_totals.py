@@ -3,6 +3,7 @@ kept beside its day file, and gives reports the same numbers as its entries."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -127,3 +128,23 @@ def test_old_totals_go_with_their_day(tmp_path: Path) -> None:
         assert not [p for p in tmp_path.iterdir() if "2026-12-01" in p.name]
     finally:
         store.close()
+
+
+def test_day_costs_match_the_entries_and_come_from_one_line_once_a_day_is_over(
+    store: FileStore, tmp_path: Path
+) -> None:
+    fill(store, 9, days=3)
+    store.clock = lambda: T0 + 2.5 * DAY  # type: ignore[method-assign]
+    want: dict[float, float] = {}
+    for item in store.ledger(T0, T0 + 3 * DAY):
+        day = T0 + (item.time - T0) // DAY * DAY
+        want[day] = want.get(day, 0.0) + item.cost
+    costs = store.ledger_day_costs(T0, T0 + 3 * DAY)
+    assert costs.keys() == want.keys() and all(costs[day] == pytest.approx(want[day]) for day in want)
+    header = (tmp_path / "user_cost.json.ledger-2026-12-01.totals").read_text().splitlines()[0]
+    assert json.loads(header)["cost"] == pytest.approx(want[T0])
+    assert not (tmp_path / "user_cost.json.ledger-2026-12-03.totals").exists()  # today: from its entries
+    store.clock = lambda: T0 + 0.5 * DAY  # type: ignore[method-assign]  # a writer whose clock lags
+    store.charge("alice", 7.0, "m", call_id="late")
+    store.clock = lambda: T0 + 2.5 * DAY  # type: ignore[method-assign]
+    assert store.ledger_day_costs(T0, T0 + DAY)[T0] == pytest.approx(want[T0] + 7.0)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from .. import ledger
 from ..errors import StoreCorruptError, StoreError
@@ -158,20 +160,42 @@ class LedgerFiles:
 
     def _totals(self, day: date) -> list[LedgerTotal]:
         source, target = self.file_of(day), self.totals_of(day)
-        try:
-            size = os.stat(source, follow_symlinks=False).st_size
-        except FileNotFoundError:
+        size = self._size(day)
+        if size is None:
             return []  # pruned meanwhile
         kept = _read_totals(target, size)
         if kept is not None:
             return kept
         totals = ledger.totals_of(self._read_day(day), _start_of(day))
-        lines = [json.dumps({"of_bytes": size}), *map(ledger.encode_total, totals)]
+        header = {"of_bytes": size, "cost": math.fsum(item.cost for item in totals)}
+        lines = [json.dumps(header), *map(ledger.encode_total, totals)]
         try:
             write_atomically(target, ("\n".join(lines) + "\n").encode())
         except StoreError as exc:  # a cache: the report goes on without it
             logger.warning("cannot keep the totals of %s: %s", source, exc)
         return totals
+
+    def day_costs(self, since: float, until: float, now: float) -> dict[float, float]:
+        """What was charged on each UTC day that has a file and meets the period, by the day's
+        first instant: a day that is over from its totals file's first line alone (made if
+        need be), another from its entries."""
+        costs = {}
+        for day in self.days():
+            start, end = _start_of(day), _start_of(day + timedelta(days=1))
+            if end <= since or start >= until:
+                continue
+            if end + SETTLED_SECONDS <= now:
+                cost = _header(self.totals_of(day), self._size(day)).get("cost")
+                costs[start] = cost if isinstance(cost, float) else math.fsum(t.cost for t in self._totals(day))
+            else:
+                costs[start] = math.fsum(item.cost for item in self._read_day(day))
+        return costs
+
+    def _size(self, day: date) -> int | None:
+        try:
+            return os.stat(self.file_of(day), follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return None
 
     def totals_of(self, day: date) -> Path:
         return self.file_of(day).with_name(self.file_of(day).name + ".totals")
@@ -203,23 +227,35 @@ class LedgerFiles:
             logger.warning("ledger %s: skipped %d torn or unreadable line(s)", target, torn)
 
 
-def _read_totals(target: Path, size: int) -> list[LedgerTotal] | None:
-    """A day's totals file, if it sums the ``size`` bytes its day file has now."""
+def _header(target: Path, size: int | None) -> dict[str, Any]:
+    """The first line of a day's totals file if it sums the ``size`` bytes its day file has
+    now (else ``{}``: the day file grew since, a writer whose clock lags, or no such file)."""
+    lines = _lines(target, first_only=True)
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except ValueError:
+        return {}
+    return header if isinstance(header, dict) and size is not None and header.get("of_bytes") == size else {}
+
+
+def _lines(target: Path, first_only: bool = False) -> list[bytes]:
+    """A totals file's lines (none if it is missing or refused: it is made again)."""
     try:
         fd = open_in_folder(target, os.O_RDONLY)
     except FileNotFoundError:
-        return None
+        return []
     except (OSError, StoreCorruptError) as exc:
         logger.warning("ledger totals %s unreadable (%s); summing the day again", target, exc)
-        return None
+        return []
     with open(fd, "rb") as file:
-        header, *lines = file.read().split(b"\n")
-    try:
-        if json.loads(header) != {"of_bytes": size}:
-            return None  # the day file grew since: a writer whose clock lags
-    except ValueError:
+        return (file.readline() if first_only else file.read()).split(b"\n")
+
+
+def _read_totals(target: Path, size: int) -> list[LedgerTotal] | None:
+    """A day's totals file, if it sums the ``size`` bytes its day file has now."""
+    if not _header(target, size):
         return None
-    totals = ledger.decode_totals(lines)
+    totals = ledger.decode_totals(_lines(target)[1:])
     if totals is None:
         logger.warning("ledger totals %s unreadable; summing the day again", target)
     return totals

@@ -357,6 +357,12 @@ class FileStore(RecordStore):
         files, start, end, now = self._ledger_period(since, until)
         return iter(()) if files is None else files.read_totals(start, end, now)
 
+    def ledger_day_costs(self, since: float | None = None, until: float | None = None) -> dict[float, float]:
+        """What was charged on each UTC day meeting the period that has charges, by the day's first
+        instant (whole days: a chart's bars). A day that is over costs one line of its totals."""
+        files, start, end, now = self._ledger_period(since, until)
+        return {} if files is None else files.day_costs(start, end, now)
+
     def _ledger_period(
         self, since: float | None, until: float | None
     ) -> tuple[LedgerFiles | None, float, float, float]:
