@@ -12,13 +12,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from . import _cli_report, _cli_tables, budget, ledger, limits, windows
+from . import _cli_report, _cli_show, _cli_tables, budget, limits, windows
 from ._cli_tables import money as _money
 from .errors import BudgetPluginError, ConfigurationError, UnknownUserError
 from .stores import DEFAULT_STORE, STORE_ENV, BudgetStore, FileStore, store_from_url
@@ -28,8 +27,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # the store could not be read or written, the server not reached, the port not bound
 EXIT_USAGE = 2  # bad arguments or configuration (click's own usage errors exit 2 too)
 EXIT_UNKNOWN_USER = 3  # the user has no budget
-
-CLOSED_WINDOWS_SHOWN = 3  # show USER: the spend of this many windows before the current one
 
 PROJECT_ENV = "LITELLM_BUDGET_PROJECT"
 API_KEY_ENV = "LITELLM_BUDGET_API_KEY"
@@ -200,10 +197,10 @@ def show(user: str | None, as_json: bool, store: str | None, project: str, api_k
         else:
             record = target.get(key)
             records = {} if record is None else {key: record}
-        history = [] if key is None or key not in records else _closed_windows(target, key, records[key], now)
+        history = [] if key is None or key not in records else _cli_show.closed_windows(target, key, records[key], now)
     finally:
         target.close()
-    lines = _show(records, key, now, as_json, history)
+    lines = _cli_show.show(records, key, now, as_json, history)
     if not lines:
         other = "" if isinstance(target, FileStore) else " (--project NAME shows another project)"
         click.echo(f"no budgets in {target!r}{other}")
@@ -413,73 +410,6 @@ def _check_overlaps(duration: str | None, given: list[tuple[str, str, dict[str, 
 
 
 # --- formatting -------------------------------------------------------------------------
-
-
-def _closed_windows(
-    target: BudgetStore, key: str, record: budget.UserRecord, now: float
-) -> list[tuple[float, float, float]]:
-    """The spend of a budget's last CLOSED_WINDOWS_SHOWN windows, from the store's ledger, as
-    (start, end, spend), newest first: a reset leaves it there."""
-    start = budget.current_window(record, now)["last_updated_at"]
-    closed = windows.closed_windows(start, record.get("duration"), record.get("timezone"), CLOSED_WINDOWS_SHOWN)
-    if not closed:
-        return []
-    entries = list(target.ledger(closed[-1][0], start))
-    return [(begin, end, ledger.spent_by(ledger.in_period(entries, begin, end), key)) for begin, end in closed]
-
-
-def _show(
-    records: dict[str, budget.UserRecord],
-    key: str | None,
-    now: float,
-    as_json: bool,
-    history: Sequence[tuple[float, float, float]] = (),
-) -> list[str]:
-    """What ``show`` prints: every budget, or one (a team with its members), with the spend of
-    its last windows (``history``)."""
-    if key is not None and kind_of(key) == "team":
-        lines = _show_team(records, key, now, as_json)
-    elif key is not None and key not in records:
-        raise UnknownUserError(key)
-    else:
-        lines = _json(records, now) if as_json else _cli_tables.tables(records, now)
-    if not history:
-        return lines
-    if as_json:
-        view = json.loads(lines[0])
-        view.setdefault(key, {})["closed_windows"] = [
-            {"start": _iso(begin), "end": _iso(end), "spend": spend} for begin, end, spend in history
-        ]
-        return [json.dumps(view, indent=2, sort_keys=True)]
-    return [
-        *lines,
-        "",
-        "closed windows (from the ledger):",
-        *(f"  {_iso(begin)} to {_iso(end)}: {_money(spend)}" for begin, end, spend in history),
-    ]
-
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _show_team(records: dict[str, budget.UserRecord], key: str, now: float, as_json: bool) -> list[str]:
-    """A team's budget and the users whose record names it; a team without a budget of its
-    own is shown while some user names it."""
-    team = {key: records[key]} if key in records else {}
-    crew = _cli_tables.members(records, key)
-    if not team and not crew:
-        raise UnknownUserError(key)
-    if as_json:
-        return _json({**team, **crew}, now)
-    lines = _cli_tables.table("TEAM", team, records, now) if team else [f"{key}: no budget (its spend is tracked)"]
-    if not crew:
-        return [*lines, "", f"no users name team {key.removeprefix('team:')!r} (set USER AMOUNT --team NAME)"]
-    return [*lines, "", *_cli_tables.table("MEMBER", crew, records, now)]
-
-
-def _json(records: dict[str, budget.UserRecord], now: float) -> list[str]:
-    return [json.dumps(_cli_tables.json_view(records, now), indent=2, sort_keys=True)]
 
 
 def _describe(user: str, record: budget.UserRecord, duration: str | None) -> str:
