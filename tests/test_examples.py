@@ -123,3 +123,22 @@ def test_teams_example_refuses_by_the_budget_that_ran_out_and_charges_every_budg
     assert spent["team:red"] == pytest.approx(spent["alice"] + spent["bob"], abs=2e-6)
     assert 0 < spent["team:blue"] == pytest.approx(spent["carol"], abs=1e-9)
     assert 0 < spent["tag:search"] <= 0.0001 and spent["team:red"] <= 0.0003
+
+
+def test_where_the_money_went_sends_signed_alerts_and_reports_the_ledger(tmp_path: Path) -> None:
+    lines = run_example("where_the_money_went.py", tmp_path).splitlines()
+    assert lines.count("alice's call refused by the budget of alice") == 3
+    alerts = {tuple(line.split()[:3]) for line in lines if line.startswith("  threshold_crossed")}
+    assert alerts == {
+        ("threshold_crossed", "alice", "50%"),
+        ("threshold_crossed", "alice", "90%"),
+        ("threshold_crossed", "team:research", "50%"),
+    }
+    assert sum(line.startswith("  budget_exceeded    alice") for line in lines) == 1  # once in the window
+    rows = {
+        line.split()[0]: line.split() for line in lines if line.startswith(("alice ", "bob ", "finance ", "summaries "))
+    }
+    assert rows["alice"][1:2] + rows["alice"][3:4] == ["gpt-4o-mini", "5"] and rows["bob"][3] == "8"
+    assert rows["summaries"][2] == "13" and rows["finance"][2] == "8"  # bob's calls carry both tags
+    totals = [line.split() for line in lines if line.startswith("total")]
+    assert [total[-3] for total in totals] == ["13", "13"]
