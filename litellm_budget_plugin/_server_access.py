@@ -55,6 +55,7 @@ __all__ = [
     "Keys",
     "authenticate",
     "checked_project",
+    "cross_site",
     "load_keys",
     "op_writes",
     "projects_for",
@@ -65,8 +66,11 @@ ALL_PROJECTS = "*"
 ACCESS_VALUES = ("read", "read-write")
 MIN_KEY_LENGTH = 16
 REALM = "litellm-budget"
-# Two challenges: API clients send Bearer; a browser shows its password dialog for Basic.
-CHALLENGES = (f'Basic realm="{REALM}"', f'Bearer realm="{REALM}"')
+# Pages that browsers open: there, and for GET only, the key may come as HTTP Basic credentials
+# (any user name, the key as password), which a browser asks for and then resends by itself.
+# Nowhere else: a browser would attach them to another site's forged POST (cross-site request forgery).
+DASHBOARD_PATH = "/dashboard"
+BROWSER_PAGES = frozenset({DASHBOARD_PATH})
 # The atomic operations (``_server_requests.OPS``) that change nothing. Any other, including
 # one added later, counts as a write: a read-only key is refused it.
 READ_OPS = frozenset({"get", "all"})
@@ -181,7 +185,7 @@ def _sent_key(request: web.Request) -> bytes | None:
     raw = token.strip().encode("utf-8", "surrogateescape")
     if scheme.lower() == "bearer":
         return raw
-    if scheme.lower() == "basic":
+    if scheme.lower() == "basic" and request.method in ("GET", "HEAD") and request.path in BROWSER_PAGES:
         try:
             decoded = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
@@ -189,6 +193,17 @@ def _sent_key(request: web.Request) -> bytes | None:
         _user, colon, password = decoded.partition(b":")  # any user name; the key is the password
         return password if colon else None
     return None
+
+
+def cross_site(request: web.Request) -> bool:
+    """Whether a browser sends this request from another site's page: a form or script there
+    may not change budgets, even on a server that needs no key (loopback) or whose key the
+    browser holds. Clients that are not browsers send neither header."""
+    fetched_from = request.headers.get("Sec-Fetch-Site")
+    if fetched_from is not None and fetched_from not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and origin != f"{request.scheme}://{request.host}"
 
 
 def authenticate(request: web.Request) -> bool:

@@ -12,8 +12,6 @@ days not cached, and the HTML).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,8 +22,7 @@ from . import dashboard
 from .errors import ConfigurationError
 from .stores.projects import ProjectStores
 
-PATH = "/dashboard"
-REALM = "litellm-budget"
+PATH = access.DASHBOARD_PATH
 _MAX_REFRESH = 3600
 
 InThread = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -36,22 +33,12 @@ def visible_projects(request: web.Request, all_projects: Iterable[str]) -> list[
     return access.projects_for(request).visible(all_projects)
 
 
-def basic_password(token: str) -> str | None:
-    """The password of HTTP Basic credentials (``base64(user:password)``), or None."""
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    _user, colon, password = decoded.partition(":")
-    return password if colon else None
-
-
 def unauthorized() -> web.Response:
     """401 with a Basic challenge, so a browser asks for the key."""
     return web.Response(
         status=401,
         text="The dashboard needs the server's API key: any user name, the key as password.\n",
-        headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"', "Cache-Control": "no-store"},
+        headers={"WWW-Authenticate": f'Basic realm="{access.REALM}", charset="UTF-8"', "Cache-Control": "no-store"},
     )
 
 

@@ -139,11 +139,8 @@ def _ok(**data: object) -> web.Response:
 
 def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
     payload = {"status": "error", "error": code, "message": message, **extra}
-    response = web.json_response(payload, status=status, dumps=_dumps)
-    if status == 401:
-        for challenge in access.CHALLENGES:
-            response.headers.add("WWW-Authenticate", challenge)
-    return response
+    headers = {"WWW-Authenticate": f'Bearer realm="{access.REALM}"'} if status == 401 else None
+    return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
 
 
 async def _in_thread(app: web.Application, fn: Callable[[], T]) -> T:
@@ -168,11 +165,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, then turn every failure into a JSON answer; nothing escapes."""
     try:
+        if request.method not in ("GET", "HEAD") and access.cross_site(request):
+            return _error(403, "cross_site", "a page of another site may not send requests here")
         if request.path != "/health" and not access.authenticate(request):
-            if request.path == _server_dashboard.PATH:
+            if request.path in access.BROWSER_PAGES:
                 return _server_dashboard.unauthorized()
-            message = "missing or wrong API key (Authorization: Bearer <key>, or Basic with the key as password)"
-            return _error(401, "unauthorized", message)
+            return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
         return await handler(request)
     except access.AccessDenied as exc:
         return _error(403, "forbidden", str(exc), project=exc.project)

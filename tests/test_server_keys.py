@@ -213,38 +213,61 @@ def test_http_store_reports_the_refusal(keyed: tuple[ServerThread, Snapshot]) ->
     assert HttpStore(server.url, project_name="a", api_key=A_READ).get("alice") is not None
 
 
-def test_wrong_or_missing_keys_get_401_with_a_basic_challenge(keyed: tuple[ServerThread, Snapshot]) -> None:
+def test_wrong_or_missing_keys_get_401_with_a_bearer_challenge(keyed: tuple[ServerThread, Snapshot]) -> None:
     server, snapshot = keyed
     before = snapshot()
     for headers in [{}, bearer("wrong-key-wrong-key"), bearer(sha256(A_READ)), {"Authorization": f"Basic {A_WRITE}"}]:
         answer = httpx.post(server.url + "/v1/all", json={"project_name": "a"}, headers=headers)
         assert answer.status_code == 401 and answer.json()["error"] == "unauthorized"
-        challenges = answer.headers.get_list("WWW-Authenticate")
-        assert 'Basic realm="litellm-budget"' in challenges
+        assert answer.headers.get_list("WWW-Authenticate") == ['Bearer realm="litellm-budget"']
     for auth in [("user", "wrong"), ("user", ""), (A_WRITE, "x")]:  # the key is the password, not the user
-        assert call(server.url, "/v1/charge", "a", auth=auth).status_code == 401
+        assert httpx.get(server.url + "/dashboard", auth=auth).status_code == 401
     assert snapshot() == before
     assert httpx.get(server.url + "/health").status_code == 200  # no key needed
 
 
-def test_basic_auth_takes_the_key_as_password(keyed: tuple[ServerThread, Snapshot]) -> None:
+def test_basic_auth_opens_the_dashboard_only(keyed: tuple[ServerThread, Snapshot]) -> None:
+    """A browser resends Basic credentials by itself, to any request to the server, a forged
+    form's among them: they open the dashboard (GET), never the API."""
     server, snapshot = keyed
     for user in ("browser", ""):
-        answer = call(server.url, "/v1/get", "a", auth=(user, A_READ))
-        assert answer.status_code == 200 and answer.json()["result"]["total_budget"] == 1.0
-    assert_forbidden(call(server.url, "/v1/get", "b", auth=("browser", A_READ)), "b")  # the same grant
+        page = httpx.get(server.url + "/dashboard", auth=(user, A_READ))
+        assert page.status_code == 200 and "alice" in page.text
     before = snapshot()
-    assert_forbidden(call(server.url, "/v1/charge", "a", auth=("browser", A_READ)), "a")
+    for path in ("/v1/get", "/v1/charge", "/set_budget"):
+        answer = call(server.url, path, "a", auth=("browser", A_WRITE))
+        assert answer.status_code == 401, path
     assert snapshot() == before
-    assert call(server.url, "/v1/charge", "a", auth=("x", A_WRITE)).status_code == 200
-    assert snapshot()["a"]["alice"]["current_cost"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Content-Type": "text/plain", "Origin": "http://localhost:3000"},
+    ],
+)
+def test_a_page_of_another_site_changes_nothing(tmp_path: Path, headers: dict[str, str]) -> None:
+    """Cross-site request forgery: a form on another site posting to a server that needs no key
+    (loopback), or whose key the browser holds, is refused before anything is read."""
+    with ServerThread(directory_stores(tmp_path)) as server:
+        body = json.dumps({"project_name": "p", "user_dict": {"mallory": {"total_budget": 1e9}}})
+        answer = httpx.post(server.url + "/set_budget", content=body, headers=headers)
+        assert answer.status_code == 403 and answer.json()["error"] == "cross_site"
+        assert not list(tmp_path.iterdir())
+        same_origin = {"Origin": server.url, "Sec-Fetch-Site": "same-origin"}
+        assert httpx.post(server.url + "/set_budget", content=body, headers=same_origin).status_code == 200
 
 
 def test_one_api_key_still_opens_every_project(tmp_path: Path) -> None:
     with ServerThread(directory_stores(tmp_path), api_key=ADMIN) as server:
         for project in ("a", "b"):
             assert call(server.url, "/v1/set_budget", project, ADMIN).status_code == 200
-        assert call(server.url, "/v1/get", "a", auth=("any", ADMIN)).status_code == 200
+        assert call(server.url, "/v1/get", "a", ADMIN).status_code == 200
+        assert httpx.get(server.url + "/dashboard", auth=("any", ADMIN)).status_code == 200
         assert call(server.url, "/v1/get", "a", A_WRITE).status_code == 401
     keys = load_keys(write_keys(tmp_path / "keys.json", KEYS_FILE))
     with pytest.raises(ConfigurationError, match="not both"):
