@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Entries read a page at a time, so a read of millions holds one page in memory.
 LEDGER_PAGE = 10_000
-# A stream id is at or after its entry's time, by as much as the clocks of the clients adding
-# entries disagree: a read looks this far past its end for entries of its period.
+# A stream id is the Redis server's time when the entry was added, its entry's time the client's:
+# a read looks this far either side of its period for entries of clients whose clocks disagree.
 LEDGER_SKEW_SECONDS = 300.0
 # An entry's user and subjects as ledger.encode writes them empty: the script writes them.
 _NO_USER = ',"",[]'
@@ -53,15 +53,15 @@ def entry_args(
     max_entries: int | None,
 ) -> list[str | int]:
     """A charge's ledger arguments for the script (see ``ledger_at`` in redis_ledger.lua): the
-    entry's JSON before its user and after its subjects, the oldest stream id to keep (ms), the
-    cap ('' for none), then the number of the call's tags and the tags."""
+    entry's JSON before its user and after its subjects, how long entries are kept (ms, by the
+    Redis server's clock), the cap ('' for none), then the number of the call's tags and the tags."""
     tokens = (0, 0) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
     line = ledger.encode(LedgerEntry(now, "", (), model, *tokens, cost, call_id))
     gap = line.index(_NO_USER)  # the first quote: all before it is "[" and the time, a number
-    oldest = max(0, math.floor((now - retention_days * 86400) * 1000))
     tags = () if usage is None else usage.tags
     cap = "" if max_entries is None else max_entries
-    return [line[: gap + 1], line[gap + len(_NO_USER) :], oldest, cap, len(tags), *tags]
+    kept_ms = math.floor(retention_days * 86400 * 1000)
+    return [line[: gap + 1], line[gap + len(_NO_USER) :], kept_ms, cap, len(tags), *tags]
 
 
 def failure(reply: list[Any]) -> str | None:
@@ -72,13 +72,19 @@ def failure(reply: list[Any]) -> str | None:
     return None
 
 
-def read(page_of: Callable[[str, str, int], list[Any]], since: float, until: float, name: str) -> Iterator[LedgerEntry]:
+def read(
+    page_of: Callable[[str, str, int], list[Any]], since: float, until: float, name: str, ahead: float
+) -> Iterator[LedgerEntry]:
     """The entries from ``since`` (included) to ``until`` (excluded), reading pages with
     ``page_of(low, high, count)`` (XRANGE, raw bytes); an entry that does not decode is skipped
-    with a warning naming ``name``."""
-    # No id is before its entry's time: from since's ms, to LEDGER_SKEW_SECONDS past until.
-    low = str(math.floor(since * 1000))
-    high = str(math.floor(min(until, ledger.MAX_READ_TIME) * 1000 + LEDGER_SKEW_SECONDS * 1000))
+    with a warning naming ``name``. Stream ids are the Redis server's times, entries' times the
+    clients': ``ahead`` is how far the server's clock is ahead of the reader's, and the ids read
+    reach LEDGER_SKEW_SECONDS either side of the period (clients whose clocks disagree). A reader
+    whose clock is further off the server's (a test's frozen clock) reads the whole stream."""
+    low, high = "-", "+"
+    if abs(ahead) <= LEDGER_SKEW_SECONDS:
+        low = str(max(0, math.floor((since + ahead - LEDGER_SKEW_SECONDS) * 1000)))
+        high = str(max(0, math.floor((min(until, ledger.MAX_READ_TIME) + ahead + LEDGER_SKEW_SECONDS) * 1000)))
     while True:
         page = page_of(low, high, LEDGER_PAGE)
         lines = [_line_of(fields) for _, fields in page]

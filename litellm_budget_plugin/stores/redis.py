@@ -374,8 +374,13 @@ class RedisStore(WritesAtOnce):
         start, end = ledger.check_period(since, until)
         if not self.keeps_ledger:
             return iter(())
-        start = max(start, self.clock() - self.ledger_retention_days * 86400)
-        return _redis_ledger.read(self._ledger_page, start, end, str(self)) if start < end else iter(())
+        now = self.clock()
+        start = max(start, now - self.ledger_retention_days * 86400)
+        if start >= end:
+            return iter(())
+        with self._translated():
+            seconds, micros = self._connection().time()  # stream ids are the server's times
+        return _redis_ledger.read(self._ledger_page, start, end, str(self), seconds + micros / 1e6 - now)
 
     def _ledger_args(
         self, now: float, model: str, cost: float, call_id: str | None, usage: Usage | None

@@ -7,18 +7,18 @@
 -- the user ("[<time>,") and after the subjects (",<model>,<tokens>,<tokens>,<cost>,<call id>]"),
 -- so numbers are Python's (cjson would round them to 14 digits) and the format has one place.
 --
--- A stream id is the entry's time in milliseconds, or the stream's last id if that is later
--- (another client's clock is ahead): ids must grow. Entries older than the retention are
--- trimmed as entries are added, in whole stream nodes (MINID ~, at most Redis's default LIMIT
--- a call, so a shorter retention never stalls the server); Python lists none of them.
+-- A stream id is the Redis server's time (not the entry's, which is the client's). Entries older
+-- than the retention are trimmed as entries are added, in whole stream nodes (MINID ~, at most
+-- Redis's default LIMIT a call, so a shorter retention never stalls the server); Python lists
+-- none older than the retention by its own clock either.
 
 -- The ledger arguments at op argument ``k``: '' if the store keeps no ledger; else the entry's
--- JSON before its user and after its subjects, the oldest stream id to keep (milliseconds),
+-- JSON before its user and after its subjects, how long entries are kept (milliseconds),
 -- the most entries to keep ('': no cap), then the count of the call's tag keys, and the keys.
 local function ledger_at(k)
   local at = FIRST + k - 1
   if ARGV[at] == '' then return nil end
-  return {head = ARGV[at], tail = ARGV[at + 1], min_id = ARGV[at + 2], max_len = opt(ARGV[at + 3]),
+  return {head = ARGV[at], tail = ARGV[at + 1], kept_ms = tonumber(ARGV[at + 2]), max_len = opt(ARGV[at + 3]),
           tags = list_at(k + 4)}
 end
 
@@ -26,22 +26,13 @@ end
 -- the file store writes a charge whose ledger file fails), for Python to log.
 local ledger_error = nil
 
--- The id the stream last gave (XINFO: the last entry may have been deleted since), in ms.
-local function last_ms(key)
-  local info = redis.call('XINFO', 'STREAM', key)
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then return string.match(info[i + 1], '^(%d+)%-') end
-  end
-  return nil
-end
-
+-- The entry goes at the stream's end with an id of the Redis server's clock ('*'): one client
+-- whose clock is ahead can neither hide the others' later entries from reads nor trim them, and
+-- entries older than the retention by that clock are trimmed as entries are added.
 local function add_entry(key, book, line)
-  local ms = string.format('%.0f', math.floor(now * 1000))
-  local added = redis.pcall('XADD', key, 'MINID', '~', book.min_id, ms .. '-*', 'e', line)
-  if type(added) == 'table' and added.err and string.find(added.err, 'smaller', 1, true) then
-    local top = last_ms(key)
-    if top then added = redis.pcall('XADD', key, 'MINID', '~', book.min_id, top .. '-*', 'e', line) end
-  end
+  local time = redis.call('TIME')
+  local oldest = math.max(0, tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) - book.kept_ms)
+  local added = redis.pcall('XADD', key, 'MINID', '~', string.format('%.0f', oldest), '*', 'e', line)
   if type(added) == 'table' and added.err then
     ledger_error = added.err
   elseif book.max_len then
