@@ -113,6 +113,7 @@ def test_a_totals_file_that_is_a_link_is_never_followed(store: FileStore, tmp_pa
     with caplog.at_level(logging.WARNING):
         assert sum(item.cost for item in store.ledger_totals(T0, T0 + DAY)) == pytest.approx(want)
     assert outside.read_text() == "keep me\n"
+    assert (tmp_path / "user_cost.json.ledger-2026-12-01.totals").is_symlink()  # left as it is
     assert "symbolic link" in caplog.text
 
 
@@ -148,3 +149,31 @@ def test_day_costs_match_the_entries_and_come_from_one_line_once_a_day_is_over(
     store.charge("alice", 7.0, "m", call_id="late")
     store.clock = lambda: T0 + 2.5 * DAY  # type: ignore[method-assign]
     assert store.ledger_day_costs(T0, T0 + DAY)[T0] == pytest.approx(want[T0] + 7.0)
+
+
+@pytest.mark.parametrize("cost", ["NaN", "Infinity", "-7.0", "1e400", "7", '"7.0"'])
+def test_a_totals_header_with_insane_money_is_summed_again(store: FileStore, tmp_path: Path, cost: str) -> None:
+    fill(store, 10, days=1)
+    store.clock = lambda: T0 + 2 * DAY  # type: ignore[method-assign]
+    want = sum(item.cost for item in store.ledger(T0, T0 + DAY))
+    assert store.ledger_day_costs(T0, T0 + DAY)[T0] == pytest.approx(want)
+    totals = tmp_path / "user_cost.json.ledger-2026-12-01.totals"
+    header, rest = totals.read_text().split("\n", 1)
+    size = json.loads(header)["of_bytes"]
+    totals.write_text(f'{{"of_bytes": {size}, "cost": {cost}}}\n' + rest)
+    assert store.ledger_day_costs(T0, T0 + DAY)[T0] == pytest.approx(want)
+    assert json.loads(totals.read_text().split("\n", 1)[0])["cost"] == pytest.approx(want)  # made again
+
+
+def test_a_totals_file_this_process_may_not_read_is_never_written_over(
+    store: FileStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(store, 11, days=1)
+    totals = tmp_path / "user_cost.json.ledger-2026-12-01.totals"
+    totals.mkdir()  # not a regular file: refused, and left as it is
+    store.clock = lambda: T0 + 2 * DAY  # type: ignore[method-assign]
+    want = sum(item.cost for item in store.ledger(T0, T0 + DAY))
+    with caplog.at_level(logging.WARNING):
+        assert sum(item.cost for item in store.ledger_totals(T0, T0 + DAY)) == pytest.approx(want)
+        assert store.ledger_day_costs(T0, T0 + DAY)[T0] == pytest.approx(want)
+    assert totals.is_dir() and "unreadable" in caplog.text

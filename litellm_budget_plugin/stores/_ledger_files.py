@@ -23,6 +23,7 @@ from typing import Any
 from .. import ledger
 from ..errors import StoreCorruptError, StoreError
 from ..ledger import LedgerEntry, LedgerTotal
+from ..limits import MAX_AMOUNT
 from ._journal import open_in_folder, write_atomically
 
 logger = logging.getLogger(__name__)
@@ -163,14 +164,20 @@ class LedgerFiles:
         size = self._size(day)
         if size is None:
             return []  # pruned meanwhile
-        kept = _read_totals(target, size)
-        if kept is not None:
-            return kept
+        lines = _lines(target)
+        if _header(lines, size) is not None:
+            assert lines is not None
+            kept = ledger.decode_totals(lines[1:])
+            if kept is not None:
+                return kept
+            logger.warning("ledger totals %s unreadable; summing the day again", target)
         totals = ledger.totals_of(self._read_day(day), _start_of(day))
+        if lines is None:
+            return totals  # a link, or a file this process may not read: never written over
         header = {"of_bytes": size, "cost": math.fsum(item.cost for item in totals)}
-        lines = [json.dumps(header), *map(ledger.encode_total, totals)]
+        rows = [json.dumps(header), *map(ledger.encode_total, totals)]
         try:
-            write_atomically(target, ("\n".join(lines) + "\n").encode())
+            write_atomically(target, ("\n".join(rows) + "\n").encode())
         except StoreError as exc:  # a cache: the report goes on without it
             logger.warning("cannot keep the totals of %s: %s", source, exc)
         return totals
@@ -185,8 +192,8 @@ class LedgerFiles:
             if end <= since or start >= until:
                 continue
             if end + SETTLED_SECONDS <= now:
-                cost = _header(self.totals_of(day), self._size(day)).get("cost")
-                costs[start] = cost if isinstance(cost, float) else math.fsum(t.cost for t in self._totals(day))
+                header = _header(_lines(self.totals_of(day), first_only=True), self._size(day))
+                costs[start] = header["cost"] if header else math.fsum(t.cost for t in self._totals(day))
             else:
                 costs[start] = math.fsum(item.cost for item in self._read_day(day))
         return costs
@@ -227,38 +234,34 @@ class LedgerFiles:
             logger.warning("ledger %s: skipped %d torn or unreadable line(s)", target, torn)
 
 
-def _header(target: Path, size: int | None) -> dict[str, Any]:
-    """The first line of a day's totals file if it sums the ``size`` bytes its day file has
-    now (else ``{}``: the day file grew since, a writer whose clock lags, or no such file)."""
-    lines = _lines(target, first_only=True)
+def _header(lines: list[bytes] | None, size: int | None) -> dict[str, Any] | None:
+    """The first line of a day's totals file if it sums the ``size`` bytes its day file has now
+    and its cost is sane (else None: the day file grew since, a writer whose clock lags; or the
+    file is missing, refused or damaged: it is made again)."""
+    if not lines or size is None:
+        return None
     try:
-        header = json.loads(lines[0]) if lines else None
+        header = json.loads(lines[0])
     except ValueError:
-        return {}
-    return header if isinstance(header, dict) and size is not None and header.get("of_bytes") == size else {}
+        return None
+    if not isinstance(header, dict) or header.get("of_bytes") != size:
+        return None
+    cost = header.get("cost")
+    return header if type(cost) is float and 0 <= cost <= MAX_AMOUNT else None  # NaN fails the range
 
 
-def _lines(target: Path, first_only: bool = False) -> list[bytes]:
-    """A totals file's lines (none if it is missing or refused: it is made again)."""
+def _lines(target: Path, first_only: bool = False) -> list[bytes] | None:
+    """A totals file's lines: none if it is missing, None if it is refused (a link, a file this
+    process may not read), which is then never written over."""
     try:
         fd = open_in_folder(target, os.O_RDONLY)
     except FileNotFoundError:
         return []
     except (OSError, StoreCorruptError) as exc:
-        logger.warning("ledger totals %s unreadable (%s); summing the day again", target, exc)
-        return []
+        logger.warning("ledger totals %s unreadable (%s); summing the day without it", target, exc)
+        return None
     with open(fd, "rb") as file:
         return (file.readline() if first_only else file.read()).split(b"\n")
-
-
-def _read_totals(target: Path, size: int) -> list[LedgerTotal] | None:
-    """A day's totals file, if it sums the ``size`` bytes its day file has now."""
-    if not _header(target, size):
-        return None
-    totals = ledger.decode_totals(_lines(target)[1:])
-    if totals is None:
-        logger.warning("ledger totals %s unreadable; summing the day again", target)
-    return totals
 
 
 def _start_of(day: date) -> float:
