@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -95,15 +96,18 @@ def parse_moment(option: str, text: str, timezone: str, *, end: bool = False) ->
     try:
         if len(value) == 10:  # YYYY-MM-DD
             day = date.fromisoformat(value)
-            return _midnight(day + timedelta(days=1) if end else day, timezone)
-        moment = datetime.fromisoformat(value)
+            stamp = _midnight(day + timedelta(days=1) if end else day, timezone)
+        else:
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=ZoneInfo(timezone))
+            stamp = moment.timestamp()
     except ValueError:
         raise ConfigurationError(
             f"{option} {text[:64]!r}: write an ISO date or time such as 2026-12-01 or 2026-12-01T09:30"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=ZoneInfo(timezone))
-    stamp = moment.timestamp()
+    except OverflowError:  # the day after 9999-12-31
+        stamp = math.inf
     if not limits.MIN_TIMESTAMP <= stamp <= limits.MAX_TIMESTAMP:
         raise ConfigurationError(f"{option} {text[:64]!r} is out of range (1970 to 3000)")
     return stamp
@@ -295,8 +299,8 @@ def budget_lines(
     lines = []
     for name in series:
         record = records.get(prefix + name)
-        if record is None or name == NONE or record.get("duration") is None:
-            continue
+        if record is None or name == NONE or record.get("duration") is None or record.get("total_budget") is None:
+            continue  # no budget that resets: no pace
         amount, days = float(record["total_budget"]), float(record["duration"])
         pace = amount / days
         label = f"{money(amount)} a day" if days == 1 else f"{money(amount)} per {_days(days)}: {money(pace)} a day"

@@ -108,3 +108,14 @@ def test_missing_matplotlib_names_the_extra(store_path: Path, tmp_path: Path, mo
     assert result.exit_code == EXIT_USAGE
     assert 'pip install "litellm_budget_plugin[charts]"' in result.stderr
     assert not (tmp_path / "spend.png").exists()
+
+
+def test_a_budget_tracked_without_a_limit_has_no_line(store_path: Path, tmp_path: Path) -> None:
+    store = FileStore(store_path)
+    try:
+        store.set_budget("alice", None, "daily")  # tracked, resets, no limit
+    finally:
+        store.close()
+    target = tmp_path / "spend.svg"
+    assert chart(store_path, target, "--by", "user").exit_code == EXIT_OK
+    assert not any(text.startswith("alice: budget") for text in svg_texts(target))
