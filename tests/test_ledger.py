@@ -223,3 +223,21 @@ def test_processes_sharing_a_store_record_every_charge(open_store, tmp_path: Pat
     entries = list(reader.ledger())
     reader.close()
     assert sorted(item.call_id or "" for item in entries) == sorted(f"w{w}-{n}" for w in range(4) for n in range(50))
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        (["{oops"], "malformed end"),
+        (['{"x": 1}'], "malformed end"),
+        ([encode(LedgerEntry(T0, "a", (), "m", 0, 0, 1.0, None))], "cut after 1"),
+        ([encode(LedgerEntry(T0, "a", (), "m", 0, 0, 1.0, None)), '{"end": 2}'], "ended after 1 of 2"),
+        (['[1, "torn', '{"end": 1}'], "malformed ledger line"),
+    ],
+)
+def test_a_ledger_stream_that_is_not_whole_is_an_error(lines: list[str], problem: str) -> None:
+    from litellm_budget_plugin import StoreUnavailableError
+    from litellm_budget_plugin.stores.http import _streamed_entries
+
+    with pytest.raises(StoreUnavailableError, match=problem):
+        list(_streamed_entries(iter(lines), "http://budgets/v1/ledger"))

@@ -210,7 +210,7 @@ class HttpStore(WritesAtOnce):
         body = {"project_name": self.project_name, "since": start, "until": end}
         try:
             with self._http().stream(
-                "POST", url, json=body, timeout=httpx.Timeout(self.timeout, read=None)
+                "POST", url, json=body, timeout=httpx.Timeout(self.timeout, read=max(self.timeout, LEDGER_READ_TIMEOUT))
             ) as response:
                 if response.status_code != 200:
                     response.read()
@@ -283,6 +283,10 @@ def _given(*, subjects: Sequence[str] = (), usage: Usage | None = None, **args: 
     return given
 
 
+# Seconds a ledger stream may go without a byte: the server sends a page of entries at a time.
+LEDGER_READ_TIMEOUT = 60.0
+
+
 def _streamed_entries(lines: Iterator[str], url: str) -> Iterator[LedgerEntry]:
     """The entries of a ``/v1/ledger`` answer, which ends with ``{"end": <count>}``."""
     count = 0
@@ -295,7 +299,10 @@ def _streamed_entries(lines: Iterator[str], url: str) -> Iterator[LedgerEntry]:
         yield from _decoded(batch, url)
         count, batch = count + len(batch), []
         if line.startswith("{"):
-            end = json.loads(line).get("end")
+            try:
+                end = json.loads(line)["end"]
+            except (ValueError, TypeError, KeyError):
+                raise StoreUnavailableError(f"budget server {url}: malformed end of ledger {line[:80]!r}") from None
             if end != count:
                 raise StoreUnavailableError(f"budget server {url}: ledger stream ended after {count} of {end} entries")
             return
