@@ -111,6 +111,13 @@ def verify_signature(
     return any(hmac.compare_digest(expected, mac.encode("utf-8", "surrogateescape")) for mac in macs)
 
 
+def _seconds(name: str, value: object, least: float, most: float) -> float:
+    """A WebhookSender duration: a number of seconds from ``least`` to ``most`` (NaN is neither)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not least <= value <= most:
+        raise ConfigurationError(f"{name} must be a number of seconds from {least:g} to {most:g}, got {value!r}")
+    return float(value)
+
+
 class WebhookSender:
     """Deliver JSON events to ``url`` from a daemon thread (started by the first event).
 
@@ -134,11 +141,15 @@ class WebhookSender:
         max_queue: int = 1000,
     ) -> None:
         self.url = check_webhook_url(url)
+        if secret is not None and (not isinstance(secret, str) or not secret):
+            raise ConfigurationError("alert_secret must be a non-empty string")
         self.secret = secret
-        self.timeout = timeout
-        self.retry_for = retry_for
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.timeout = _seconds("timeout", timeout, 0.001, 600.0)
+        self.retry_for = _seconds("retry_for", retry_for, 0.0, 7 * 86400.0)
+        self.backoff = _seconds("backoff", backoff, 0.001, 3600.0)
+        self.max_backoff = _seconds("max_backoff", max_backoff, self.backoff, 86400.0)
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or not 1 <= max_queue <= 1_000_000:
+            raise ConfigurationError(f"max_queue must be a whole number from 1 to 1000000, got {max_queue!r}")
         self.max_queue = max_queue
         self.sent = 0  # events delivered
         self.failed = 0  # events given up (refused by the receiver, retried for too long, closed)

@@ -112,3 +112,21 @@ def test_webhook_urls_accepted(url: str) -> None:
 def test_webhook_urls_refused(url: object) -> None:
     with pytest.raises(ConfigurationError, match="alert_webhook"):
         check_webhook_url(url)
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"max_queue": 0}, "max_queue"),
+        ({"max_queue": True}, "max_queue"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"retry_for": float("inf")}, "retry_for"),
+        ({"backoff": 0}, "backoff"),
+        ({"backoff": 2.0, "max_backoff": 1.0}, "max_backoff"),
+        ({"secret": ""}, "alert_secret"),
+    ],
+)
+def test_bad_sender_options_are_refused(options: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        WebhookSender("http://127.0.0.1:9/alerts", **options)  # type: ignore[arg-type]
