@@ -12,6 +12,7 @@ days not cached, and the HTML).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ def unauthorized() -> web.Response:
 def _refresh(value: str | None) -> int:
     if value is None:
         return dashboard.DEFAULT_REFRESH_SECONDS
-    if not value.isdigit() or not 1 <= int(value) <= _MAX_REFRESH:
+    if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= _MAX_REFRESH:  # isdigit() takes "²"
         raise ConfigurationError(f"refresh must be a whole number of seconds from 1 to {_MAX_REFRESH}")
     return int(value)
 

@@ -270,4 +270,5 @@ def test_route_serves_the_project_with_strict_headers(server: ServerThread, tmp_
     assert "no-subjects" in Page(http.get("/dashboard", params={"project": "gamma"}).text).ids
     assert not (tmp_path / "gamma.json").exists()
     assert http.get("/dashboard", params={"project": "../etc"}).status_code == 400
-    assert http.get("/dashboard", params={"refresh": "0"}).status_code == 400
+    for refresh in ("0", "3601", "²", "٣", "9" * 5000, "-1", " 5"):  # "²" and "٣" are digits to isdigit()
+        assert http.get("/dashboard", params={"refresh": refresh}).status_code == 400, refresh
