@@ -197,10 +197,13 @@ def show(user: str | None, as_json: bool, store: str | None, project: str, api_k
         else:
             record = target.get(key)
             records = {} if record is None else {key: record}
-        history = [] if key is None or key not in records else _cli_show.closed_windows(target, key, records[key], now)
+        history: list[_cli_show.Window] = []
+        note = ""
+        if key is not None and key in records:
+            history, note = _cli_show.closed_windows(target, key, records[key], now)
     finally:
         target.close()
-    lines = _cli_show.show(records, key, now, as_json, history)
+    lines = _cli_show.show(records, key, now, as_json, history, note)
     if not lines:
         other = "" if isinstance(target, FileStore) else " (--project NAME shows another project)"
         click.echo(f"no budgets in {target!r}{other}")

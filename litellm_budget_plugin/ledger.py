@@ -107,11 +107,6 @@ def totals_of(entries: Iterable[LedgerEntry], day_start: float) -> list[LedgerTo
     return [LedgerTotal(day_start, *key, *row) for key, row in sums.items()]
 
 
-def spent_by(entries: Iterable[LedgerEntry], key: str) -> float:
-    """What the entries charged to the budget ``key`` (a user, ``team:x``, ``tag:y``)."""
-    return math.fsum(item.cost for item in entries if item.user == key or key in item.subjects)
-
-
 def check_usage(usage: object) -> Usage | None:
     """``usage`` as given to a store's charge: None, or a Usage of sane token counts and tag keys."""
     if usage is None:

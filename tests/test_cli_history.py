@@ -63,3 +63,28 @@ def test_calendar_windows_close_at_calendar_bounds() -> None:
     ]
     assert closed_windows(march_1, None, None, 3) == []
     assert closed_windows(DAY / 2, 1.0, None, 3) == []  # none before 1970
+
+
+def test_windows_older_than_the_ledger_keeps_say_so(tmp_path: Path) -> None:
+    path = tmp_path / "user_cost.json"
+    store = FileStore(path)
+    store.clock = lambda: time.time() - 400 * DAY  # type: ignore[method-assign]
+    store.set_budget("alice", 10.0, "monthly")
+    store.close()
+    text = show("alice", "--store", str(path))
+    assert "not kept" in text and "windows older than" in text  # not "$0.00": the ledger forgot them
+    view = json.loads(show("alice", "--json", "--store", str(path)))
+    # the last two months are within the ledger's 90 days (nothing spent), the third is not
+    assert [w["spend"] for w in view["alice"]["closed_windows"]] == [0.0, 0.0, None]
+
+
+def test_a_ledger_that_cannot_be_read_still_shows_the_budget(tmp_path: Path) -> None:
+    path = tmp_path / "user_cost.json"
+    store = FileStore(path)
+    store.set_budget("alice", 10.0, "daily")
+    store.close()
+    day = datetime.fromtimestamp(time.time() - DAY, UTC).date().isoformat()
+    (tmp_path / f"user_cost.json.ledger-{day}").symlink_to(tmp_path / "elsewhere")
+    text = show("alice", "--store", str(path))
+    assert text.splitlines()[1].split()[:3] == ["alice", "$0.00", "$10.00"]
+    assert "the ledger could not be read" in text and "symbolic link" in text
