@@ -208,5 +208,11 @@ def as_csv_text(result: reports.Report) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*result.by, *_HEADINGS])
     for row in result.rows:
-        writer.writerow([*row.key, repr(row.spend), row.calls, row.prompt_tokens, row.completion_tokens])
+        writer.writerow([*map(_cell, row.key), repr(row.spend), row.calls, row.prompt_tokens, row.completion_tokens])
     return out.getvalue()
+
+
+def _cell(name: str) -> str:
+    """A user, model, team or tag name as a CSV cell a spreadsheet shows as text: one that starts
+    like a formula (``=HYPERLINK(...)``, a user id from outside) gets a leading apostrophe."""
+    return "'" + name if name.startswith(("=", "+", "-", "@", "\t", "\r")) else name

@@ -165,6 +165,20 @@ def test_csv(store_path: Path) -> None:
     ]
 
 
+def test_csv_cells_that_start_like_formulas_are_text(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.json"
+    store = FileStore(path)
+    try:
+        for n, user in enumerate(['=HYPERLINK("http://x")', "+1", "@SUM(1)", "-2", "plain"]):
+            store.clock = lambda at=T0 + n: at  # type: ignore[method-assign]
+            store.charge(user, 1.0, "m", default={"total_budget": None, "duration": None})
+    finally:
+        store.close()
+    result = run("report", "--store", str(path), "--from", FROM, "--to", TO, "--csv")
+    users = sorted(row["user"] for row in csv.DictReader(io.StringIO(result.stdout)))
+    assert users == ["'+1", "'-2", "'=HYPERLINK(\"http://x\")", "'@SUM(1)", "plain"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
