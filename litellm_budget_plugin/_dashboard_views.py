@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal, cast
 
 from .errors import GLOBAL_KEY
+from .ledger import SETTLED_SECONDS
 from .limits import SECONDS_PER_DAY, UserRecord
 from .stores.base import BudgetStore
 from .subjects import kind_of
@@ -20,9 +21,6 @@ from .windows import Window, describe, rolled_start, window_end
 NEAR = 0.8
 CHART_DAYS = 30
 DEFAULT_REFRESH_SECONDS = 30
-# A day's total is cached once the day has been over this long: a charge deferred in a client
-# process (charge_later) may reach the ledger a little after its day ended.
-_SETTLED_AFTER = 600.0
 _DAY = timedelta(days=1)
 _EPOCH = date(1970, 1, 1).toordinal()
 
@@ -164,7 +162,7 @@ class DailySpend:
                     by_index[index] += cost
             for day in missing:
                 totals[day] = by_index[_index(day)]
-            settled = {day: total for day, total in totals.items() if day_start(day + _DAY) + _SETTLED_AFTER <= now}
+            settled = {day: total for day, total in totals.items() if day_start(day + _DAY) + SETTLED_SECONDS <= now}
             with self._lock:
                 kept = self._settled.setdefault(project, {})
                 kept.update(settled)

@@ -25,6 +25,9 @@ DEFAULT_RETENTION_DAYS = 90
 MAX_RETENTION_DAYS = 3650
 # Reads end here: a day this far ahead is not listed (the ledger never holds future entries).
 MAX_READ_TIME = MAX_TIMESTAMP - 2 * 86400.0
+# A day's totals are kept once it has been over this long: a charge deferred in a process
+# (charge_later) may reach the ledger a little after its day ended.
+SETTLED_SECONDS = 600.0
 # A call's tags beyond its budgets: subjects.MAX_TAGS, plus its user's team and its own team.
 _MAX_SUBJECTS = 40
 MAX_TOKENS = 10**12  # per call: far above any context window

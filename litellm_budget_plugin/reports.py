@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 from . import limits, windows
 from .errors import ConfigurationError
 from .ledger import LedgerEntry, LedgerTotal
+from .limits import SECONDS_PER_DAY
 from .stores import BudgetStore
 
 Charges = LedgerEntry | LedgerTotal
@@ -38,7 +39,6 @@ Charges = LedgerEntry | LedgerTotal
 GROUPS = ("user", "model", "day", "team", "tag")
 NONE = "(none)"  # the team or tag group of calls without one
 DEFAULT_DAYS = 30
-SECONDS_PER_DAY = 86_400.0
 
 
 class Period(NamedTuple):

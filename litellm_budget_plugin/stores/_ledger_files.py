@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import ledger
 from ..errors import StoreCorruptError, StoreError
-from ..ledger import LedgerEntry, LedgerTotal
+from ..ledger import SETTLED_SECONDS, LedgerEntry, LedgerTotal
 from ..limits import MAX_AMOUNT
 from ._journal import open_in_folder, write_atomically
 
@@ -30,9 +30,6 @@ logger = logging.getLogger(__name__)
 
 _DAY_SUFFIX = re.compile(r"\.ledger-(\d{4}-\d{2}-\d{2})")
 _READ_CHUNK = 1 << 20
-# A day's totals are kept once it has been over this long: a charge deferred in a process
-# (charge_later) may reach the ledger a little after its day ended.
-SETTLED_SECONDS = 600.0
 
 
 def _day_of(moment: float) -> date:
