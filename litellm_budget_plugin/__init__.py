@@ -24,7 +24,7 @@ from .errors import (
     UnknownUserError,
     UnpricedModelError,
 )
-from .ledger import LedgerEntry, Usage
+from .ledger import LedgerEntry, LedgerTotal, Usage
 from .stores import STORE_ENV, BudgetStore, FileStore, NewBudget, store_from_url
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ __all__ = [
     "GuardInstallError",
     "HttpStore",
     "LedgerEntry",
+    "LedgerTotal",
     "NewBudget",
     "Observers",
     "OutputLimit",
