@@ -12,11 +12,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .. import budget, windows
+from .. import budget, subjects, windows
 from ..budget import UserRecord
 from ..errors import BudgetRefusal, ConfigurationError, StoreCorruptError, StoreError, UnknownUserError, over_budget
 from ..limits import OWN_FIELDS
 from ..windows import Window
+from .base import NewBudget
 
 _WINDOW_NUMBERS = ("budget", "spend", "start", "duration")
 _HOLD_MORE = ("model", "also")
@@ -182,3 +183,26 @@ class CalendarPeriods:
                     while len(self._known) > self.LIMIT:
                         del self._known[next(iter(self._known))]
         return new
+
+
+# --- arguments of the script -----------------------------------------------------------
+
+
+def opt(value: str | float | None) -> str | float:
+    """None travels as '' (no number, call id or model is empty)."""
+    return "" if value is None else value
+
+
+def listed(keys: Sequence[str]) -> list[str | int]:
+    """A list as script arguments: its length, then its items."""
+    return [len(keys), *keys]
+
+
+def default_args(user: str, default: NewBudget | None, now: float) -> tuple[str | float, str | float, str]:
+    """A new user's budget as script arguments, validated now so bad input never reaches Redis."""
+    if default is None:
+        return "", "", "0"
+    subjects.check_subject(user)  # a record may be made under this key
+    checked = budget.check_default(default)
+    fresh = budget.new_record(checked["total_budget"], checked["duration"], now)
+    return opt(fresh["total_budget"]), opt(fresh.get("duration")), "1"

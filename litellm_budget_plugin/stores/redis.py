@@ -91,7 +91,7 @@ from ..ledger import DEFAULT_RETENTION_DAYS, LedgerEntry, Usage, check_retention
 from ..subjects import check_subjects_once
 from . import _redis_ledger
 from ._at_once import WritesAtOnce
-from ._redis_records import CalendarPeriods, fields_of, record_of, refusal, written
+from ._redis_records import CalendarPeriods, default_args, fields_of, listed, opt, record_of, refusal, written
 from .base import NewBudget
 
 KEY_ROOT = "litellm_budget"
@@ -290,10 +290,10 @@ class RedisStore(WritesAtOnce):
             user,
             cost,
             model,
-            _opt(call_id),
-            *_default(user, default, now),
-            _opt(held),
-            *_listed(others),
+            opt(call_id),
+            *default_args(user, default, now),
+            opt(held),
+            *listed(others),
             *self._ledger_args(now, model, cost, call_id, usage),
         )
         self._check_ledger_written(reply)
@@ -325,10 +325,10 @@ class RedisStore(WritesAtOnce):
             amount,
             ttl,
             mode,
-            *_default(user, default, now),
-            _opt(at_least),
-            _opt(model),
-            *_listed(others),
+            *default_args(user, default, now),
+            opt(at_least),
+            opt(model),
+            *listed(others),
         )
         if reply[0] == "over":
             raise refusal(reply, amount)
@@ -345,7 +345,7 @@ class RedisStore(WritesAtOnce):
         usage = ledger.check_usage(usage)
         now = self.clock()
         reply = self._run(
-            "settle", now, call_id, cost, model, _opt(user), *self._ledger_args(now, model, cost, call_id, usage)
+            "settle", now, call_id, cost, model, opt(user), *self._ledger_args(now, model, cost, call_id, usage)
         )
         if reply[0] == "too_large":
             raise budget.too_large(cost)
@@ -356,7 +356,7 @@ class RedisStore(WritesAtOnce):
         budget.check_call_id(call_id)
         if user is not None:
             budget.check_user(user)
-        return bool(self._run("release", self.clock(), call_id, _opt(user))[1])
+        return bool(self._run("release", self.clock(), call_id, opt(user))[1])
 
     # -- the ledger --------------------------------------------------------------------------
 
@@ -498,23 +498,3 @@ def _without_password(url: str) -> str:
         return urlunsplit(parts._replace(netloc=netloc))
     except ValueError:
         return "<unparsable Redis URL>"
-
-
-def _opt(value: str | float | None) -> str | float:
-    """None travels as '' (no number, call id or model is empty)."""
-    return "" if value is None else value
-
-
-def _listed(keys: Sequence[str]) -> list[str | int]:
-    """A list as script arguments: its length, then its items."""
-    return [len(keys), *keys]
-
-
-def _default(user: str, default: NewBudget | None, now: float) -> tuple[str | float, str | float, str]:
-    """A new user's budget as script arguments, validated now so bad input never reaches Redis."""
-    if default is None:
-        return "", "", "0"
-    subjects.check_subject(user)  # a record may be made under this key
-    checked = budget.check_default(default)
-    fresh = budget.new_record(checked["total_budget"], checked["duration"], now)
-    return _opt(fresh["total_budget"]), _opt(fresh.get("duration")), "1"
