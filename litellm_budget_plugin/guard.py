@@ -277,7 +277,8 @@ class BudgetGuard(CustomLogger):
             raise
         if not holds:
             return
-        self.observers.admitted(None, [key for hold in holds for key in (hold.key, *hold.also)], model)
+        if self.observers:  # no list made on the call path for a guard nobody watches
+            self.observers.admitted(None, [key for hold in holds for key in (hold.key, *hold.also)], model)
         with self._holds_lock:
             self._holds[call_id] = holds
         if capped:
@@ -360,7 +361,8 @@ class BudgetGuard(CustomLogger):
         for hold in holds:
             if self._held_in_memory(hold):
                 self._process_budget.end(hold.call_id, cost)
-                self.observers.charged(None, (hold.key, *hold.also), cost, model)
+                if self.observers:
+                    self.observers.charged(None, (hold.key, *hold.also), cost, model)
                 continue
             alert = None if self.alert_threshold is None else functools.partial(self._maybe_alert, hold.key, cost=cost)
             self._quietly(
@@ -378,7 +380,8 @@ class BudgetGuard(CustomLogger):
                 )
             )
             # after the store has the charge: an observer reading the record sees it (alerts)
-            self.observers.charged(None, (hold.key, *hold.also), cost, model)
+            if self.observers:
+                self.observers.charged(None, (hold.key, *hold.also), cost, model)
             if GLOBAL_USER in (hold.key, *hold.also):
                 # Read at once (a store's reads see its pending charges), for litellm._current_cost
                 # to follow the record. A sync call is charged before completion() returns; an
