@@ -22,7 +22,8 @@ names in one atomic step of the project's store. Errors: 400 invalid request,
 401 missing or wrong API key, 402 over budget (with ``subject``, the budget that refused, also
 as ``user``; ``window``, which of its windows; ``spend``, ``budget``, ``estimate``,
 ``reserved``), 403 the key may not use or change the named project (with ``project``; the
-same answer whether the project exists or not), 404 unknown user or path, 408 body not sent
+same answer whether the project exists or not) or ``cross_site`` (a browser sent it from
+another site's page: :func:`._server_access.cross_site`), 404 unknown user or path, 408 body not sent
 within ``read_timeout``, 413 request too large, 503 store unavailable or busy, 500 store corrupt
 (a store file or record the store refuses, such as a link: logged). Anything a client sends
 is checked (limits.py) before a store is touched: a refused request changes nothing.
