@@ -14,6 +14,7 @@ import logging
 import re
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -387,6 +388,11 @@ def test_cli_server_with_a_keys_file(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     process, url = start_cli_server(data, "--keys", str(path), "--host", "127.0.0.1")
+    assert process.stdout is not None and process.stderr is not None
+    errors = process.stderr
+    logged: list[str] = []  # the server's stderr as it comes: a SIGHUP is handled when it is logged
+    reader = threading.Thread(target=lambda: logged.extend(iter(errors.readline, "")), daemon=True)
+    reader.start()
     try:
         assert call(url, "/v1/set_budget", "a", A_WRITE).status_code == 200
         assert_forbidden(call(url, "/v1/set_budget", "b", A_WRITE), "b")
@@ -401,13 +407,17 @@ def test_cli_server_with_a_keys_file(tmp_path: Path) -> None:
         # a bad file changes nothing; the good one sent after it shows it was handled
         write_keys(path, "{broken")
         process.send_signal(signal.SIGHUP)
+        wait_until(lambda: any("keys not reloaded" in line for line in logged), timeout=30)
         write_keys(path, KEYS_FILE)
         process.send_signal(signal.SIGHUP)
         wait_until(lambda: call(url, "/v1/get", "a", A_WRITE).status_code == 200, timeout=30)
         assert call(url, "/v1/get", "a", NEW_KEY).status_code == 401
     finally:
         process.terminate()
-        stdout, stderr = process.communicate(timeout=30)
+        stdout = process.stdout.read()  # stderr is the reader's
+        process.wait(timeout=30)
+        reader.join(30)
+    stderr = "".join(logged)
     assert process.returncode == 0, stderr
     assert sorted(p.name for p in data.iterdir() if p.suffix == ".json") == ["a.json"]
     output = stdout + stderr
