@@ -62,7 +62,8 @@ for user, tags in [("alice", ["summaries"]), ("bob", ["summaries", "finance"])] 
     except BudgetExceededError as refused:
         print(f"{user}'s call refused by the budget of {refused.subject}")
 
-guard.alerts.flush()  # the sender is a background thread; wait for it here, at the end
+if not guard.alerts.flush(60):  # the sender is a background thread; wait for it here, at the end
+    print("some alerts were not delivered within a minute")
 print("\nalerts received by the webhook:")
 for event in received:
     threshold = f"{event['threshold']:g}%" if event.get("threshold") else ""

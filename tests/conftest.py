@@ -153,11 +153,17 @@ def register() -> Iterator[Callable[[BudgetGuard], BudgetGuard]]:
     """Registers guards as an app would, and unregisters them after the test."""
     import litellm
 
+    added: list[BudgetGuard] = []
+
     def add(guard: BudgetGuard) -> BudgetGuard:
         litellm.callbacks.append(guard)
+        added.append(guard)
         return guard
 
     yield add
+    for guard in added:  # a test that failed leaves no alert sender retrying into later tests
+        if guard.alerts is not None:
+            guard.alerts.close(timeout=1.0)
     litellm.logging_callback_manager._reset_all_callbacks()
     litellm.max_budget = 0.0
     litellm._current_cost = 0

@@ -111,6 +111,7 @@ def test_a_new_window_sends_budget_reset_and_arms_the_thresholds_again(
     guard = alerting(manager, register, receiver.url)
     spend_to_alerts(manager)
     wait_until(lambda: len(receiver.events()) >= 3)
+    assert guard.alerts is not None and guard.alerts.flush(60)  # every refusal checked before the clock moves
     first_window = receiver.events()[0]["window_start"]
     now = time.time()
     guard.store.clock = lambda: now + 86_400 + 60  # type: ignore[attr-defined]
@@ -168,6 +169,7 @@ def test_a_hanging_receiver_never_holds_up_a_call(
     receiver.gate.clear()  # every request waits, unanswered
     guard = alerting(manager, register, receiver.url)
     assert guard.alerts is not None
+    guard.alerts.sender.timeout = 120.0  # no retry while the test holds the request
     spend_to_alerts(manager)
     wait_until(lambda: receiver.waiting == 1)  # the first event is stuck in the receiver
     ask("probe")  # and calls go on, at once

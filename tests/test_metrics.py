@@ -226,8 +226,8 @@ def test_server_metrics_need_the_key_and_follow_http_store_charges(tmp_path: Pat
     with ServerThread(directory_stores(tmp_path), api_key=KEY, metrics=True) as server:
         assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 401
         assert httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        p = HttpStore(server.url, project_name="p", api_key=KEY)
-        q = HttpStore(server.url, project_name="q", api_key=KEY)
+        p = HttpStore(server.url, project_name="p", api_key=KEY, retries=0)  # a retry would count twice
+        q = HttpStore(server.url, project_name="q", api_key=KEY, retries=0)
         try:
             p.set_budget("alice", 1.0)
             p.reserve("alice", "call-1", 0.1, 60.0, model="gpt-4o-mini")

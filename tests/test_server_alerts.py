@@ -163,7 +163,7 @@ def test_serve_sends_alerts_and_delivers_them_before_it_exits(tmp_path: Path, re
         with pytest.raises(BudgetRefusal):
             client.reserve("alice", "call-1", 0.5, 60.0)
         client.close()
-        wait_until(lambda: receiver.waiting == 1)
+        wait_until(lambda: receiver.waiting == 1, timeout=60)  # the server process starts its sender
         server.send_signal(signal.SIGTERM)
         receiver.gate.set()
         _, stderr = server.communicate(timeout=60)
