@@ -212,6 +212,31 @@ def decode_totals(lines: Sequence[bytes]) -> list[LedgerTotal] | None:
     return totals
 
 
+def encode_any(item: LedgerEntry | LedgerTotal) -> str:
+    """An entry or a day's total as one line (a total's last field is an integer, an entry's a
+    call id or null)."""
+    return encode_total(item) if isinstance(item, LedgerTotal) else encode(item)
+
+
+def decode_any(lines: Sequence[bytes]) -> list[LedgerEntry | LedgerTotal] | None:
+    """The entries and totals of lines that :func:`encode_any` wrote; None if one is not sane."""
+    items: list[LedgerEntry | LedgerTotal] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        if line.rstrip().endswith(b"]") and line.rstrip()[-2:-1].isdigit():
+            totals = decode_totals([line])
+            if totals is None:
+                return None
+            items.extend(totals)
+        else:
+            item = decode(line)
+            if item is None:
+                return None
+            items.append(item)
+    return items
+
+
 def decode(line: bytes | str) -> LedgerEntry | None:
     """The entry a line holds, or None if it is not a whole, sane entry (a torn line, say)."""
     try:

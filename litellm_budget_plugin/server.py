@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import _server_access as access
-from . import _server_dashboard, budget, ledger, subjects
+from . import _server_dashboard, budget, ledger, reports, subjects
 from ._server_observe import observed
 from ._server_requests import OPS, Op, check_fields, check_object
 from .errors import (
@@ -260,19 +260,24 @@ async def _set_budget(request: web.Request) -> web.Response:
 
 async def _ledger(request: web.Request) -> web.StreamResponse:
     """The project's ledger from ``since`` to ``until``: one entry a line, then ``{"end": <count>}``
-    (a client that misses it knows the stream was cut). Read in pages, so memory stays bounded."""
+    (a client that misses it knows the stream was cut). Read in pages, so memory stays bounded.
+    With ``"totals": true``, the days that are over as their totals where the store keeps them
+    (:func:`.reports.charges`)."""
     body = await _body(request)
     project = access.checked_project(request, body.pop("project_name", None), write=False)
-    unknown = set(body) - {"since", "until"}
+    unknown = set(body) - {"since", "until", "totals"}
     if unknown:
         raise ConfigurationError(f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
     since, until = ledger.check_period(body.get("since"), body.get("until"))
+    totals = body.get("totals", False)
+    if not isinstance(totals, bool):
+        raise ConfigurationError(f"totals must be true or false, got {totals!r:.40}")
     stores = request.app[_STORES]
 
-    def first_page() -> tuple[Iterator[ledger.LedgerEntry], list[ledger.LedgerEntry]]:
+    def first_page() -> tuple[Iterator[reports.Charges], list[reports.Charges]]:
         store = stores.get(project, create=False)
-        entries = iter(()) if store is None else store.ledger(since, until)
-        return entries, list(itertools.islice(entries, _LEDGER_PAGE))
+        read = iter(()) if store is None else iter(reports.charges(store, since, until, utc_days=totals))
+        return read, list(itertools.islice(read, _LEDGER_PAGE))
 
     entries, page = await _in_thread(request.app, first_page)  # errors before the answer starts
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -280,7 +285,7 @@ async def _ledger(request: web.Request) -> web.StreamResponse:
     count = 0
     while page:
         count += len(page)
-        await response.write(("\n".join(map(ledger.encode, page)) + "\n").encode())
+        await response.write(("\n".join(map(ledger.encode_any, page)) + "\n").encode())
         page = await _in_thread(request.app, lambda: list(itertools.islice(entries, _LEDGER_PAGE)))
     await response.write(_dumps({"end": count}).encode() + b"\n")
     await response.write_eof()

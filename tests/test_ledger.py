@@ -233,11 +233,13 @@ def test_processes_sharing_a_store_record_every_charge(open_store, tmp_path: Pat
         ([encode(LedgerEntry(T0, "a", (), "m", 0, 0, 1.0, None))], "cut after 1"),
         ([encode(LedgerEntry(T0, "a", (), "m", 0, 0, 1.0, None)), '{"end": 2}'], "ended after 1 of 2"),
         (['[1, "torn', '{"end": 1}'], "malformed ledger line"),
+        (['[1.0,"a",[],"m",0,0,1.0,-3]', '{"end": 1}'], "malformed ledger line"),
     ],
 )
 def test_a_ledger_stream_that_is_not_whole_is_an_error(lines: list[str], problem: str) -> None:
     from litellm_budget_plugin import StoreUnavailableError
-    from litellm_budget_plugin.stores.http import _streamed_entries
+    from litellm_budget_plugin.stores.http import _entries, _entries_and_totals, _streamed
 
-    with pytest.raises(StoreUnavailableError, match=problem):
-        list(_streamed_entries(iter(lines), "http://budgets/v1/ledger"))
+    for decoder in (_entries, _entries_and_totals):
+        with pytest.raises(StoreUnavailableError, match=problem):
+            list(_streamed(iter(lines), "http://budgets/v1/ledger", decoder))  # type: ignore[arg-type]

@@ -177,3 +177,29 @@ def test_a_totals_file_this_process_may_not_read_is_never_written_over(
         assert sum(item.cost for item in store.ledger_totals(T0, T0 + DAY)) == pytest.approx(want)
         assert store.ledger_day_costs(T0, T0 + DAY)[T0] == pytest.approx(want)
     assert totals.is_dir() and "unreadable" in caplog.text
+
+
+def test_a_budget_server_sends_its_file_stores_day_totals(tmp_path: Path) -> None:
+    from server_thread import ServerClock, ServerThread, directory_stores
+
+    from litellm_budget_plugin.stores.http import HttpStore
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    store = FileStore(folder / "p.json")
+    try:
+        fill(store, 12, days=3)
+    finally:
+        store.close()
+    clock = ServerClock()
+    clock.now = lambda: T0 + 2.5 * DAY
+    with ServerThread(directory_stores(folder, clock)) as server:
+        client = HttpStore(server.url, project_name="p", retries=0)
+        items = list(client.ledger_totals(T0, T0 + 3 * DAY))
+        entries = list(client.ledger(T0, T0 + 3 * DAY))
+        client.close()
+    assert {type(item) for item in items if item.time < T0 + 2 * DAY} == {LedgerTotal}
+    assert {type(item) for item in items if item.time >= T0 + 2 * DAY} == {LedgerEntry}
+    assert {type(item) for item in entries} == {LedgerEntry}
+    assert sum(item.calls for item in items) == len(entries) == 300
+    assert sum(item.cost for item in items) == pytest.approx(sum(item.cost for item in entries))
