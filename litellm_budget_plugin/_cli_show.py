@@ -33,16 +33,14 @@ def closed_windows(target: BudgetStore, key: str, record: budget.UserRecord, now
     history: list[Window] = []
     try:
         for begin, end in closed:
-            if oldest is not None and begin < oldest:
-                history.append((begin, end, None))
-            else:
-                spent = math.fsum(
-                    item.cost for item in reports.charges(target, begin, end) if key in (item.user, *item.subjects)
-                )
-                history.append((begin, end, spent))
+            spent = math.fsum(
+                item.cost for item in reports.charges(target, begin, end) if key in (item.user, *item.subjects)
+            )
+            # nothing found before the retention this process knows: maybe not kept, not "$0"
+            history.append((begin, end, None if not spent and oldest is not None and begin < oldest else spent))
     except BudgetPluginError as exc:
         return [], f"closed windows: the ledger could not be read ({exc})"
-    note = f"windows older than {kept_days:g} days are not kept" if any(s is None for *_, s in history) else ""
+    note = f"windows older than {kept_days:g} days may not be kept" if any(s is None for *_, s in history) else ""
     return history, note
 
 

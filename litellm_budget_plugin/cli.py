@@ -296,6 +296,13 @@ def import_command(file: str, store: str | None, project: str, api_key: str | No
     metavar="PERCENT",
     help="Alert when a budget's spend reaches this percentage (repeat it; default 80 and 95).",
 )
+@click.option(
+    "--ledger-days",
+    type=click.FloatRange(1, 3650),
+    default=None,
+    metavar="DAYS",
+    help="Keep this many days of ledger (file and Redis stores) [default: 90].",
+)
 @_exit_codes
 def serve(
     store: str,
@@ -309,6 +316,7 @@ def serve(
     alert_webhook: str | None,
     alert_secret_env: str | None,
     alert_threshold: tuple[float, ...],
+    ledger_days: float | None,
 ) -> None:
     """Run the budget server (LiteLLM's hosted BudgetManager protocol, and atomic operations).
 
@@ -329,7 +337,7 @@ def serve(
             )
         keys = load_keys(keys_file)
     alerting = AlertSettings.from_options(alert_webhook, alert_secret_env, alert_threshold)
-    stores = server.ProjectStores.from_target(store, project=project)
+    stores = server.ProjectStores.from_target(store, project=project, ledger_retention_days=ledger_days)
     options: dict[str, Any] = {} if max_body is None else {"max_body": max_body}
     if metrics:
         options["metrics"] = True

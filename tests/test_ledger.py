@@ -108,7 +108,7 @@ def test_a_day_file_per_utc_day_and_old_days_are_deleted(open_store, clock, tmp_
     names = sorted(p.name for p in tmp_path.iterdir() if ".ledger-" in p.name)
     # written on 11-30 .. 12-03; on 12-03 the files older than two days before it are gone
     assert names == [f"user_cost.json.ledger-2026-{day}" for day in ("12-01", "12-02", "12-03")]
-    assert [item.call_id for item in store.ledger()] == ["d2", "d3"]  # d1's file remains, past the retention
+    assert [item.call_id for item in store.ledger()] == ["d1", "d2", "d3"]  # what is kept is read
 
 
 def test_a_store_without_ledger_writes_none(open_store, tmp_path: Path) -> None:
@@ -243,3 +243,20 @@ def test_a_ledger_stream_that_is_not_whole_is_an_error(lines: list[str], problem
     for decoder in (_entries, _entries_and_totals):
         with pytest.raises(StoreUnavailableError, match=problem):
             list(_streamed(iter(lines), "http://budgets/v1/ledger", decoder))  # type: ignore[arg-type]
+
+
+def test_the_server_keeps_the_ledger_days_it_is_told(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from litellm_budget_plugin.cli import EXIT_USAGE, main
+    from litellm_budget_plugin.stores.projects import ProjectStores
+
+    stores = ProjectStores.from_target(str(tmp_path), ledger_retention_days=7)
+    store = stores.get("p", create=True)
+    assert isinstance(store, FileStore) and store.ledger_retention_days == 7
+    stores.close()
+    with pytest.raises(ConfigurationError, match="--ledger-days"):
+        ProjectStores.from_target("http://127.0.0.1:9", ledger_retention_days=7)
+    for days in ("0", "4000", "many"):
+        result = CliRunner().invoke(main, ["serve", "--store", str(tmp_path), "--ledger-days", days])
+        assert result.exit_code == EXIT_USAGE and "--ledger-days" in result.output

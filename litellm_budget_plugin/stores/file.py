@@ -39,7 +39,6 @@ from ..ledger import (
     check_retention_days,
     check_usage,
 )
-from ..limits import SECONDS_PER_DAY
 from . import _admission
 from ._deferred import (
     _STORES_WITH_PENDING,
@@ -366,12 +365,11 @@ class FileStore(RecordStore):
     def _ledger_period(
         self, since: float | None, until: float | None
     ) -> tuple[LedgerFiles | None, float, float, float]:
-        """The ledger files, and the period to read: checked, and as the Redis store, nothing
-        older than the retention (a day file may remain a while); pending charges written first."""
+        """The ledger files and the period to read, checked; pending charges written first. All
+        that is kept is read: another process may keep days longer than this one would."""
         start, end = check_period(since, until)
         self.flush()
-        now = self.clock()
-        return self._ledger, max(start, now - self.ledger_retention_days * SECONDS_PER_DAY), end, now
+        return self._ledger, start, end, self.clock()
 
     def _record_charges(self, entries: list[LedgerEntry]) -> None:
         if not entries or self._ledger is None:

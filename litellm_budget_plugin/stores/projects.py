@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigurationError
 from . import store_from_url
@@ -78,15 +79,23 @@ class ProjectStores:
         self._replace_locks: dict[str, threading.Lock] = {}
 
     @classmethod
-    def from_target(cls, target: str, *, project: str | None = None) -> ProjectStores:
+    def from_target(
+        cls, target: str, *, project: str | None = None, ledger_retention_days: float | None = None
+    ) -> ProjectStores:
         """Stores for ``--store``: a directory holds one ``<project>.json`` per project; a
         URL (``redis://``, ``http://``) is opened with ``project=`` for each project; a single
-        ``.json`` file holds one project and needs its name (``project``).
+        ``.json`` file holds one project and needs its name (``project``). File and Redis stores
+        keep ``ledger_retention_days`` of ledger (None: their default).
         """
+        options: dict[str, Any] = (
+            {} if ledger_retention_days is None else {"ledger_retention_days": ledger_retention_days}
+        )
         scheme, sep, rest = target.partition("://")
+        if options and scheme.lower() in ("http", "https"):
+            raise ConfigurationError("--ledger-days: a budget server's ledger is kept by that server's stores")
         if sep and scheme.lower() != "file":
             return cls(
-                lambda name: store_from_url(target, project=name),
+                lambda name: store_from_url(target, project=name, **options),
                 only=project,
                 description=f"{target} (project= per project)",
             )
@@ -100,7 +109,7 @@ class ProjectStores:
                 return any(os.path.lexists(f"{snapshot}{suffix}") for suffix in ("", ".journal", ".lock"))
 
             return cls(
-                lambda name: FileStore(directory / f"{name}.json"),
+                lambda name: FileStore(directory / f"{name}.json", **options),
                 exists=exists,
                 listed=lambda: directory_projects(directory),
                 only=project,
@@ -112,9 +121,9 @@ class ProjectStores:
                     f"store {str(path)!r} is one file, which holds one project: name it with "
                     "--project NAME, or serve a directory (one <project>.json per project)"
                 )
-            FileStore(path).close()  # check the path now, not at the first request
+            FileStore(path, **options).close()  # check the path now, not at the first request
             return cls(
-                lambda _name: FileStore(path),
+                lambda _name: FileStore(path, **options),
                 only=project,
                 description=f"file {str(path)!r}, project {project!r} only",
             )

@@ -362,7 +362,7 @@ class RedisStore(WritesAtOnce):
 
     def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
         """The charges recorded from ``since`` (included) to ``until`` (excluded), as far back as
-        ``ledger_retention_days``, in stream order (by time, but for clocks that disagree).
+        the stream keeps them, in stream order (by time, but for clocks that disagree).
 
         An entry that does not decode is skipped with a warning. Read in pages of
         ``_redis_ledger.LEDGER_PAGE``: each page is one command, so entries added meanwhile may
@@ -374,8 +374,7 @@ class RedisStore(WritesAtOnce):
         start, end = ledger.check_period(since, until)
         if not self.keeps_ledger:
             return iter(())
-        now = self.clock()
-        start = max(start, now - self.ledger_retention_days * 86400)
+        now = self.clock()  # all that is kept is read: another client may keep entries longer
         if start >= end:
             return iter(())
         with self._translated():
