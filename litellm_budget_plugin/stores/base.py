@@ -180,8 +180,7 @@ class BudgetStore(Protocol):
 
     def ledger(self, since: float | None = None, until: float | None = None) -> Iterator[LedgerEntry]:
         """The charges recorded from ``since`` (included) to ``until`` (excluded), Unix times
-        (None: unbounded), as far back as the store keeps them; charges pending in this
-        process are written first. Order is the store's (by time, roughly)."""
+        (None: unbounded), all the store keeps; this process's pending charges written first."""
         ...
 
     def release(self, call_id: str, user: str | None = None) -> bool:
@@ -246,7 +245,7 @@ class RecordStore(abc.ABC):
 
     @abc.abstractmethod
     def _record_charges(self, entries: list[LedgerEntry]) -> None:
-        """Add the entries of charges just written to the ledger (under the store's lock)."""
+        """Add the entries of charges just written to the ledger, under the store's lock."""
 
     @abc.abstractmethod
     def _user_of_call(self, call_id: str) -> str | None:
@@ -263,7 +262,7 @@ class RecordStore(abc.ABC):
     def get(self, user: str) -> UserRecord | None:
         budget.check_user(user)
         now = self.clock()
-        return self._read(lambda records: _rolled(records.get(user), now))
+        return self._read(lambda records: None if (r := records.get(user)) is None else budget.current_window(r, now))
 
     @_at_one_time
     def all(self) -> dict[str, UserRecord]:
@@ -482,10 +481,6 @@ class RecordStore(abc.ABC):
             return changed, owner in changed
 
         return self._update_many(change)
-
-
-def _rolled(record: UserRecord | None, now: float) -> UserRecord | None:
-    return None if record is None else budget.current_window(record, now)
 
 
 def _existing(user: str, record: UserRecord | None) -> UserRecord:
