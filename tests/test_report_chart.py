@@ -7,8 +7,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import test_report
 from click.testing import CliRunner, Result
-from test_report import FROM, TO, charge_all
+from test_report import FROM, TO
 
 from litellm_budget_plugin import FileStore
 from litellm_budget_plugin.cli import EXIT_OK, EXIT_USAGE, main
@@ -16,21 +17,11 @@ from litellm_budget_plugin.cli import EXIT_OK, EXIT_USAGE, main
 pytest.importorskip("matplotlib")
 
 SVG = "{http://www.w3.org/2000/svg}"
+store_path = test_report.store_path  # the fixture: a store charged with test_report's charges
 
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-@pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    path = tmp_path / "budgets.json"
-    store = FileStore(path)
-    try:
-        charge_all(store)
-    finally:
-        store.close()
-    return path
 
 
 def chart(store_path: Path, target: Path, *args: str) -> Result:
